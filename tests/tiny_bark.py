@@ -1,0 +1,113 @@
+"""Build a tiny random Bark checkpoint laid out like the hub's ``suno/bark-small``.
+
+Small hidden sizes, but Bark's real vocabulary sizes, codebook count and EnCodec hop, so every
+piece of code that reads ``suno/bark-small`` (config, generation config, tokenizer, speaker
+embeddings) reads this too. Usable as a script: ``python tests/tiny_bark.py DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LANGUAGES = ("en", "de", "es", "fr", "hi", "it", "ja", "ko", "pl", "pt", "ru", "tr", "zh")
+PROMPT_KEYS = ("semantic_prompt", "coarse_prompt", "fine_prompt")
+
+
+def _vocab() -> list[str]:
+    """A WordPiece vocabulary that spells any ASCII word letter by letter."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_letters + string.digits + string.punctuation)
+    words = ["hello", "world", "the", "is", "and", "a", "to", "of", "laughs"]
+    return specials + chars + ["##" + c for c in chars] + words
+
+
+def _write_tokenizer(path: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    vocab_file = path / "vocab.txt"
+    vocab_file.write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=False)
+    tokenizer.save_pretrained(str(path))
+
+
+def _write_generation_config(path: Path) -> None:
+    """Bark's generation config, written by hand: its save_pretrained fails in transformers 5."""
+    from transformers import GenerationConfig
+    from transformers.models.bark.generation_configuration_bark import (
+        BarkCoarseGenerationConfig,
+        BarkFineGenerationConfig,
+        BarkGenerationConfig,
+        BarkSemanticGenerationConfig,
+    )
+
+    bark_config = BarkGenerationConfig.from_sub_model_configs(
+        BarkSemanticGenerationConfig(),
+        BarkCoarseGenerationConfig(),
+        BarkFineGenerationConfig(),
+    )
+    # Round-trip through GenerationConfig, the class BarkModel.from_pretrained reads it into.
+    config = GenerationConfig.from_dict(bark_config.to_dict())
+    data = config.to_dict()
+    data.update(bark_config.to_dict())
+    (path / "generation_config.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def random_voice(rng: np.random.Generator, frames: int = 30) -> dict[str, np.ndarray]:
+    """A voice prompt in Bark's history-prompt format with plausible token ranges."""
+    semantic = rng.integers(0, 10_000, size=int(frames * 49.9 / 75)).astype(np.int64)
+    fine = rng.integers(0, 1024, size=(8, frames)).astype(np.int64)
+    return {"semantic_prompt": semantic, "coarse_prompt": fine[:2].copy(), "fine_prompt": fine}
+
+
+def _write_speaker_embeddings(path: Path, seed: int) -> None:
+    """Voice presets in the hub layout that BarkProcessor.save_pretrained writes."""
+    rng = np.random.default_rng(seed)
+    names = [f"v2/{lang}_speaker_{i}" for lang in LANGUAGES for i in range(10)] + ["announcer"]
+    index: dict[str, object] = {"repo_or_path": str(path)}
+    for name in names:
+        voice = random_voice(rng)
+        entry = {}
+        for key in PROMPT_KEYS:
+            rel = f"speaker_embeddings/{name}_{key}.npy"
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(path / rel, voice[key], allow_pickle=False)
+            entry[key] = rel
+        index[name] = entry
+    (path / "speaker_embeddings_path.json").write_text(json.dumps(index), encoding="utf-8")
+
+
+def build_tiny_bark(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random Bark to ``path`` and return it."""
+    import torch
+    from transformers import BarkConfig, BarkModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    small = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "block_size": 1024}
+    config = BarkConfig(
+        semantic_config={**small, "input_vocab_size": 129_600, "output_vocab_size": 10_048},
+        coarse_acoustics_config={**small, "input_vocab_size": 12_096, "output_vocab_size": 12_096},
+        fine_acoustics_config={
+            **small,
+            "input_vocab_size": 1_056,
+            "output_vocab_size": 1_056,
+            "n_codes_total": 8,
+            "n_codes_given": 1,
+        },
+        codec_config={"model_type": "encodec", "num_filters": 4, "hidden_size": 16},
+    )
+    BarkModel(config).save_pretrained(str(path))
+    _write_generation_config(path)
+    _write_tokenizer(path)
+    _write_speaker_embeddings(path, seed)
+    return path
+
+
+if __name__ == "__main__":
+    print(build_tiny_bark(sys.argv[1] if len(sys.argv) > 1 else "tiny-bark"))

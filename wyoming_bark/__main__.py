@@ -1,0 +1,154 @@
+"""Command line and wiring: ``python -m wyoming_bark``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from functools import partial
+from pathlib import Path
+
+from platformdirs import user_cache_path
+from wyoming.server import AsyncServer
+
+from . import __version__
+from .engine import BarkEngine, GenerationSettings
+from .handler import BarkEventHandler
+from .voices import DEFAULT_VOICE, VoiceError, VoiceLibrary
+
+_LOGGER = logging.getLogger(__name__)
+ENV_PREFIX = "BARK_"
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def env_name(flag: str) -> str:
+    """``--data-dir`` is read from ``BARK_DATA_DIR``."""
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get(env_name(flag), default)
+
+
+def _env_bool(flag: str) -> bool:
+    return (_env(flag) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def _probability(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return number
+
+
+def _semantic_tokens(value: str) -> int:
+    number = _positive_int(value)
+    if number > 768:
+        raise argparse.ArgumentTypeError("Bark generates at most 768 semantic tokens per sentence")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wyoming-bark",
+        description="Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>.",
+    )
+
+    def add(flag: str, default, help_text: str, **kwargs) -> None:
+        help_text = f"{help_text} (env {env_name(flag)})"
+        parser.add_argument(f"--{flag}", default=_env(flag, default), help=help_text, **kwargs)
+
+    def switch(flag: str, help_text: str) -> None:
+        help_text = f"{help_text} (env {env_name(flag)}=1)"
+        parser.add_argument(f"--{flag}", action="store_true", default=_env_bool(flag), help=help_text)
+
+    add("uri", "tcp://0.0.0.0:10200", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
+    add("model", "suno/bark-small", "Hub id (suno/bark-small, suno/bark) or a local model directory")
+    add("device", "auto", "auto (CUDA if available), cpu, cuda or cuda:N")
+    add("voice", DEFAULT_VOICE, "Voice used when a request names none")
+    add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
+    add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
+    add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_positive_int)
+    switch("no-streaming", "Do not announce streaming synthesis (synthesize-start/chunk/stop)")
+    switch("preload", "Load the model at start instead of on the first request")
+    add("max-semantic-tokens", "768", "Semantic tokens per sentence at most (768 = ~15 s)", type=_semantic_tokens)
+    add("min-eos-p", "0.05", "End a sentence once the end-of-speech probability reaches this", type=_probability)
+    add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=float)
+    add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=float)
+    add("seed", None, "Seed each sentence's sampling for reproducible audio", type=int)
+    switch("debug", "Log at DEBUG level")
+    add("log-format", DEFAULT_LOG_FORMAT, "Python logging format")
+    parser.add_argument("--version", action="version", version=__version__)
+    return parser
+
+
+def build_engine(args: argparse.Namespace) -> BarkEngine:
+    data_dir = Path(args.data_dir).expanduser()
+    voices_dir = Path(args.voices_dir).expanduser() if args.voices_dir else data_dir / "voices"
+    settings = GenerationSettings(
+        max_semantic_tokens=args.max_semantic_tokens,
+        min_eos_p=args.min_eos_p,
+        text_temperature=args.text_temp,
+        waveform_temperature=args.waveform_temp,
+        seed=args.seed,
+    )
+    return BarkEngine(
+        model=args.model,
+        data_dir=data_dir,
+        device=args.device,
+        voices=VoiceLibrary(voices_dir),
+        default_voice=args.voice,
+        settings=settings,
+        samples_per_chunk=args.samples_per_chunk,
+    )
+
+
+async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
+    server = AsyncServer.from_uri(args.uri)
+    preload = None
+    if args.preload:
+        # In the background: describe must answer while the model loads.
+        preload = asyncio.create_task(engine.load())
+        preload.add_done_callback(lambda task: task.cancelled() or task.exception())
+    _LOGGER.info(
+        "Serving Bark on %s (model %s, device %s, %d voices, voices dir %s)",
+        args.uri,
+        args.model,
+        args.device,
+        len(engine.voices.list()),
+        engine.voices.voices_dir,
+    )
+    try:
+        await server.run(partial(BarkEventHandler, engine=engine, streaming=not args.no_streaming))
+    finally:
+        if preload is not None:
+            preload.cancel()
+        engine.close()
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
+    if not args.debug:
+        # transformers' deprecation chatter on every generate call is noise for users.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        engine = build_engine(args)
+    except VoiceError as err:
+        parser.error(f"--voice: {err}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args, engine))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""One Wyoming connection: describe, synthesize and streaming synthesis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.server import AsyncEventHandler
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
+
+from . import __version__
+from .engine import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH, BarkEngine, StreamingSession, SynthesisCancelled
+from .model import ModelLoadError
+from .voices import Voice, VoiceError
+
+_LOGGER = logging.getLogger(__name__)
+
+# Fixed for the whole connection: Home Assistant builds its WAV header from the first audio-start.
+AUDIO_FORMAT = {"rate": SAMPLE_RATE, "width": SAMPLE_WIDTH, "channels": CHANNELS}
+BARK_ATTRIBUTION = Attribution(name="Suno / Bark", url="https://github.com/suno-ai/bark")
+
+
+def build_info(engine: BarkEngine, streaming: bool) -> Info:
+    """``info`` for describe: every built-in and custom voice; never touches the model."""
+    voices = [
+        TtsVoice(
+            name=voice.name,
+            description=voice.description,
+            attribution=BARK_ATTRIBUTION,
+            installed=True,
+            version=None,
+            languages=list(voice.languages),
+        )
+        for voice in engine.voices.list()
+    ]
+    program = TtsProgram(
+        name="bark",
+        description="Bark text-to-audio by Suno: expressive speech in 13 languages",
+        attribution=BARK_ATTRIBUTION,
+        installed=True,
+        version=__version__,
+        voices=voices,
+        supports_synthesize_streaming=streaming,
+    )
+    return Info(tts=[program])
+
+
+@dataclass
+class _Stream:
+    """One audio stream sent to the client: a synthesize, or a start...stop streaming request."""
+
+    voice: Voice | None
+    session: StreamingSession | None = None
+    started: bool = False  # audio-start sent
+    failed: bool = False  # an error was sent: drop the rest of this request
+
+
+class BarkEventHandler(AsyncEventHandler):
+    """Answers describe at once; queues synthesis so it never holds up reading events."""
+
+    def __init__(self, reader, writer, engine: BarkEngine, streaming: bool = True) -> None:
+        super().__init__(reader, writer)
+        self.engine = engine
+        self.streaming = streaming
+        self._stream: _Stream | None = None  # the open streaming request, if any
+        self._jobs: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+
+    async def handle_event(self, event: Event) -> bool:
+        if Describe.is_type(event.type):
+            await self.write_event(build_info(self.engine, self.streaming).event())
+        elif Synthesize.is_type(event.type):
+            if self._stream is not None:
+                # Home Assistant repeats the whole text for older servers while streaming.
+                _LOGGER.debug("Ignoring synthesize during a streaming request")
+            else:
+                synthesize = Synthesize.from_event(event)
+                stream = await self._open(synthesize.voice)
+                if stream is not None:
+                    self._submit(self._speak_text(stream, synthesize.text))
+        elif SynthesizeStart.is_type(event.type):
+            if self._stream is not None:
+                await self._error("synthesize-start while a streaming request is open", "bad-order")
+            else:
+                stream = await self._open(SynthesizeStart.from_event(event).voice)
+                self._stream = stream or _Stream(voice=None, failed=True)
+                if stream is not None:
+                    stream.session = self.engine.session(stream.voice)
+        elif SynthesizeChunk.is_type(event.type):
+            if self._stream is None:
+                await self._error("synthesize-chunk without synthesize-start", "bad-order")
+            elif self._stream.session is not None:
+                sentences = self._stream.session.add(SynthesizeChunk.from_event(event).text)
+                if sentences:
+                    self._submit(self._speak_sentences(self._stream, sentences))
+        elif SynthesizeStop.is_type(event.type):
+            if self._stream is None:
+                await self._error("synthesize-stop without synthesize-start", "bad-order")
+            else:
+                stream, self._stream = self._stream, None
+                if stream.session is not None:
+                    self._submit(self._speak_sentences(stream, stream.session.flush()))
+                self._submit(self._finish(stream, streaming=True))
+        else:
+            _LOGGER.debug("Unexpected event: %s", event.type)
+        return True
+
+    async def _open(self, requested: SynthesizeVoice | None) -> _Stream | None:
+        try:
+            return _Stream(voice=self.engine.voice(requested.name if requested else None))
+        except VoiceError as err:
+            await self._error(str(err), "unknown-voice")
+            return None
+
+    # --- queued work, run in order on this connection's worker task ---
+
+    def _submit(self, job: Coroutine[Any, Any, None]) -> None:
+        self._jobs.put_nowait(job)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name="bark synthesis")
+
+    async def _work(self) -> None:
+        while not self._jobs.empty():
+            await self._jobs.get_nowait()
+
+    async def _speak_text(self, stream: _Stream, text: str) -> None:
+        await self._speak(stream, self.engine.speak(text, stream.voice))
+        await self._finish(stream, streaming=False)
+
+    async def _speak_sentences(self, stream: _Stream, sentences: list[str]) -> None:
+        for sentence in sentences:
+            await self._speak(stream, self.engine.speak_sentence(sentence, stream.voice))
+
+    async def _speak(self, stream: _Stream, chunks: AsyncGenerator[bytes, None]) -> None:
+        if stream.failed:
+            return
+        try:
+            async with aclosing(chunks):
+                async for pcm in chunks:
+                    if not stream.started:
+                        await self.write_event(AudioStart(**AUDIO_FORMAT).event())
+                        stream.started = True
+                    await self.write_event(AudioChunk(audio=pcm, **AUDIO_FORMAT).event())
+        except (VoiceError, ModelLoadError) as err:
+            stream.failed = True
+            await self._error(str(err), "voice-error" if isinstance(err, VoiceError) else "model-not-loaded")
+        except SynthesisCancelled:
+            stream.failed = True
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad request must not end the connection
+            _LOGGER.exception("Synthesis failed")
+            stream.failed = True
+            await self._error(f"Synthesis failed: {err}", "synthesis-failed")
+
+    async def _finish(self, stream: _Stream, streaming: bool) -> None:
+        if not stream.failed:
+            if not stream.started:  # no speakable text: an empty but well-formed stream
+                await self.write_event(AudioStart(**AUDIO_FORMAT).event())
+            await self.write_event(AudioStop().event())
+        if streaming:
+            await self.write_event(SynthesizeStopped().event())
+
+    async def _error(self, text: str, code: str) -> None:
+        _LOGGER.warning("Error sent to client: %s", text)
+        await self.write_event(Error(text=text, code=code).event())
+
+    async def disconnect(self) -> None:
+        """Stop this connection's synthesis; the engine's cancel flag ends its generation early."""
+        if self._worker is not None:
+            self._worker.cancel()
+        while not self._jobs.empty():
+            self._jobs.get_nowait().close()

@@ -1,0 +1,133 @@
+"""Finding, downloading and loading Bark weights through transformers.
+
+Everything is loaded from one local directory: either the ``--model`` directory itself, or the
+snapshot that ``huggingface_hub`` downloads (with progress bars and a resumable cache in the data
+dir) for a hub id such as ``suno/bark-small``. Tests load a tiny checkpoint through this same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_LOGGER = logging.getLogger(__name__)
+
+# What BarkModel/BarkProcessor and the v2 presets need; the hub repos also carry the original
+# suno checkpoints (*.pt, several GB), which are never downloaded.
+_HUB_PATTERNS = [
+    "*.json",
+    "*.txt",
+    "speaker_embeddings/v2/*",
+    "speaker_embeddings/announcer_*",
+]
+_SAFETENSORS = ["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
+_PYTORCH_BIN = "pytorch_model.bin"
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says what is missing and how to fix it."""
+
+
+@dataclass
+class LoadedBark:
+    """A ready Bark: model, processor (tokenizer) and where it came from."""
+
+    model: object  # transformers.BarkModel
+    processor: object  # transformers.BarkProcessor
+    model_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> first CUDA device if there is one, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ModelLoadError(f"Invalid --device '{spec}': use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"--device {spec} was requested but PyTorch sees no CUDA GPU "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+                "Install a CUDA build of torch and the NVIDIA driver, or use --device cpu."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) found")
+    elif device.type != "cpu":
+        raise ModelLoadError(f"Unsupported --device '{spec}': use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _is_local(model: str) -> bool:
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def model_directory(model: str, data_dir: Path) -> Path:
+    """Local directory holding the model: ``model`` itself, or its hub snapshot (downloaded if needed)."""
+    if _is_local(model):
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"Model directory {path} does not exist or has no config.json. "
+                "Pass --model with a directory that holds a transformers Bark checkpoint "
+                "(a copy of the suno/bark-small or suno/bark hub repo)."
+            )
+        return path
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    cache_dir = data_dir / "models"
+    try:
+        _LOGGER.info("Fetching %s into %s (first run downloads it)", model, cache_dir)
+        path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + _SAFETENSORS))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + [_PYTORCH_BIN]))
+    except RepositoryNotFoundError as err:
+        raise ModelLoadError(f"Model '{model}' was not found on the Hugging Face hub. Use suno/bark-small or suno/bark.") from err
+    except (LocalEntryNotFoundError, OSError) as err:
+        raise ModelLoadError(
+            f"Model '{model}' is not in the cache ({cache_dir}) and could not be downloaded "
+            f"({type(err).__name__}). Connect this machine to the internet for the first run "
+            "(and unset HF_HUB_OFFLINE), or copy the model's files here and pass "
+            "--model /path/to/local/copy."
+        ) from err
+    return path
+
+
+def load_bark(model: str, data_dir: Path, device_spec: str) -> LoadedBark:
+    """Load Bark (half precision on CUDA). Slow: run it off the event loop."""
+    from transformers import BarkModel, BarkProcessor
+
+    device = resolve_device(device_spec)
+    model_dir = model_directory(model, data_dir)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
+        bark = BarkModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+        bark = bark.to(device).eval()
+    except torch.cuda.OutOfMemoryError as err:
+        raise ModelLoadError(
+            f"Not enough GPU memory to load {model} on {device}. "
+            "Use --model suno/bark-small, free the GPU, or use --device cpu."
+        ) from err
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
+    if not hasattr(bark.generation_config, "semantic_config"):
+        raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
+    _log_device(device, dtype)
+    return LoadedBark(bark, processor, model_dir, device, dtype)
+
+
+def _log_device(device: torch.device, dtype: torch.dtype) -> None:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        _LOGGER.info("Bark runs on %s: %s, %.1f GiB, %s", device, props.name, props.total_memory / 2**30, dtype)
+    else:
+        _LOGGER.info("Bark runs on the CPU (%d threads), %s", torch.get_num_threads(), dtype)

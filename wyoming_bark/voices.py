@@ -1,0 +1,185 @@
+"""Bark voices: the built-in presets of the model repo and custom ``.npz`` prompts.
+
+A voice is a Bark *history prompt*: ``semantic_prompt`` (1-D), ``coarse_prompt`` (2 x N) and
+``fine_prompt`` (8 x N) token arrays. Built-in ones live in the model repo's
+``speaker_embeddings/`` folder, indexed by ``speaker_embeddings_path.json`` (the layout
+``BarkProcessor.save_pretrained`` writes and the ``suno/bark*`` hub repos carry); custom ones
+are single ``NAME.npz`` files in the voices directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+LANGUAGES: dict[str, str] = {
+    "en": "English",
+    "de": "German",
+    "es": "Spanish",
+    "fr": "French",
+    "hi": "Hindi",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "tr": "Turkish",
+    "zh": "Chinese",
+}
+SPEAKERS_PER_LANGUAGE = 10
+ANNOUNCER = "announcer"
+DEFAULT_VOICE = "v2/en_speaker_6"
+EMBEDDINGS_INDEX = "speaker_embeddings_path.json"
+
+PROMPT_KEYS = ("semantic_prompt", "coarse_prompt", "fine_prompt")
+SEMANTIC_VOCAB = 10_000
+CODEBOOK_SIZE = 1024
+N_COARSE, N_FINE = 2, 8
+
+Prompt = dict[str, np.ndarray]
+
+
+class VoiceError(ValueError):
+    """A voice that is unknown or whose prompt cannot be used; the message is for the client."""
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One selectable voice as listed in ``info``."""
+
+    name: str
+    languages: tuple[str, ...]
+    description: str
+    path: Path | None = None  # custom voices only
+
+
+def builtin_voices() -> list[Voice]:
+    """The 130 ``v2`` presets (13 languages x 10 speakers) plus ``announcer``."""
+    voices = [
+        Voice(f"v2/{code}_speaker_{i}", (code,), f"{language} speaker {i}")
+        for code, language in LANGUAGES.items()
+        for i in range(SPEAKERS_PER_LANGUAGE)
+    ]
+    voices.append(Voice(ANNOUNCER, ("en",), "English announcer"))
+    return voices
+
+
+def language_of(voice_name: str) -> str:
+    """Language code encoded in a preset name (``v2/de_speaker_3`` -> ``de``); ``en`` otherwise."""
+    code = voice_name.rsplit("/", 1)[-1].split("_", 1)[0]
+    return code if code in LANGUAGES else "en"
+
+
+def validate_prompt(arrays: dict[str, np.ndarray], source: str) -> Prompt:
+    """Check a history prompt's keys, shapes and token ranges; return int64 copies.
+
+    Bark indexes embedding tables with these tokens, so an out-of-range value would crash
+    generation deep inside torch: reject it here with a message naming ``source``.
+    """
+    missing = [key for key in PROMPT_KEYS if key not in arrays]
+    if missing:
+        raise VoiceError(f"Voice prompt {source} lacks {', '.join(missing)}")
+    prompt = {key: np.asarray(arrays[key]) for key in PROMPT_KEYS}
+    for key, array in prompt.items():
+        if not np.issubdtype(array.dtype, np.integer):
+            raise VoiceError(f"Voice prompt {source}: {key} must hold integer tokens, not {array.dtype}")
+    semantic, coarse, fine = (prompt[key] for key in PROMPT_KEYS)
+    if semantic.ndim != 1 or semantic.size == 0:
+        raise VoiceError(f"Voice prompt {source}: semantic_prompt must be 1-D and non-empty, got shape {semantic.shape}")
+    if coarse.ndim != 2 or coarse.shape[0] != N_COARSE or coarse.shape[1] == 0:
+        raise VoiceError(f"Voice prompt {source}: coarse_prompt must be {N_COARSE} x N, got shape {coarse.shape}")
+    if fine.ndim != 2 or fine.shape[0] != N_FINE or fine.shape[1] == 0:
+        raise VoiceError(f"Voice prompt {source}: fine_prompt must be {N_FINE} x N, got shape {fine.shape}")
+    for key, limit in (("semantic_prompt", SEMANTIC_VOCAB), ("coarse_prompt", CODEBOOK_SIZE), ("fine_prompt", CODEBOOK_SIZE)):
+        array = prompt[key]
+        if array.min() < 0 or array.max() >= limit:
+            raise VoiceError(f"Voice prompt {source}: {key} tokens must lie in [0, {limit})")
+    return {key: array.astype(np.int64) for key, array in prompt.items()}
+
+
+def load_npz(path: Path) -> Prompt:
+    """Load a custom voice file (Bark's ``.npz`` history-prompt format)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:
+        raise VoiceError(f"Voice file {path} is not a readable .npz: {err}") from err
+    return validate_prompt(arrays, str(path))
+
+
+class VoiceLibrary:
+    """Lists voices without touching the model, and loads their prompts on demand."""
+
+    def __init__(self, voices_dir: Path | None = None) -> None:
+        self.voices_dir = voices_dir
+        self._builtin = {voice.name: voice for voice in builtin_voices()}
+        self._cache: dict[tuple[str, float], Prompt] = {}
+
+    def custom_voices(self) -> list[Voice]:
+        """Scan the voices directory; cheap enough to run on every describe."""
+        if self.voices_dir is None or not self.voices_dir.is_dir():
+            return []
+        voices = []
+        for path in sorted(self.voices_dir.glob("*.npz")):
+            name = path.stem
+            if name in self._builtin:
+                _LOGGER.warning("Custom voice %s shadows a built-in voice name; ignored", path)
+                continue
+            # A history prompt carries no language: Bark speaks any of them with it.
+            voices.append(Voice(name, tuple(LANGUAGES), f"Custom voice {name}", path))
+        return voices
+
+    def list(self) -> list[Voice]:
+        return [*self._builtin.values(), *self.custom_voices()]
+
+    def resolve(self, name: str) -> Voice:
+        """Find a voice by name; ``en_speaker_6`` is accepted for ``v2/en_speaker_6``."""
+        for candidate in (name, f"v2/{name}"):
+            if candidate in self._builtin:
+                return self._builtin[candidate]
+        for voice in self.custom_voices():
+            if voice.name == name:
+                return voice
+        raise VoiceError(f"Unknown voice '{name}'. Send describe to list the available voices.")
+
+    def load(self, voice: Voice, model_dir: Path) -> Prompt:
+        """Return the voice's prompt, from the model repo (built-in) or its file (custom)."""
+        source = voice.path if voice.path is not None else model_dir / EMBEDDINGS_INDEX
+        try:
+            key = (str(source) + "#" + voice.name, source.stat().st_mtime)
+        except OSError as err:
+            raise VoiceError(f"Voice '{voice.name}' is unavailable: {source} is missing") from err
+        if key not in self._cache:
+            if voice.path is not None:
+                prompt = load_npz(voice.path)
+            else:
+                prompt = _load_builtin(model_dir, voice.name)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
+            self._cache[key] = prompt
+        return self._cache[key]
+
+
+def _load_builtin(model_dir: Path, name: str) -> Prompt:
+    index = json.loads((model_dir / EMBEDDINGS_INDEX).read_text(encoding="utf-8"))
+    entry = index.get(name)
+    if not isinstance(entry, dict):
+        raise VoiceError(f"Voice '{name}' is not in this model's speaker embeddings ({model_dir})")
+    arrays = {}
+    for key in PROMPT_KEYS:
+        # Lexical containment check only: hub snapshots are symlinks into a blobs/ folder.
+        path = Path(os.path.normpath(model_dir / str(entry.get(key, ""))))
+        if not path.is_relative_to(os.path.normpath(model_dir)) or path == model_dir:
+            raise VoiceError(f"Voice '{name}': bad path for {key} in {EMBEDDINGS_INDEX}")
+        try:
+            arrays[key] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise VoiceError(f"Voice '{name}': cannot read {path}: {err}") from err
+    return validate_prompt(arrays, f"'{name}'")
