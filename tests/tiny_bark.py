@@ -7,9 +7,12 @@ embeddings) reads this too. Usable as a script: ``python tests/tiny_bark.py DIR`
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import string
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +32,9 @@ def _vocab() -> list[str]:
 def _write_tokenizer(path: Path) -> None:
     from transformers import BertTokenizerFast
 
-    vocab_file = path / "vocab.txt"
-    vocab_file.write_text("\n".join(_vocab()) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=False)
+    vocab = {token: i for i, token in enumerate(_vocab())}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=False)
+    assert tokenizer.tokenize("Hello") == ["H", "##e", "##l", "##l", "##o"]
     tokenizer.save_pretrained(str(path))
 
 
@@ -64,13 +67,13 @@ def random_voice(rng: np.random.Generator, frames: int = 30) -> dict[str, np.nda
     return {"semantic_prompt": semantic, "coarse_prompt": fine[:2].copy(), "fine_prompt": fine}
 
 
-def _write_speaker_embeddings(path: Path, seed: int) -> None:
+def _write_speaker_embeddings(path: Path, seed: int, prompts: dict[str, dict[str, np.ndarray]] | None) -> None:
     """Voice presets in the hub layout that BarkProcessor.save_pretrained writes."""
     rng = np.random.default_rng(seed)
     names = [f"v2/{lang}_speaker_{i}" for lang in LANGUAGES for i in range(10)] + ["announcer"]
     index: dict[str, object] = {"repo_or_path": str(path)}
     for name in names:
-        voice = random_voice(rng)
+        voice = prompts[name] if prompts else random_voice(rng)
         entry = {}
         for key in PROMPT_KEYS:
             rel = f"speaker_embeddings/{name}_{key}.npy"
@@ -81,15 +84,20 @@ def _write_speaker_embeddings(path: Path, seed: int) -> None:
     (path / "speaker_embeddings_path.json").write_text(json.dumps(index), encoding="utf-8")
 
 
-def build_tiny_bark(path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Bark to ``path`` and return it."""
+def build_tiny_bark(path: str | Path, seed: int = 0, prompts: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
+    """Write a tiny random Bark to ``path`` and return it.
+
+    ``prompts`` (name -> history prompt) supplies real voice presets; random ones otherwise.
+    """
     import torch
     from transformers import BarkConfig, BarkModel
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    small = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "block_size": 1024}
+    # A large init makes the random model react to its input (text, voice) instead of
+    # sampling from near-uniform logits whatever it is given.
+    small = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "block_size": 1024, "initializer_range": 0.5}
     config = BarkConfig(
         semantic_config={**small, "input_vocab_size": 129_600, "output_vocab_size": 10_048},
         coarse_acoustics_config={**small, "input_vocab_size": 12_096, "output_vocab_size": 12_096},
@@ -102,12 +110,32 @@ def build_tiny_bark(path: str | Path, seed: int = 0) -> Path:
         },
         codec_config={"model_type": "encodec", "num_filters": 4, "hidden_size": 16},
     )
-    BarkModel(config).save_pretrained(str(path))
+    model = BarkModel(config)
+    # EnCodec's codebooks are buffers that init leaves at zero: every code would decode to the
+    # same audio. Give them values, as a trained codec has.
+    for layer in model.codec_model.quantizer.layers:
+        layer.codebook.embed.normal_()
+        layer.codebook.embed_avg.copy_(layer.codebook.embed)
+        layer.codebook.cluster_size.fill_(1.0)
+        layer.codebook.inited.fill_(True)
+    model.save_pretrained(str(path))
     _write_generation_config(path)
     _write_tokenizer(path)
-    _write_speaker_embeddings(path, seed)
+    _write_speaker_embeddings(path, seed, prompts)
     return path
 
 
 if __name__ == "__main__":
     print(build_tiny_bark(sys.argv[1] if len(sys.argv) > 1 else "tiny-bark"))
+
+
+def suno_wheel_prompts(wheel: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The 130 real v2 presets and ``announcer`` from a ``bark`` 0.1.5 wheel, without installing it."""
+    prompts = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            match = re.fullmatch(r"bark/assets/prompts/((?:v2/)?\w+)\.npz", member)
+            if match and (match.group(1).startswith("v2/") or match.group(1) == "announcer"):
+                with np.load(io.BytesIO(archive.read(member))) as data:
+                    prompts[match.group(1)] = {key: data[key] for key in PROMPT_KEYS}
+    return prompts

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def load_npz(path: Path) -> Prompt:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise VoiceError(f"Voice file {path} is not a readable .npz: {err}") from err
     return validate_prompt(arrays, str(path))
 

@@ -1,0 +1,62 @@
+"""Command line: defaults, environment variables and validation."""
+
+import pytest
+
+from wyoming_bark.__main__ import build_engine, build_parser
+
+
+def test_defaults_serve_home_assistant(monkeypatch):
+    for name in ("BARK_URI", "BARK_MODEL", "BARK_DEVICE", "BARK_VOICE", "BARK_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args([])
+    assert args.uri == "tcp://0.0.0.0:10200"
+    assert args.model == "suno/bark-small"
+    assert args.device == "auto"
+    assert args.voice == "v2/en_speaker_6"
+    assert args.samples_per_chunk == 1024
+    assert args.max_semantic_tokens == 768
+    assert not args.no_streaming and not args.preload and not args.debug
+
+
+def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
+    env = {
+        "BARK_URI": "tcp://127.0.0.1:1234",
+        "BARK_MODEL": "suno/bark",
+        "BARK_DEVICE": "cuda:1",
+        "BARK_VOICE": "v2/de_speaker_2",
+        "BARK_DATA_DIR": str(tmp_path),
+        "BARK_VOICES_DIR": str(tmp_path / "v"),
+        "BARK_SAMPLES_PER_CHUNK": "512",
+        "BARK_NO_STREAMING": "true",
+        "BARK_PRELOAD": "1",
+        "BARK_MAX_SEMANTIC_TOKENS": "300",
+        "BARK_MIN_EOS_P": "0.2",
+        "BARK_TEXT_TEMP": "0.6",
+        "BARK_WAVEFORM_TEMP": "0.5",
+        "BARK_SEED": "7",
+        "BARK_DEBUG": "yes",
+        "BARK_LOG_FORMAT": "%(message)s",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parser = build_parser()
+    flags = {action.dest for action in parser._actions} - {"help", "version"}
+    assert {f"BARK_{flag.upper()}" for flag in flags} == set(env), "every flag has an environment variable"
+    args = parser.parse_args([])
+    assert (args.uri, args.model, args.device, args.voice) == ("tcp://127.0.0.1:1234", "suno/bark", "cuda:1", "v2/de_speaker_2")
+    assert (args.samples_per_chunk, args.max_semantic_tokens, args.seed) == (512, 300, 7)
+    assert args.no_streaming and args.preload and args.debug
+    assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
+    assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", "flags beat the environment"
+    engine = build_engine(args)
+    assert engine.voices.voices_dir == tmp_path / "v" and engine.default_voice.name == "v2/de_speaker_2"
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    "argv", [["--samples-per-chunk", "0"], ["--max-semantic-tokens", "769"], ["--min-eos-p", "0"], ["--seed", "x"]]
+)
+def test_bad_values_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "argument" in capsys.readouterr().err

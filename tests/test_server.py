@@ -1,0 +1,195 @@
+"""End to end: the real server process, spoken to over TCP with wyoming's client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import SAMPLES_PER_SENTENCE, describe
+from wyoming.client import AsyncClient
+from wyoming.info import Info
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
+from wyoming_client import read_until
+
+from wyoming_bark import __version__
+from wyoming_bark.text import split_sentences
+
+
+async def synthesize(uri: str, text: str, voice: str | None = None):
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Synthesize(text, voice=SynthesizeVoice(voice) if voice else None).event())
+        return await read_until(client, "audio-stop")
+
+
+def assert_stream(result, sentences: int, samples_per_chunk: int = 1024) -> None:
+    """One well-formed 24 kHz 16-bit mono stream of ``sentences`` full-length sentences."""
+    assert result.types[0] == "audio-start" and result.types[-1] == "audio-stop", result.types
+    assert result.types.count("audio-start") == 1 and result.types.count("audio-stop") == 1
+    start = result.start
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    assert all((c.rate, c.width, c.channels) == (24000, 2, 1) for c in result.chunks)
+    assert all(len(c.audio) <= 2 * samples_per_chunk for c in result.chunks)
+    assert result.samples == sentences * SAMPLES_PER_SENTENCE
+
+
+async def test_describe_lists_every_voice(bark_server):
+    info = Info.from_event(await describe(bark_server.uri))
+    assert len(info.tts) == 1
+    program = info.tts[0]
+    assert program.name == "bark" and program.installed and program.version == __version__
+    assert program.attribution.name == "Suno / Bark" and program.attribution.url.startswith("https://")
+    assert program.supports_synthesize_streaming
+    voices = {voice.name: voice for voice in program.voices}
+    assert len(voices) == 131 + 2, "130 v2 presets, announcer, and the two custom files"
+    assert voices["v2/pl_speaker_4"].languages == ["pl"]
+    assert voices["v2/pl_speaker_4"].description == "Polish speaker 4"
+    assert voices["grandpa"].description == "Custom voice grandpa"
+    assert len(voices["grandpa"].languages) == 13
+
+
+async def test_synthesize_streams_audio_of_the_generated_length(bark_server):
+    text = "Hello world. This is Bark! [laughs]"
+    assert split_sentences(text) == ["Hello world.", "This is Bark! [laughs]"]
+    result = await synthesize(bark_server.uri, text, "v2/en_speaker_6")
+    assert_stream(result, sentences=2)
+    assert len(result.chunks) > 2 and len(result.chunks[0].audio) == 2048
+    assert max(abs(int.from_bytes(result.audio[i : i + 2], "little", signed=True)) for i in range(0, 2000, 2)) > 0
+
+
+async def test_default_voice_and_seed_make_audio_reproducible(bark_server):
+    first = await synthesize(bark_server.uri, "Same words twice.")
+    second = await synthesize(bark_server.uri, "Same words twice.", "v2/en_speaker_6")
+    other = await synthesize(bark_server.uri, "Same words twice.", "v2/en_speaker_0")
+    assert first.audio == second.audio, "default voice is v2/en_speaker_6 and --seed fixes sampling"
+    assert first.audio != other.audio
+
+
+async def test_long_text_comes_out_whole(bark_server):
+    """Longer than Bark's ~14 s window: every sentence part is spoken, none truncated."""
+    text = " ".join(f"Sentence {i} goes on, and on, and on about nothing in particular." for i in range(4))
+    text += " " + ", ".join(["a very long clause without any full stop"] * 12) + "."
+    parts = split_sentences(text)
+    assert len(parts) >= 6
+    result = await synthesize(bark_server.uri, text, "v2/fr_speaker_3")
+    assert_stream(result, sentences=len(parts))
+
+
+async def test_streaming_synthesis_is_one_continuous_stream(bark_server):
+    text = "Good morning. The weather today is sunny! Bring water"
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice("v2/es_speaker_1")).event())
+        for i in range(0, len(text), 4):  # splits mid-word
+            await client.write_event(SynthesizeChunk(text=text[i : i + 4]).event())
+        # Home Assistant repeats the whole text for servers without streaming: must be ignored.
+        await client.write_event(Synthesize(text, voice=SynthesizeVoice("v2/es_speaker_1")).event())
+        await client.write_event(SynthesizeStop().event())
+        result = await read_until(client, "synthesize-stopped")
+    assert result.types[-1] == "synthesize-stopped"
+    result.events.pop()
+    assert_stream(result, sentences=3)
+
+
+async def test_streaming_audio_starts_before_the_text_ends(bark_server):
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(SynthesizeChunk(text="First sentence is here. Sec").event())
+        first = await read_until(client, "audio-chunk")
+        assert first.types == ["audio-start", "audio-chunk"], "the first sentence is spoken before stop"
+        await client.write_event(SynthesizeChunk(text="ond one.").event())
+        await client.write_event(SynthesizeStop().event())
+        rest = await read_until(client, "synthesize-stopped")
+    assert rest.types[-2:] == ["audio-stop", "synthesize-stopped"]
+    assert "audio-start" not in rest.types
+    assert (len(first.audio) + len(rest.audio)) // 2 == 2 * SAMPLES_PER_SENTENCE
+
+
+async def test_unknown_voice_gets_an_error_and_the_connection_stays_usable(bark_server):
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/xx_speaker_9")).event())
+        error = await read_until(client, "audio-stop")
+        assert error.types == ["error"]
+        assert "v2/xx_speaker_9" in error.events[0].data["text"] and "describe" in error.events[0].data["text"]
+        await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/it_speaker_5")).event())
+        assert_stream(await read_until(client, "audio-stop"), sentences=1)
+
+
+async def test_streaming_with_unknown_voice_still_ends_cleanly(bark_server):
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice("nobody")).event())
+        await client.write_event(SynthesizeChunk(text="Hi there. ").event())
+        await client.write_event(SynthesizeStop().event())
+        error = await read_until(client, "synthesize-stopped")
+        assert error.types == ["error"] and "nobody" in error.events[0].data["text"]
+        assert (await read_until(client, "synthesize-stopped")).types == ["synthesize-stopped"]
+
+
+async def test_custom_voices(bark_server):
+    assert_stream(await synthesize(bark_server.uri, "Grandpa speaks.", "grandpa"), sentences=1)
+    broken = await synthesize(bark_server.uri, "Broken voice.", "broken")
+    assert broken.types == ["error"] and "broken.npz" in broken.events[0].data["text"]
+    assert_stream(await synthesize(bark_server.uri, "Still fine.", "announcer"), sentences=1)
+
+
+async def test_empty_text_gives_an_empty_stream(bark_server):
+    result = await synthesize(bark_server.uri, "   ")
+    assert result.types == ["audio-start", "audio-stop"]
+
+
+async def test_describe_answers_while_synthesizing(bark_server):
+    text = " ".join(f"Sentence number {i} is here." for i in range(6))
+    task = asyncio.create_task(synthesize(bark_server.uri, text))
+    await asyncio.sleep(0.3)
+    latencies = []
+    while not task.done():
+        started = time.monotonic()
+        await describe(bark_server.uri)
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.05)
+    assert_stream(await task, sentences=6)
+    assert len(latencies) >= 3, "synthesis finished too fast to measure"
+    assert max(latencies) < 1.0, latencies
+
+
+async def test_concurrent_clients_each_get_their_audio(bark_server):
+    texts = ["One. Two.", "Three.", "Four. Five. Six."]
+    results = await asyncio.gather(*(synthesize(bark_server.uri, text, "v2/ko_speaker_2") for text in texts))
+    for text, result in zip(texts, results):
+        assert_stream(result, sentences=len(split_sentences(text)))
+
+
+async def test_disconnect_mid_synthesis_cancels_it(bark_server):
+    client = AsyncClient.from_uri(bark_server.uri)
+    await client.connect()
+    await client.write_event(Synthesize(" ".join(["Talk talk."] * 8)).event())
+    await read_until(client, "audio-chunk")
+    await client.disconnect()
+    assert_stream(await synthesize(bark_server.uri, "After the hang up."), sentences=1)
+    # --debug logs each finished sentence: the abandoned request stopped after the one in flight.
+    finished = bark_server.log_text().count("for 'Talk talk.'")
+    assert 1 <= finished <= 2, finished
+
+
+async def test_no_streaming_flag(server_factory, tiny_model):
+    server = server_factory("--model", str(tiny_model), "--no-streaming", "--max-semantic-tokens", "20")
+    info = Info.from_event(await describe(server.uri))
+    assert not info.tts[0].supports_synthesize_streaming
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [
+        ("/nonexistent/bark", "--model"),
+        ("suno/bark-small", "--model /path/to/local/copy"),
+    ],
+)
+async def test_missing_model_gives_an_error_and_the_server_stays_up(server_factory, model, expected):
+    server = server_factory("--model", model)
+    for _ in range(2):  # every request retries the load and gets a clear error
+        result = await synthesize(server.uri, "Hello.")
+        assert result.types == ["error"]
+        assert expected in result.events[0].data["text"]
+        assert result.events[0].data["code"] == "model-not-loaded"
+    assert Info.from_event(await describe(server.uri)).tts[0].voices
+    assert server.process.poll() is None
+    assert expected in server.log_text()
