@@ -87,7 +87,18 @@ def start_server(tmp_path: Path, *args: str) -> Server:
     port = free_port()
     uri = f"tcp://127.0.0.1:{port}"
     log = tmp_path / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "wyoming_bark", "--uri", uri, "--device", "cpu", "--data-dir", str(tmp_path / "data"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wyoming_bark",
+        "--uri",
+        uri,
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(tmp_path / "data"),
+        *args,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -97,7 +108,10 @@ def start_server(tmp_path: Path, *args: str) -> Server:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_text()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock, sock.makefile("rwb") as io:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock,
+                sock.makefile("rwb") as io,
+            ):
                 write_event(Describe().event(), io)
                 if read_event(io) is not None:
                     return server

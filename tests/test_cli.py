@@ -43,18 +43,26 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     flags = {action.dest for action in parser._actions} - {"help", "version"}
     assert {f"BARK_{flag.upper()}" for flag in flags} == set(env), "every flag has an environment variable"
     args = parser.parse_args([])
-    assert (args.uri, args.model, args.device, args.voice) == ("tcp://127.0.0.1:1234", "suno/bark", "cuda:1", "v2/de_speaker_2")
+    assert (args.uri, args.model, args.device, args.voice) == (
+        "tcp://127.0.0.1:1234",
+        "suno/bark",
+        "cuda:1",
+        "v2/de_speaker_2",
+    )
     assert (args.samples_per_chunk, args.max_semantic_tokens, args.seed) == (512, 300, 7)
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
-    assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", "flags beat the environment"
+    assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", (
+        "flags beat the environment"
+    )
     engine = build_engine(args)
     assert engine.voices.voices_dir == tmp_path / "v" and engine.default_voice.name == "v2/de_speaker_2"
     engine.close()
 
 
 @pytest.mark.parametrize(
-    "argv", [["--samples-per-chunk", "0"], ["--max-semantic-tokens", "769"], ["--min-eos-p", "0"], ["--seed", "x"]]
+    "argv",
+    [["--samples-per-chunk", "0"], ["--max-semantic-tokens", "769"], ["--min-eos-p", "0"], ["--seed", "x"]],
 )
 def test_bad_values_are_refused(argv, capsys):
     with pytest.raises(SystemExit):

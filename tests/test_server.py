@@ -54,7 +54,10 @@ async def test_synthesize_streams_audio_of_the_generated_length(bark_server):
     result = await synthesize(bark_server.uri, text, "v2/en_speaker_6")
     assert_stream(result, sentences=2)
     assert len(result.chunks) > 2 and len(result.chunks[0].audio) == 2048
-    assert max(abs(int.from_bytes(result.audio[i : i + 2], "little", signed=True)) for i in range(0, 2000, 2)) > 0
+    assert (
+        max(abs(int.from_bytes(result.audio[i : i + 2], "little", signed=True)) for i in range(0, 2000, 2))
+        > 0
+    )
 
 
 async def test_default_voice_and_seed_make_audio_reproducible(bark_server):
@@ -109,7 +112,9 @@ async def test_unknown_voice_gets_an_error_and_the_connection_stays_usable(bark_
         await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/xx_speaker_9")).event())
         error = await read_until(client, "audio-stop")
         assert error.types == ["error"]
-        assert "v2/xx_speaker_9" in error.events[0].data["text"] and "describe" in error.events[0].data["text"]
+        assert (
+            "v2/xx_speaker_9" in error.events[0].data["text"] and "describe" in error.events[0].data["text"]
+        )
         await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/it_speaker_5")).event())
         assert_stream(await read_until(client, "audio-stop"), sentences=1)
 

@@ -21,7 +21,9 @@ def test_builtin_catalogue():
     assert len(LANGUAGES) == 13
     six = next(voice for voice in voices if voice.name == "v2/en_speaker_6")
     assert six.languages == ("en",) and six.description == "English speaker 6"
-    assert next(voice for voice in voices if voice.name == "v2/zh_speaker_9").description == "Chinese speaker 9"
+    assert (
+        next(voice for voice in voices if voice.name == "v2/zh_speaker_9").description == "Chinese speaker 9"
+    )
     assert "announcer" in names
     assert language_of("v2/de_speaker_3") == "de" and language_of("grandpa") == "en"
 

@@ -67,7 +67,9 @@ def random_voice(rng: np.random.Generator, frames: int = 30) -> dict[str, np.nda
     return {"semantic_prompt": semantic, "coarse_prompt": fine[:2].copy(), "fine_prompt": fine}
 
 
-def _write_speaker_embeddings(path: Path, seed: int, prompts: dict[str, dict[str, np.ndarray]] | None) -> None:
+def _write_speaker_embeddings(
+    path: Path, seed: int, prompts: dict[str, dict[str, np.ndarray]] | None
+) -> None:
     """Voice presets in the hub layout that BarkProcessor.save_pretrained writes."""
     rng = np.random.default_rng(seed)
     names = [f"v2/{lang}_speaker_{i}" for lang in LANGUAGES for i in range(10)] + ["announcer"]
@@ -84,7 +86,9 @@ def _write_speaker_embeddings(path: Path, seed: int, prompts: dict[str, dict[str
     (path / "speaker_embeddings_path.json").write_text(json.dumps(index), encoding="utf-8")
 
 
-def build_tiny_bark(path: str | Path, seed: int = 0, prompts: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
+def build_tiny_bark(
+    path: str | Path, seed: int = 0, prompts: dict[str, dict[str, np.ndarray]] | None = None
+) -> Path:
     """Write a tiny random Bark to ``path`` and return it.
 
     ``prompts`` (name -> history prompt) supplies real voice presets; random ones otherwise.

@@ -80,8 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_positive_int)
     switch("no-streaming", "Do not announce streaming synthesis (synthesize-start/chunk/stop)")
     switch("preload", "Load the model at start instead of on the first request")
-    add("max-semantic-tokens", "768", "Semantic tokens per sentence at most (768 = ~15 s)", type=_semantic_tokens)
-    add("min-eos-p", "0.05", "End a sentence once the end-of-speech probability reaches this", type=_probability)
+    add(
+        "max-semantic-tokens",
+        "768",
+        "Semantic tokens per sentence at most (768 = ~15 s)",
+        type=_semantic_tokens,
+    )
+    add(
+        "min-eos-p",
+        "0.05",
+        "End a sentence once the end-of-speech probability reaches this",
+        type=_probability,
+    )
     add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=float)
     add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=float)
     add("seed", None, "Seed each sentence's sampling for reproducible audio", type=int)

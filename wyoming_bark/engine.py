@@ -53,7 +53,9 @@ def _cancel_criteria(cancel: threading.Event):
 
     class _Cancelled(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+            return torch.full(
+                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     return StoppingCriteriaList([_Cancelled()])
 
@@ -198,7 +200,11 @@ class BarkEngine:
         elapsed = time.monotonic() - started
         seconds = len(audio) / SAMPLE_RATE
         _LOGGER.debug(
-            "%.2f s of audio in %.2f s (RTF %.2f) for %r", seconds, elapsed, elapsed / max(seconds, 1e-9), text
+            "%.2f s of audio in %.2f s (RTF %.2f) for %r",
+            seconds,
+            elapsed,
+            elapsed / max(seconds, 1e-9),
+            text,
         )
         return audio
 

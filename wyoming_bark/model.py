@@ -86,11 +86,17 @@ def model_directory(model: str, data_dir: Path) -> Path:
     cache_dir = data_dir / "models"
     try:
         _LOGGER.info("Fetching %s into %s (first run downloads it)", model, cache_dir)
-        path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + _SAFETENSORS))
+        path = Path(
+            snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + _SAFETENSORS)
+        )
         if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + [_PYTORCH_BIN]))
+            path = Path(
+                snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + [_PYTORCH_BIN])
+            )
     except RepositoryNotFoundError as err:
-        raise ModelLoadError(f"Model '{model}' was not found on the Hugging Face hub. Use suno/bark-small or suno/bark.") from err
+        raise ModelLoadError(
+            f"Model '{model}' was not found on the Hugging Face hub. Use suno/bark-small or suno/bark."
+        ) from err
     except (LocalEntryNotFoundError, OSError) as err:
         raise ModelLoadError(
             f"Model '{model}' is not in the cache ({cache_dir}) and could not be downloaded "
@@ -128,6 +134,8 @@ def load_bark(model: str, data_dir: Path, device_spec: str) -> LoadedBark:
 def _log_device(device: torch.device, dtype: torch.dtype) -> None:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        _LOGGER.info("Bark runs on %s: %s, %.1f GiB, %s", device, props.name, props.total_memory / 2**30, dtype)
+        _LOGGER.info(
+            "Bark runs on %s: %s, %.1f GiB, %s", device, props.name, props.total_memory / 2**30, dtype
+        )
     else:
         _LOGGER.info("Bark runs on the CPU (%d threads), %s", torch.get_num_threads(), dtype)

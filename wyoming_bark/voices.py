@@ -94,12 +94,20 @@ def validate_prompt(arrays: dict[str, np.ndarray], source: str) -> Prompt:
             raise VoiceError(f"Voice prompt {source}: {key} must hold integer tokens, not {array.dtype}")
     semantic, coarse, fine = (prompt[key] for key in PROMPT_KEYS)
     if semantic.ndim != 1 or semantic.size == 0:
-        raise VoiceError(f"Voice prompt {source}: semantic_prompt must be 1-D and non-empty, got shape {semantic.shape}")
+        raise VoiceError(
+            f"Voice prompt {source}: semantic_prompt must be 1-D and non-empty, got shape {semantic.shape}"
+        )
     if coarse.ndim != 2 or coarse.shape[0] != N_COARSE or coarse.shape[1] == 0:
-        raise VoiceError(f"Voice prompt {source}: coarse_prompt must be {N_COARSE} x N, got shape {coarse.shape}")
+        raise VoiceError(
+            f"Voice prompt {source}: coarse_prompt must be {N_COARSE} x N, got shape {coarse.shape}"
+        )
     if fine.ndim != 2 or fine.shape[0] != N_FINE or fine.shape[1] == 0:
         raise VoiceError(f"Voice prompt {source}: fine_prompt must be {N_FINE} x N, got shape {fine.shape}")
-    for key, limit in (("semantic_prompt", SEMANTIC_VOCAB), ("coarse_prompt", CODEBOOK_SIZE), ("fine_prompt", CODEBOOK_SIZE)):
+    for key, limit in (
+        ("semantic_prompt", SEMANTIC_VOCAB),
+        ("coarse_prompt", CODEBOOK_SIZE),
+        ("fine_prompt", CODEBOOK_SIZE),
+    ):
         array = prompt[key]
         if array.min() < 0 or array.max() >= limit:
             raise VoiceError(f"Voice prompt {source}: {key} tokens must lie in [0, {limit})")
