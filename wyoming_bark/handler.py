@@ -135,8 +135,11 @@ class BarkEventHandler(AsyncEventHandler):
             self._worker = asyncio.create_task(self._work(), name="bark synthesis")
 
     async def _work(self) -> None:
-        while not self._jobs.empty():
-            await self._jobs.get_nowait()
+        try:
+            while not self._jobs.empty():
+                await self._jobs.get_nowait()
+        except ConnectionError:
+            _LOGGER.debug("Client went away during synthesis")
 
     async def _speak_text(self, stream: _Stream, text: str) -> None:
         await self._speak(stream, self.engine.speak(text, stream.voice))
@@ -163,7 +166,7 @@ class BarkEventHandler(AsyncEventHandler):
             stream.failed = True
         except (ConnectionError, asyncio.CancelledError):
             raise
-        except Exception as err:  # noqa: BLE001 - one bad request must not end the connection
+        except Exception as err:  # one bad request must not end the connection
             _LOGGER.exception("Synthesis failed")
             stream.failed = True
             await self._error(f"Synthesis failed: {err}", "synthesis-failed")

@@ -184,8 +184,9 @@ def _load_builtin(model_dir: Path, name: str) -> Prompt:
     arrays = {}
     for key in PROMPT_KEYS:
         # Lexical containment check only: hub snapshots are symlinks into a blobs/ folder.
-        path = Path(os.path.normpath(model_dir / str(entry.get(key, ""))))
-        if not path.is_relative_to(os.path.normpath(model_dir)) or path == model_dir:
+        root = Path(os.path.normpath(model_dir))
+        path = Path(os.path.normpath(root / str(entry.get(key, ""))))
+        if not path.is_relative_to(root) or path == root:
             raise VoiceError(f"Voice '{name}': bad path for {key} in {EMBEDDINGS_INDEX}")
         try:
             arrays[key] = np.load(path, allow_pickle=False)
