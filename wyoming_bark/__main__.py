@@ -9,11 +9,13 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 from platformdirs import user_cache_path
 from wyoming.server import AsyncServer
 
 from . import __version__
+from .discovery import ZeroconfAdvertiser
 from .engine import BarkEngine, GenerationSettings
 from .handler import BarkEventHandler
 from .voices import DEFAULT_VOICE, VoiceError, VoiceLibrary
@@ -21,6 +23,7 @@ from .voices import DEFAULT_VOICE, VoiceError, VoiceLibrary
 _LOGGER = logging.getLogger(__name__)
 ENV_PREFIX = "BARK_"
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEFAULT_ZEROCONF_NAME = "bark"
 
 
 def env_name(flag: str) -> str:
@@ -34,6 +37,14 @@ def _env(flag: str, default: str | None = None) -> str | None:
 
 def _env_bool(flag: str) -> bool:
     return (_env(flag) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _zeroconf_env() -> str | None:
+    """``BARK_ZEROCONF``: a service name, or 1/true for the default one, or 0/false/empty for off."""
+    value = (_env("zeroconf") or "").strip()
+    if value.lower() in ("", "0", "false", "no", "off"):
+        return None
+    return DEFAULT_ZEROCONF_NAME if value.lower() in ("1", "true", "yes", "on") else value
 
 
 def _positive_int(value: str) -> int:
@@ -95,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=float)
     add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=float)
     add("seed", None, "Seed each sentence's sampling for reproducible audio", type=int)
+    parser.add_argument(
+        "--zeroconf",
+        nargs="?",
+        const=DEFAULT_ZEROCONF_NAME,
+        default=_zeroconf_env(),
+        metavar="NAME",
+        help=f"Announce NAME._wyoming._tcp.local. over mDNS (NAME defaults to {DEFAULT_ZEROCONF_NAME}; "
+        f"env {env_name('zeroconf')}=NAME or 1)",
+    )
+    add("zeroconf-host", None, "Address to announce (default: the bound address, else the outgoing one)")
     switch("debug", "Log at DEBUG level")
     add("log-format", DEFAULT_LOG_FORMAT, "Python logging format")
     parser.add_argument("--version", action="version", version=__version__)
@@ -122,13 +143,36 @@ def build_engine(args: argparse.Namespace) -> BarkEngine:
     )
 
 
+def make_advertiser(args: argparse.Namespace) -> ZeroconfAdvertiser | None:
+    """The zeroconf announcer for ``--uri``; problems are logged, never fatal."""
+    uri = urlparse(args.uri)
+    if uri.scheme != "tcp":
+        _LOGGER.warning("Zeroconf needs a tcp:// --uri; not announcing %s", args.uri)
+        return None
+    try:
+        return ZeroconfAdvertiser(args.zeroconf, uri.port, uri.hostname or "", args.zeroconf_host)
+    except (OSError, ValueError) as err:
+        _LOGGER.error("Zeroconf announcement failed (%s); give Home Assistant the host and port", err)
+        return None
+
+
+async def announce(advertiser: ZeroconfAdvertiser) -> None:
+    try:
+        await advertiser.start()
+    except Exception as err:  # noqa: BLE001 - e.g. no multicast: the server keeps serving
+        _LOGGER.error("Zeroconf announcement failed (%s); give Home Assistant the host and port", err)
+
+
 async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
     server = AsyncServer.from_uri(args.uri)
-    preload = None
+    background: list[asyncio.Task] = []
     if args.preload:
         # In the background: describe must answer while the model loads.
-        preload = asyncio.create_task(engine.load())
-        preload.add_done_callback(lambda task: task.cancelled() or task.exception())
+        background.append(asyncio.create_task(engine.load()))
+    advertiser = make_advertiser(args) if args.zeroconf else None
+    if advertiser is not None:
+        # Registration probes the network for a second or so: don't delay listening for it.
+        background.append(asyncio.create_task(announce(advertiser)))
     _LOGGER.info(
         "Serving Bark on %s (model %s, device %s, %d voices, voices dir %s)",
         args.uri,
@@ -140,9 +184,13 @@ async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
     try:
         await server.run(partial(BarkEventHandler, engine=engine, streaming=not args.no_streaming))
     finally:
-        if preload is not None:
-            preload.cancel()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if advertiser is not None:
+            await advertiser.stop()
         engine.close()
+        _LOGGER.info("Stopped")
 
 
 def main() -> None:
