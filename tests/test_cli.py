@@ -34,6 +34,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_TEXT_TEMP": "0.6",
         "BARK_WAVEFORM_TEMP": "0.5",
         "BARK_SEED": "7",
+        "BARK_ZEROCONF": "kitchen-bark",
+        "BARK_ZEROCONF_HOST": "192.0.2.5",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
     }
@@ -52,6 +54,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert (args.samples_per_chunk, args.max_semantic_tokens, args.seed) == (512, 300, 7)
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
+    assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")
     assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", (
         "flags beat the environment"
     )
@@ -68,3 +71,22 @@ def test_bad_values_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(argv)
     assert "argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "env, argv, expected",
+    [
+        (None, [], None),
+        ("1", [], "bark"),
+        ("off", [], None),
+        ("den", [], "den"),
+        (None, ["--zeroconf"], "bark"),
+        ("0", ["--zeroconf", "attic"], "attic"),
+    ],
+)
+def test_zeroconf_flag(monkeypatch, env, argv, expected):
+    if env is None:
+        monkeypatch.delenv("BARK_ZEROCONF", raising=False)
+    else:
+        monkeypatch.setenv("BARK_ZEROCONF", env)
+    assert build_parser().parse_args(argv).zeroconf == expected
