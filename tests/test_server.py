@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
@@ -198,3 +200,24 @@ async def test_missing_model_gives_an_error_and_the_server_stays_up(server_facto
     assert Info.from_event(await describe(server.uri)).tts[0].voices
     assert server.process.poll() is None
     assert expected in server.log_text()
+
+
+def _health(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wyoming_bark.health", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_health_check(bark_server, server_factory):
+    ok = await asyncio.to_thread(_health, "--uri", bark_server.uri, "--synthesize")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("healthy: bark ") and "133 voices" in ok.stdout and "s of audio" in ok.stdout
+    broken = server_factory("--model", "/nonexistent/bark")
+    bad = await asyncio.to_thread(_health, "--uri", broken.uri, "--synthesize")
+    assert bad.returncode == 1 and "--model" in bad.stdout
+    gone = await asyncio.to_thread(_health, "--uri", "tcp://127.0.0.1:1", "--timeout", "2")
+    assert gone.returncode == 1 and gone.stdout.startswith("unhealthy: cannot reach")

@@ -1,0 +1,67 @@
+"""Health check for containers: ``python -m wyoming_bark.health --uri tcp://HOST:PORT``.
+
+Sends describe (and, with ``--synthesize``, a short phrase), prints one status line and exits
+0 when the server answered as it should, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from wyoming.audio import AudioChunk
+from wyoming.client import AsyncClient
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize
+
+
+async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str]:
+    started = time.monotonic()
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Describe().event())
+        while True:
+            event = await asyncio.wait_for(client.read_event(), timeout)
+            if event is None:
+                return False, "connection closed before info"
+            if Info.is_type(event.type):
+                break
+        programs = [p for p in Info.from_event(event).tts if p.name == "bark"]
+        if not programs:
+            return False, "no bark TTS program in info"
+        status = f"bark {programs[0].version}, {len(programs[0].voices)} voices, describe {1000 * (time.monotonic() - started):.0f} ms"
+        if phrase is None:
+            return True, status
+        started = time.monotonic()
+        await client.write_event(Synthesize(phrase).event())
+        samples = 0
+        while True:
+            event = await asyncio.wait_for(client.read_event(), timeout)
+            if event is None:
+                return False, f"{status}; connection closed during synthesis"
+            if event.type == "error":
+                return False, f"{status}; synthesis error: {event.data.get('text')}"
+            if AudioChunk.is_type(event.type):
+                samples += len(event.payload or b"") // 2
+            if event.type == "audio-stop":
+                audio = samples / 24000
+                return True, f"{status}; {audio:.2f} s of audio in {time.monotonic() - started:.1f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m wyoming_bark.health", description=__doc__)
+    parser.add_argument("--uri", default="tcp://127.0.0.1:10200")
+    parser.add_argument("--synthesize", nargs="?", const="Test.", metavar="TEXT", help="also speak TEXT")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per answer")
+    args = parser.parse_args()
+    try:
+        healthy, message = asyncio.run(check(args.uri, args.synthesize, args.timeout))
+    except (OSError, asyncio.TimeoutError) as err:
+        healthy, message = False, f"cannot reach {args.uri}: {err or type(err).__name__}"
+    print(("healthy: " if healthy else "unhealthy: ") + message)
+    sys.exit(0 if healthy else 1)
+
+
+if __name__ == "__main__":
+    main()
