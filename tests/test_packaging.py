@@ -1,0 +1,179 @@
+"""The Home Assistant add-on and the Docker images, checked offline (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wyoming_bark import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addon"
+S6 = ADDON / "rootfs/etc/s6-overlay/s6-rc.d"
+
+ARCHES = {"armhf", "armv7", "aarch64", "amd64", "i386"}
+REQUIRED = {"name", "version", "slug", "description", "arch"}
+# Supervisor defaults: restating them is noise that the add-on linter rejects.
+DEFAULTS = {
+    "boot": "auto",
+    "startup": "application",
+    "host_network": False,
+    "hassio_api": False,
+    "homeassistant_api": False,
+    "ingress": False,
+    "stdin": False,
+    "full_access": False,
+    "apparmor": True,
+    "auth_api": False,
+    "advanced": False,
+    "stage": "stable",
+    "timeout": 10,
+    "tmpfs": False,
+    "audio": False,
+    "video": False,
+    "gpio": False,
+    "usb": False,
+    "uart": False,
+    "udev": False,
+    "realtime": False,
+    "journald": False,
+    "legacy": False,
+    "panel_admin": True,
+    "kernel_modules": False,
+    "devicetree": False,
+}
+SCHEMA_TYPE = re.compile(
+    r"^(?:str|bool|email|url|port|password|device"
+    r"|int(?:\((?P<imin>-?\d+)?,(?P<imax>-?\d+)?\))?"
+    r"|float(?:\((?P<fmin>-?[\d.]+)?,(?P<fmax>-?[\d.]+)?\))?"
+    r"|match\(.+\)"
+    r"|list\((?P<choices>[^|()]+(?:\|[^|()]+)*)\))\??$"
+)
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return load(ADDON / "config.yaml")
+
+
+def check_value(key: str, value, schema: str) -> None:
+    match = SCHEMA_TYPE.match(schema)
+    assert match, f"{key}: unknown schema type {schema!r}"
+    kind = schema.rstrip("?").split("(")[0]
+    if kind == "bool":
+        assert isinstance(value, bool), f"{key}: {value!r} is not a bool"
+    elif kind == "int":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{key}: {value!r} is not an int"
+        low, high = match.group("imin"), match.group("imax")
+        assert (low is None or value >= int(low)) and (high is None or value <= int(high)), (
+            f"{key} out of range"
+        )
+    elif kind == "float":
+        assert isinstance(value, (int, float)), f"{key}: {value!r} is not a number"
+    elif kind == "list":
+        assert value in match.group("choices").split("|"), f"{key}: {value!r} not in {schema}"
+    else:
+        assert isinstance(value, str), f"{key}: {value!r} is not a string"
+
+
+def test_config_follows_supervisor_rules(config):
+    assert REQUIRED <= set(config), f"missing {REQUIRED - set(config)}"
+    assert re.fullmatch(r"[a-z0-9_]+", config["slug"]) and config["slug"] == "bark"
+    assert set(config["arch"]) <= ARCHES and {"amd64", "aarch64"} <= set(config["arch"])
+    assert str(config["version"]) == __version__, "add-on version = package version"
+    restated = {key for key, default in DEFAULTS.items() if key in config and config[key] == default}
+    assert not restated, f"keys restated at their default: {restated}"
+    assert config["init"] is False, "s6-overlay is the init"
+    assert config["discovery"] == ["wyoming"]
+    assert "10200/tcp" in config["ports"]
+    assert config["backup_exclude"], "models must stay out of backups"
+    assert {"type": "share", "read_only": True} in config["map"], "custom voices come from /share"
+
+
+def test_options_match_schema(config):
+    options, schema = config["options"], config["schema"]
+    required = {key for key, kind in schema.items() if not str(kind).endswith("?")}
+    assert set(options) <= set(schema), f"options without schema: {set(options) - set(schema)}"
+    assert required <= set(options), f"required schema entries without options: {required - set(options)}"
+    for key, kind in schema.items():
+        assert SCHEMA_TYPE.match(str(kind)), f"{key}: bad schema {kind!r}"
+        if key in options:
+            check_value(key, options[key], str(kind))
+    assert schema["voice"] == "str", "free text, so custom voices can be chosen"
+    assert {"model", "voice", "device", "streaming", "debug"} <= set(schema)
+
+
+def test_schema_checker_rejects_bad_options():
+    with pytest.raises(AssertionError):
+        check_value("model", "huge", "list(small|full)")
+    with pytest.raises(AssertionError):
+        check_value("seed", -1, "int(0,)?")
+    with pytest.raises(AssertionError):
+        check_value("debug", "yes", "bool")
+    with pytest.raises(AssertionError):
+        check_value("x", 1, "integer")
+
+
+def test_build_translations_changelog(config):
+    build = load(ADDON / "build.yaml")
+    assert set(build["build_from"]) == set(config["arch"])
+    assert all("base-debian" in image for image in build["build_from"].values()), "torch needs glibc"
+    assert str(build["args"]["WYOMING_BARK_VERSION"]) == __version__
+    translated = load(ADDON / "translations/en.yaml")["configuration"]
+    assert set(translated) == set(config["schema"]), "every option is explained"
+    assert f"## {__version__}" in (ADDON / "CHANGELOG.md").read_text(encoding="utf-8")
+    docs = (ADDON / "DOCS.md").read_text(encoding="utf-8")
+    assert "/share/bark/voices" in docs and "GPU" in docs and "GB" in docs
+
+
+def test_s6_services():
+    assert (S6 / "bark/type").read_text().strip() == "longrun"
+    assert (S6 / "discovery/type").read_text().strip() == "oneshot"
+    assert {p.name for p in (S6 / "user/contents.d").iterdir()} == {"bark", "discovery"}
+    assert (S6 / "discovery/dependencies.d/bark").exists()
+    for script in ("bark/run", "bark/finish", "discovery/run"):
+        assert os.access(S6 / script, os.X_OK), f"{script} is not executable"
+    run = (S6 / "bark/run").read_text()
+    assert "exec python3 -m wyoming_bark" in run and "--data-dir /data" in run
+    for option in load(ADDON / "config.yaml")["schema"]:
+        assert f"'{option}'" in run, f"option {option} is not passed to the server"
+    discovery = (S6 / "discovery/run").read_text()
+    assert 'bashio::discovery "wyoming"' in discovery and "tcp://$(hostname):10200" in discovery
+
+
+def test_gpu_image_and_compose():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:\S+-cuda\S+-runtime$", dockerfile, re.MULTILINE)
+    assert "EXPOSE 10200" in dockerfile and 'VOLUME ["/data"]' in dockerfile
+    assert re.search(r"^USER 1000", dockerfile, re.MULTILINE), "non-root"
+    assert "wyoming_bark.health" in dockerfile and "--zeroconf" in dockerfile
+    compose = load(ROOT / "docker-compose.yml")["services"]["bark"]
+    devices = compose["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert compose["network_mode"] == "host"
+    assert any(volume.endswith(":/data") for volume in compose["volumes"])
+    assert any(":/voices" in volume for volume in compose["volumes"])
+
+
+def test_dockerfiles_and_scripts_pass_linters():
+    hadolint, shellcheck = shutil.which("hadolint"), shutil.which("shellcheck")
+    assert hadolint and shellcheck, "install the test extras: pip install -e '.[test]'"
+    lint = subprocess.run(
+        [hadolint, ROOT / "Dockerfile", ADDON / "Dockerfile"], check=False, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    scripts = [S6 / "bark/run", S6 / "bark/finish", S6 / "discovery/run", *(ROOT / "script").iterdir()]
+    check = subprocess.run(
+        [shellcheck, *scripts, ROOT / ".ci/run"], check=False, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
