@@ -48,6 +48,7 @@ async def test_describe_lists_every_voice(bark_server):
     assert voices["v2/pl_speaker_4"].description == "Polish speaker 4"
     assert voices["grandpa"].description == "Custom voice grandpa"
     assert len(voices["grandpa"].languages) == 13
+    assert "on the CPU" in bark_server.log_text(), "the start-up log names the device"
 
 
 async def test_synthesize_streams_audio_of_the_generated_length(bark_server):

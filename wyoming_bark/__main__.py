@@ -18,6 +18,7 @@ from . import __version__
 from .discovery import ZeroconfAdvertiser
 from .engine import BarkEngine, GenerationSettings
 from .handler import BarkEventHandler
+from .model import ModelLoadError, device_summary, resolve_device
 from .voices import DEFAULT_VOICE, VoiceError, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
@@ -173,11 +174,16 @@ async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
     if advertiser is not None:
         # Registration probes the network for a second or so: don't delay listening for it.
         background.append(asyncio.create_task(announce(advertiser)))
+    try:
+        device = device_summary(resolve_device(args.device))
+    except ModelLoadError as err:
+        device = "no usable device (see the error above)"
+        _LOGGER.error("%s", err)
     _LOGGER.info(
-        "Serving Bark on %s (model %s, device %s, %d voices, voices dir %s)",
+        "Serving Bark on %s (model %s on %s; %d voices, custom voices in %s)",
         args.uri,
         args.model,
-        args.device,
+        device,
         len(engine.voices.list()),
         engine.voices.voices_dir,
     )

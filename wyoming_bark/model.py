@@ -127,15 +127,13 @@ def load_bark(model: str, data_dir: Path, device_spec: str) -> LoadedBark:
         raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
     if not hasattr(bark.generation_config, "semantic_config"):
         raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
-    _log_device(device, dtype)
+    _LOGGER.info("Bark runs on %s", device_summary(device))
     return LoadedBark(bark, processor, model_dir, device, dtype)
 
 
-def _log_device(device: torch.device, dtype: torch.dtype) -> None:
+def device_summary(device: torch.device) -> str:
+    """What a user checks to know the GPU is really used: its name and memory."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        _LOGGER.info(
-            "Bark runs on %s: %s, %.1f GiB, %s", device, props.name, props.total_memory / 2**30, dtype
-        )
-    else:
-        _LOGGER.info("Bark runs on the CPU (%d threads), %s", torch.get_num_threads(), dtype)
+        return f"{device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, float16"
+    return f"the CPU ({torch.get_num_threads()} threads), float32"
