@@ -6,7 +6,7 @@ from wyoming_bark.__main__ import build_engine, build_parser
 
 
 def test_defaults_serve_home_assistant(monkeypatch):
-    for name in ("BARK_URI", "BARK_MODEL", "BARK_DEVICE", "BARK_VOICE", "BARK_PRELOAD"):
+    for name in ("BARK_URI", "BARK_MODEL", "BARK_DEVICE", "BARK_VOICE", "BARK_PRELOAD", "BARK_CORE"):
         monkeypatch.delenv(name, raising=False)
     args = build_parser().parse_args([])
     assert args.uri == "tcp://0.0.0.0:10200"
@@ -15,6 +15,7 @@ def test_defaults_serve_home_assistant(monkeypatch):
     assert args.voice == "v2/en_speaker_6"
     assert args.samples_per_chunk == 1024
     assert args.max_semantic_tokens == 768
+    assert args.core == "fast"
     assert not args.no_streaming and not args.preload and not args.debug
 
 
@@ -23,6 +24,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_URI": "tcp://127.0.0.1:1234",
         "BARK_MODEL": "suno/bark",
         "BARK_DEVICE": "cuda:1",
+        "BARK_CORE": "transformers",
         "BARK_VOICE": "v2/de_speaker_2",
         "BARK_DATA_DIR": str(tmp_path),
         "BARK_VOICES_DIR": str(tmp_path / "v"),
@@ -52,6 +54,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "v2/de_speaker_2",
     )
     assert (args.samples_per_chunk, args.max_semantic_tokens, args.seed) == (512, 300, 7)
+    assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
     assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")

@@ -25,6 +25,7 @@ _LOGGER = logging.getLogger(__name__)
 ENV_PREFIX = "BARK_"
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_ZEROCONF_NAME = "bark"
+CORES = ("fast", "transformers")
 
 
 def env_name(flag: str) -> str:
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("uri", "tcp://0.0.0.0:10200", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
     add("model", "suno/bark-small", "Hub id (suno/bark-small, suno/bark) or a local model directory")
     add("device", "auto", "auto (CUDA if available), cpu, cuda or cuda:N")
+    add(
+        "core",
+        "fast",
+        "fast (static KV cache, CUDA graphs) or transformers (BarkModel.generate)",
+        choices=CORES,
+    )
     add("voice", DEFAULT_VOICE, "Voice used when a request names none")
     add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
     add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
@@ -141,6 +148,7 @@ def build_engine(args: argparse.Namespace) -> BarkEngine:
         default_voice=args.voice,
         settings=settings,
         samples_per_chunk=args.samples_per_chunk,
+        core=args.core,
     )
 
 

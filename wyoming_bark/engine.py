@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fast import Cancelled, SamplingSettings
 from .model import LoadedBark, ModelLoadError, load_bark
 from .text import SentenceSplitter, split_sentences
 from .voices import Prompt, Voice, VoiceLibrary
@@ -41,6 +42,16 @@ class GenerationSettings:
     waveform_temperature: float = 0.7
     fine_temperature: float = 0.5
     seed: int | None = None
+
+    def sampling(self) -> SamplingSettings:
+        """The fast core's view of these settings."""
+        return SamplingSettings(
+            text_temperature=self.text_temperature,
+            waveform_temperature=self.waveform_temperature,
+            fine_temperature=self.fine_temperature,
+            min_eos_p=self.min_eos_p,
+            max_semantic_tokens=self.max_semantic_tokens,
+        )
 
 
 class SynthesisCancelled(Exception):
@@ -93,8 +104,10 @@ class BarkEngine:
         default_voice: str,
         settings: GenerationSettings | None = None,
         samples_per_chunk: int = 1024,
+        core: str = "fast",
     ) -> None:
         self.model = model
+        self.core = core
         self.data_dir = data_dir
         self.device = device
         self.voices = voices
@@ -118,7 +131,7 @@ class BarkEngine:
                 loop = asyncio.get_running_loop()
                 try:
                     self._bark = await loop.run_in_executor(
-                        self._executor, load_bark, self.model, self.data_dir, self.device
+                        self._executor, load_bark, self.model, self.data_dir, self.device, self.core
                     )
                 except ModelLoadError as err:
                     self.last_error = str(err)
@@ -166,7 +179,6 @@ class BarkEngine:
         if cancel.is_set():
             raise SynthesisCancelled
         started = time.monotonic()
-        s = self.settings
         inputs = bark.processor.tokenizer(
             text,
             return_tensors="pt",
@@ -178,8 +190,33 @@ class BarkEngine:
             return_token_type_ids=False,
         ).to(bark.device)
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
+        if bark.fast is not None:
+            try:
+                audio = bark.fast.generate(
+                    inputs.input_ids, inputs.attention_mask, history, self.settings.sampling(), cancel
+                )
+            except Cancelled as err:
+                raise SynthesisCancelled from err
+        else:
+            audio = self._generate_transformers(bark, inputs, history, cancel)
+        elapsed = time.monotonic() - started
+        seconds = len(audio) / SAMPLE_RATE
+        _LOGGER.debug(
+            "%.2f s of audio in %.2f s (RTF %.2f) for %r",
+            seconds,
+            elapsed,
+            elapsed / max(seconds, 1e-9),
+            text,
+        )
+        return audio
+
+    def _generate_transformers(
+        self, bark: LoadedBark, inputs, history, cancel: threading.Event
+    ) -> np.ndarray:
+        """The reference path: transformers' own ``BarkModel.generate``."""
+        s = self.settings
         stop = _cancel_criteria(cancel)
         with torch.inference_mode():
             audio = bark.model.generate(
@@ -196,17 +233,7 @@ class BarkEngine:
             )
         if cancel.is_set():
             raise SynthesisCancelled
-        audio = audio[0].float().cpu().numpy()
-        elapsed = time.monotonic() - started
-        seconds = len(audio) / SAMPLE_RATE
-        _LOGGER.debug(
-            "%.2f s of audio in %.2f s (RTF %.2f) for %r",
-            seconds,
-            elapsed,
-            elapsed / max(seconds, 1e-9),
-            text,
-        )
-        return audio
+        return audio[0].float().cpu().numpy()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

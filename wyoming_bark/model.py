@@ -8,10 +8,13 @@ dir) for a hub id such as ``suno/bark-small``. Tests load a tiny checkpoint thro
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .fast import FastBark
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class LoadedBark:
     model_dir: Path
     device: torch.device
     dtype: torch.dtype
+    fast: FastBark | None = None  # our inference core, unless --core transformers
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -107,8 +111,8 @@ def model_directory(model: str, data_dir: Path) -> Path:
     return path
 
 
-def load_bark(model: str, data_dir: Path, device_spec: str) -> LoadedBark:
-    """Load Bark (half precision on CUDA). Slow: run it off the event loop."""
+def load_bark(model: str, data_dir: Path, device_spec: str, core: str = "fast") -> LoadedBark:
+    """Load Bark (half precision on CUDA) and set up the chosen core. Slow: run it off the event loop."""
     from transformers import BarkModel, BarkProcessor
 
     device = resolve_device(device_spec)
@@ -127,8 +131,15 @@ def load_bark(model: str, data_dir: Path, device_spec: str) -> LoadedBark:
         raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
     if not hasattr(bark.generation_config, "semantic_config"):
         raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
-    _LOGGER.info("Bark runs on %s", device_summary(device))
-    return LoadedBark(bark, processor, model_dir, device, dtype)
+    loaded = LoadedBark(bark, processor, model_dir, device, dtype)
+    if core == "fast":
+        loaded.fast = FastBark(bark)
+        if device.type == "cuda":
+            started = time.monotonic()
+            loaded.fast.warmup()  # graph capture and first-call costs, paid now, not by a user
+            _LOGGER.info("Captured CUDA graphs and warmed up in %.1f s", time.monotonic() - started)
+    _LOGGER.info("Bark runs on %s with the %s core", device_summary(device), core)
+    return loaded
 
 
 def device_summary(device: torch.device) -> str:

@@ -4,6 +4,6 @@ It runs the weights of an already loaded transformers ``BarkModel`` (shared, not
 reproduces transformers' generation stage by stage; see ``model.py`` and ``generate.py``.
 """
 
-from .generate import FastBark, SamplingSettings
+from .generate import Cancelled, FastBark, SamplingSettings
 
-__all__ = ["FastBark", "SamplingSettings"]
+__all__ = ["Cancelled", "FastBark", "SamplingSettings"]

@@ -30,6 +30,7 @@ class SamplingSettings:
     fine_temperature: float | None = 0.5
     min_eos_p: float = 0.05
     max_semantic_tokens: int = 768
+    allow_early_stop: bool = True  # False: never end before max_semantic_tokens (benchmarks)
 
 
 class Cancelled(Exception):
@@ -95,6 +96,9 @@ class FastBark:
         suppress[:, self.sem.semantic_pad_token + 1 :] = NEG_INF
         eos_only = torch.full((1, sem_vocab), NEG_INF)
         eos_only[:, eos] = 0.0
+        no_stop = suppress.clone()
+        no_stop[:, eos] = NEG_INF
+        self._suppress = {True: suppress.to(self.device), False: no_stop.to(self.device)}
         self.semantic_step = GraphedStep(
             self.semantic,
             semantic_head,
@@ -109,9 +113,15 @@ class FastBark:
         masks[0, offset : offset + size] = 0.0  # first codebook
         masks[1, offset + size :] = 0.0  # second codebook (and, as in transformers, the rest)
         self.coarse_step = GraphedStep(
-            self.coarse, coarse_head, codebook_masks=masks, parity=torch.tensor(0), temperature=torch.tensor(0.7)
+            self.coarse,
+            coarse_head,
+            codebook_masks=masks,
+            parity=torch.tensor(0),
+            temperature=torch.tensor(0.7),
         )
-        self.ratio = self.coarse_cfg.coarse_rate_hz / self.sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
+        self.ratio = (
+            self.coarse_cfg.coarse_rate_hz / self.sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
+        )
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -126,7 +136,9 @@ class FastBark:
     # --- stages -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def semantic_tokens(self, input_ids, attention_mask, history, s: SamplingSettings, cancel=None) -> torch.Tensor:
+    def semantic_tokens(
+        self, input_ids, attention_mask, history, s: SamplingSettings, cancel=None
+    ) -> torch.Tensor:
         """Text -> semantic tokens (1-D, without the EOS token)."""
         sem = self.sem
         length = sem.max_input_semantic_length
@@ -143,7 +155,8 @@ class FastBark:
         embeds = torch.cat([embed(ids) + embed(hist), embed(infer)], dim=1)
         prefix = embeds.shape[1]
         step = self.semantic_step
-        step.inputs["min_eos_p"].fill_(s.min_eos_p)
+        step.inputs["suppress"].copy_(self._suppress[s.allow_early_stop])
+        step.inputs["min_eos_p"].fill_(s.min_eos_p if s.allow_early_stop else 2.0)
         step.inputs["temperature"].fill_(_temperature(s.text_temperature))
         logits = self.semantic(embeds, torch.arange(prefix, device=self.device))[:, -1]
         token = semantic_head(logits, **step.inputs).view(1, 1)
@@ -169,41 +182,57 @@ class FastBark:
         for n in range(1, coarse.shape[0]):
             coarse[n] += self.codebook_size * n
         coarse = coarse.T.reshape(-1) + self.sem.semantic_vocab_size
-        max_semantic_history = int(math.floor(self.coarse_cfg.max_coarse_history / self.ratio))
-        n_semantic = min(max_semantic_history, len(semantic) - len(semantic) % 2, int(math.floor(len(coarse) / self.ratio)))
-        n_coarse = int(round(n_semantic * self.ratio))
+        max_semantic_history = math.floor(self.coarse_cfg.max_coarse_history / self.ratio)
+        n_semantic = min(
+            max_semantic_history, len(semantic) - len(semantic) % 2, math.floor(len(coarse) / self.ratio)
+        )
+        n_coarse = round(n_semantic * self.ratio)
         return semantic[len(semantic) - n_semantic :], coarse[len(coarse) - n_coarse :][:-2]
 
     @torch.inference_mode()
-    def coarse_tokens(self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None) -> torch.Tensor:
+    def coarse_tokens(
+        self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None
+    ) -> torch.Tensor:
         """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
         cfg = self.coarse_cfg
-        n_out = int(round(math.floor(len(semantic) * self.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks))
+        n_out = round(
+            math.floor(len(semantic) * self.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks
+        )
         semantic_history, coarse = self._coarse_histories(history)
         base = len(semantic_history)
         semantic_all = torch.cat([semantic_history, semantic.long()])
-        max_semantic_history = int(math.floor(cfg.max_coarse_history / self.ratio))
+        max_semantic_history = math.floor(cfg.max_coarse_history / self.ratio)
         infer = torch.tensor([cfg.coarse_infer_token], device=self.device)
         step = self.coarse_step
         step.inputs["temperature"].fill_(_temperature(s.waveform_temperature))
         generated = 0
         while generated < n_out:
             _check(cancel)
-            index = base + int(round(generated / self.ratio))
+            index = base + round(generated / self.ratio)
             window = semantic_all[max(0, index - max_semantic_history) :][: cfg.max_coarse_input_length]
-            window = F.pad(window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token)
-            prompt = torch.cat([window, infer, coarse[len(coarse) - min(len(coarse), cfg.max_coarse_history) :]])
+            window = F.pad(
+                window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
+            )
+            prompt = torch.cat(
+                [window, infer, coarse[len(coarse) - min(len(coarse), cfg.max_coarse_history) :]]
+            )
             n_new = min(cfg.sliding_window_len, n_out - generated)
             # Each window re-reads a shifted semantic context, so its prefix is new: one prefill.
-            logits = self.coarse(self.coarse.embed(prompt[None]), torch.arange(len(prompt), device=self.device))
-            token = coarse_head(logits[:, -1], step.inputs["codebook_masks"], torch.tensor(0), step.inputs["temperature"])
+            logits = self.coarse(
+                self.coarse.embed(prompt[None]), torch.arange(len(prompt), device=self.device)
+            )
+            token = coarse_head(
+                logits[:, -1], step.inputs["codebook_masks"], torch.tensor(0), step.inputs["temperature"]
+            )
             tokens = [token.view(1, 1)]
             for i in range(1, n_new):
                 tokens.append(step(tokens[-1], len(prompt) + i - 1, parity=i % 2))
             coarse = torch.cat([coarse, torch.cat(tokens, dim=1)[0]])
             generated += n_new
         flat = coarse[len(coarse) - n_out :] if n_out else coarse[:0]
-        return torch.remainder(flat.view(-1, cfg.n_coarse_codebooks) - self.sem.semantic_vocab_size, self.codebook_size).T
+        return torch.remainder(
+            flat.view(-1, cfg.n_coarse_codebooks) - self.sem.semantic_vocab_size, self.codebook_size
+        ).T
 
     @torch.inference_mode()
     def fine_tokens(self, coarse: torch.Tensor, history, s: SamplingSettings) -> torch.Tensor:

@@ -24,13 +24,17 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v
 
 
-def _attention(block: nn.Module, x: torch.Tensor, heads: int, mask: torch.Tensor | None, cache=None, pos=None):
+def _attention(
+    block: nn.Module, x: torch.Tensor, heads: int, mask: torch.Tensor | None, cache=None, pos=None
+):
     """Bark self-attention (fused qkv projection) through SDPA, optionally via a KV cache."""
     batch, length, width = x.shape
     q, k, v = block.attn.att_proj(x).split(width, dim=2)
@@ -139,7 +143,9 @@ class GraphedStep:
         self.token.copy_(token.view(1, 1))
         self.pos.fill_(pos)
         for name, value in inputs.items():
-            self.inputs[name].fill_(value) if isinstance(value, (int, float)) else self.inputs[name].copy_(value)
+            self.inputs[name].fill_(value) if isinstance(value, (int, float)) else self.inputs[name].copy_(
+                value
+            )
         if self.graph is None:
             return self._run()
         self.graph.replay()
