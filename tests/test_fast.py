@@ -1,0 +1,185 @@
+"""The fast core against transformers' BarkModel.generate, on the tiny model (CPU)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from transformers import BarkModel, BarkProcessor
+from transformers.models.bark.generation_configuration_bark import (
+    BarkCoarseGenerationConfig,
+    BarkFineGenerationConfig,
+    BarkSemanticGenerationConfig,
+)
+
+from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
+from wyoming_bark.voices import VoiceLibrary
+
+GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
+
+
+@pytest.fixture(scope="module")
+def bark(tiny_model):
+    model = BarkModel.from_pretrained(str(tiny_model)).eval()
+    processor = BarkProcessor.from_pretrained(str(tiny_model))
+    return model, processor, FastBark(model)
+
+
+@pytest.fixture(scope="module")
+def voice(tiny_model):
+    library = VoiceLibrary(None)
+    prompt = library.load(library.resolve("v2/en_speaker_6"), tiny_model)
+    return {key: torch.from_numpy(value) for key, value in prompt.items()}
+
+
+def tokens(processor, text: str):
+    return processor.tokenizer(
+        text,
+        return_tensors="pt",
+        padding="max_length",
+        max_length=256,
+        add_special_tokens=False,
+        return_token_type_ids=False,
+    )
+
+
+def configs(model):
+    config = model.generation_config
+    return (
+        BarkSemanticGenerationConfig(**config.semantic_config),
+        BarkCoarseGenerationConfig(**config.coarse_acoustics_config),
+        BarkFineGenerationConfig(**config.fine_acoustics_config),
+    )
+
+
+def test_stages_match_transformers_token_for_token(bark, voice):
+    model, processor, fast = bark
+    sem, coarse_cfg, fine_cfg = configs(model)
+    inputs = tokens(processor, "Hello world, this is a test of the fast core.")
+    s = SamplingSettings(
+        text_temperature=None, waveform_temperature=None, fine_temperature=None, max_semantic_tokens=60
+    )
+    with torch.inference_mode():
+        ref_semantic = model.semantic.generate(
+            inputs["input_ids"],
+            semantic_generation_config=sem,
+            history_prompt=voice,
+            attention_mask=inputs["attention_mask"],
+            do_sample=False,
+            max_new_tokens=60,
+            min_eos_p=0.05,
+        )
+        semantic = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)
+        assert len(semantic) == 60
+        assert torch.equal(ref_semantic[0], semantic)
+
+        ref_coarse = model.coarse_acoustics.generate(
+            ref_semantic.clone(),
+            semantic_generation_config=sem,
+            coarse_generation_config=coarse_cfg,
+            codebook_size=1024,
+            history_prompt=voice,
+            do_sample=False,
+        )
+        coarse = fast.coarse_tokens(semantic, voice, s)
+        assert coarse.shape == (2, int(60 * 75 / 49.9)), "two 60-step windows and a bit"
+        assert torch.equal(torch.remainder(ref_coarse.view(-1, 2) - 10_000, 1024).T, coarse)
+
+        # transformers decodes the fine stage greedily when its temperature is 1.0
+        ref_fine = model.fine_acoustics.generate(
+            ref_coarse,
+            semantic_generation_config=sem,
+            coarse_generation_config=coarse_cfg,
+            fine_generation_config=fine_cfg,
+            codebook_size=1024,
+            history_prompt=voice,
+            temperature=1.0,
+        )
+        fine = fast.fine_tokens(coarse, voice, s)
+        assert torch.equal(ref_fine[0].long(), fine.long())
+
+        reference_audio = model.codec_decode(ref_fine)[0].numpy()
+    audio = fast.decode(fine)
+    np.testing.assert_allclose(audio, reference_audio, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_voice", [True, False])
+def test_full_length_generation_matches(bark, voice, with_voice):
+    """768 semantic tokens: the block-size limit, 13 coarse windows, two fine windows."""
+    model, processor, fast = bark
+    inputs = tokens(processor, "A long sentence.")
+    history = voice if with_voice else None
+    with torch.inference_mode():
+        reference = model.generate(
+            **inputs,
+            history_prompt=history,
+            do_sample=False,
+            semantic_max_new_tokens=768,
+            min_eos_p=0.05,
+            fine_temperature=1.0,
+        )[0].numpy()
+    audio = fast.generate(inputs["input_ids"], inputs["attention_mask"], history, GREEDY)
+    assert len(audio) == len(reference) == int(768 * 75 / 49.9) * 320
+    np.testing.assert_allclose(audio, reference, atol=1e-5)
+
+
+def test_eos_rule_and_immediate_stop(bark, voice):
+    """Once EOS is likely enough it is forced; ending at once gives empty audio, not an EnCodec crash."""
+    _, processor, fast = bark
+    inputs = tokens(processor, "Stop.")
+    s = SamplingSettings(
+        text_temperature=None, waveform_temperature=None, fine_temperature=None, min_eos_p=1e-9
+    )
+    semantic = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)
+    assert len(semantic) == 0
+    audio = fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, s)
+    assert audio.shape == (0,)
+
+
+def test_sampling_is_seeded_and_in_range(bark, voice):
+    _, processor, fast = bark
+    inputs = tokens(processor, "Sampled speech.")
+    s = SamplingSettings(max_semantic_tokens=30)
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        semantic = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)
+        coarse = fast.coarse_tokens(semantic, voice, s)
+        runs.append((semantic, coarse))
+        assert int(semantic.max()) < 10_000 and int(coarse.max()) < 1024 and int(coarse.min()) >= 0
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])
+    greedy = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, GREEDY)
+    assert not torch.equal(runs[0][0], greedy[:30]), "temperature sampling is not greedy"
+
+
+def test_no_early_stop_gives_fixed_lengths(bark, voice):
+    _, processor, fast = bark
+    inputs = tokens(processor, "Benchmarks need fixed lengths.")
+    s = SamplingSettings(min_eos_p=1e-9, max_semantic_tokens=25, allow_early_stop=False)
+    assert len(fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)) == 25
+
+
+def test_decode_step_matches_a_full_forward(bark):
+    """The static KV cache: token-by-token steps give the logits of one pass over the sequence."""
+    _, _, fast = bark
+    gpt = fast.coarse
+    sequence = torch.randint(10_000, 12_048, (1, 40))
+    positions = torch.arange(40)
+    with torch.inference_mode():
+        full = gpt(gpt.embed(sequence), positions)
+        gpt(gpt.embed(sequence[:, :30]), positions[:30])  # prefill
+        for i in range(30, 40):
+            step = gpt(gpt.embed(sequence[:, i : i + 1]), positions[i : i + 1])
+            torch.testing.assert_close(step[:, -1], full[:, i], atol=1e-4, rtol=1e-4)
+
+
+def test_cancel_stops_generation(bark, voice):
+    _, processor, fast = bark
+    inputs = tokens(processor, "Never finished.")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, SamplingSettings(), cancel)
