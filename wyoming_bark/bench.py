@@ -1,0 +1,256 @@
+"""Benchmark: our core against transformers' ``BarkModel.generate`` on the same weights.
+
+    python -m wyoming_bark.bench --arch full --device cuda --seconds 10 --reference --json
+
+Speed depends on the architecture, not on weight values, so the model is built with Bark's real
+dimensions and random weights (no download). Early stopping is disabled in our core, so every run
+generates exactly ``--seconds`` of speech; the reference gets the same token budget (random
+weights make its end-of-speech token improbable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .fast import FastBark, SamplingSettings
+
+ARCHS = {  # layers, hidden size, heads: Bark's checkpoints ("tiny" is for quick checks)
+    "full": (24, 1024, 16),
+    "small": (12, 768, 12),
+    "tiny": (2, 64, 2),
+}
+SEMANTIC_HZ = 49.9
+SAMPLE_RATE = 24_000
+
+
+def build_random_bark(arch: str, device: torch.device):
+    """A BarkModel with Bark's vocabularies, codebooks and EnCodec, and random weights."""
+    from transformers import BarkConfig, BarkModel, EncodecConfig, GenerationConfig
+    from transformers.models.bark.generation_configuration_bark import (
+        BarkCoarseGenerationConfig,
+        BarkFineGenerationConfig,
+        BarkSemanticGenerationConfig,
+    )
+
+    layers, hidden, heads = ARCHS[arch]
+    common = {
+        "hidden_size": hidden,
+        "num_layers": layers,
+        "num_heads": heads,
+        "block_size": 1024,
+        "bias": False,
+    }
+    config = BarkConfig(
+        semantic_config={**common, "input_vocab_size": 129_600, "output_vocab_size": 10_048},
+        coarse_acoustics_config={**common, "input_vocab_size": 12_096, "output_vocab_size": 12_096},
+        fine_acoustics_config={
+            **common,
+            "input_vocab_size": 1_056,
+            "output_vocab_size": 1_056,
+            "n_codes_total": 8,
+            "n_codes_given": 1,
+        },
+        codec_config=EncodecConfig().to_dict(),
+    )
+    torch.manual_seed(0)
+    model = BarkModel(config)
+    generation = GenerationConfig()
+    generation.semantic_config = BarkSemanticGenerationConfig().to_dict()
+    generation.coarse_acoustics_config = BarkCoarseGenerationConfig().to_dict()
+    generation.fine_acoustics_config = BarkFineGenerationConfig().to_dict()
+    generation.sample_rate, generation.codebook_size = SAMPLE_RATE, 1024
+    model.generation_config = generation
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return model.to(device, dtype=dtype).eval()
+
+
+def random_inputs(device: torch.device, seed: int = 0):
+    """Tokenized text and a voice prompt the size of suno's v2 presets."""
+    rng = np.random.default_rng(seed)
+    ids = torch.zeros(1, 256, dtype=torch.long)
+    ids[0, :40] = torch.from_numpy(rng.integers(1000, 100_000, 40))
+    mask = (ids != 0).long()
+    frames = 450
+    history = {
+        "semantic_prompt": torch.from_numpy(rng.integers(0, 10_000, int(frames * SEMANTIC_HZ / 75))),
+        "coarse_prompt": torch.from_numpy(rng.integers(0, 1024, (2, frames))),
+        "fine_prompt": torch.from_numpy(rng.integers(0, 1024, (8, frames))),
+    }
+    return ids.to(device), mask.to(device), {k: v.to(device) for k, v in history.items()}
+
+
+def _timed(device: torch.device, fn: Callable):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - started
+
+
+@dataclass
+class Run:
+    wall: float
+    audio_s: float
+    semantic_tokens: int = 0
+    coarse_tokens: int = 0
+    semantic_s: float = 0.0
+    coarse_s: float = 0.0
+    fine_s: float = 0.0
+    codec_s: float = 0.0
+
+
+def run_ours(fast: FastBark, device, inputs, settings: SamplingSettings) -> Run:
+    ids, mask, history = inputs
+    semantic, t_sem = _timed(device, lambda: fast.semantic_tokens(ids, mask, history, settings))
+    coarse, t_coarse = _timed(device, lambda: fast.coarse_tokens(semantic, history, settings))
+    fine, t_fine = _timed(device, lambda: fast.fine_tokens(coarse, history, settings))
+    audio, t_codec = _timed(device, lambda: fast.decode(fine))
+    return Run(
+        wall=t_sem + t_coarse + t_fine + t_codec,
+        audio_s=len(audio) / SAMPLE_RATE,
+        semantic_tokens=len(semantic),
+        coarse_tokens=coarse.numel(),
+        semantic_s=t_sem,
+        coarse_s=t_coarse,
+        fine_s=t_fine,
+        codec_s=t_codec,
+    )
+
+
+def run_reference(model, device, inputs, n_semantic: int) -> Run:
+    ids, mask, history = inputs
+
+    def generate():
+        with torch.inference_mode():
+            return model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                history_prompt=history,
+                do_sample=True,
+                semantic_max_new_tokens=n_semantic,
+                semantic_temperature=0.7,
+                coarse_temperature=0.7,
+                fine_temperature=0.5,
+                min_eos_p=None,
+            )
+
+    audio, wall = _timed(device, generate)
+    return Run(wall=wall, audio_s=audio.shape[-1] / SAMPLE_RATE)
+
+
+def benchmark(args: argparse.Namespace) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+    model, load_s = _timed(device, lambda: build_random_bark(args.arch, device))
+    inputs = random_inputs(device)
+    n_semantic = round(args.seconds * SEMANTIC_HZ)
+    settings = SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def load_core() -> FastBark:
+        fast = FastBark(model)
+        if device.type == "cuda":
+            fast.warmup()
+        return fast
+
+    fast, warmup_s = _timed(device, load_core)
+    first = run_ours(fast, device, inputs, settings)
+    runs = [run_ours(fast, device, inputs, settings) for _ in range(args.reps)]
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+    def median(field: str) -> float:
+        return statistics.median(getattr(run, field) for run in runs)
+
+    wall, audio_s = median("wall"), runs[0].audio_s
+    result = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "arch": args.arch,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "audio_seconds": round(audio_s, 3),
+        "reps": args.reps,
+        "ours": {
+            "wall_s": round(wall, 4),
+            "rtf": round(wall / audio_s, 4),
+            "semantic_ms_per_step": round(1000 * median("semantic_s") / max(runs[0].semantic_tokens, 1), 3),
+            "coarse_ms_per_step": round(1000 * median("coarse_s") / max(runs[0].coarse_tokens, 1), 3),
+            "fine_ms": round(1000 * median("fine_s"), 2),
+            "codec_ms": round(1000 * median("codec_s"), 2),
+            "first_call_s": round(first.wall, 4),
+            "warmup_s": round(warmup_s, 3),
+            "peak_gpu_mib": round(peak, 1) if peak is not None else None,
+        },
+        "model_build_s": round(load_s, 2),
+    }
+    if args.reference:
+        reference_first = run_reference(model, device, inputs, n_semantic)
+        reference = [run_reference(model, device, inputs, n_semantic) for _ in range(args.reps)]
+        ref_wall = statistics.median(run.wall for run in reference)
+        result["reference"] = {
+            "impl": "transformers BarkModel.generate",
+            "wall_s": round(ref_wall, 4),
+            "rtf": round(ref_wall / max(reference[0].audio_s, 1e-9), 4),
+            "audio_seconds": round(reference[0].audio_s, 3),
+            "first_call_s": round(reference_first.wall, 4),
+        }
+        result["speedup"] = round(ref_wall / wall, 2)
+    return result
+
+
+def print_table(result: dict) -> None:
+    ours, ref = result["ours"], result.get("reference", {})
+    print(
+        f"{result['device']}, {result['arch']} architecture, {result['dtype']}, {result['audio_seconds']} s of speech"
+    )
+    rows = [
+        ("wall (s)", ours["wall_s"], ref.get("wall_s")),
+        ("RTF", ours["rtf"], ref.get("rtf")),
+        ("first call (s)", ours["first_call_s"], ref.get("first_call_s")),
+        ("semantic ms/step", ours["semantic_ms_per_step"], None),
+        ("coarse ms/step", ours["coarse_ms_per_step"], None),
+        ("fine (ms)", ours["fine_ms"], None),
+        ("codec (ms)", ours["codec_ms"], None),
+        ("warm-up at load (s)", ours["warmup_s"], None),
+        ("peak GPU (MiB)", ours["peak_gpu_mib"], None),
+    ]
+    print(f"{'':22}{'ours':>12}{'transformers':>14}")
+    for name, mine, theirs in rows:
+        print(f"{name:22}{'-' if mine is None else mine:>12}{'-' if theirs is None else theirs:>14}")
+    if "speedup" in result:
+        print(f"speed-up over transformers: {result['speedup']}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m wyoming_bark.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="full")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of speech per run")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs after the first (cold) one")
+    parser.add_argument("--reference", action="store_true", help="also time transformers' BarkModel.generate")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+    result = benchmark(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
