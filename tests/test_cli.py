@@ -29,6 +29,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_DATA_DIR": str(tmp_path),
         "BARK_VOICES_DIR": str(tmp_path / "v"),
         "BARK_SAMPLES_PER_CHUNK": "512",
+        "BARK_MAX_CHARS": "2000",
         "BARK_NO_STREAMING": "true",
         "BARK_PRELOAD": "1",
         "BARK_MAX_SEMANTIC_TOKENS": "300",
@@ -53,7 +54,12 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "cuda:1",
         "v2/de_speaker_2",
     )
-    assert (args.samples_per_chunk, args.max_semantic_tokens, args.seed) == (512, 300, 7)
+    assert (args.samples_per_chunk, args.max_semantic_tokens, args.seed, args.max_chars) == (
+        512,
+        300,
+        7,
+        2000,
+    )
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)

@@ -225,7 +225,9 @@ async def test_health_check(bark_server, server_factory):
 
 
 async def test_transformers_core_serves_too(server_factory, tiny_model):
-    server = server_factory("--model", str(tiny_model), "--core", "transformers", "--max-semantic-tokens", "20")
+    server = server_factory(
+        "--model", str(tiny_model), "--core", "transformers", "--max-semantic-tokens", "20"
+    )
     result = await synthesize(server.uri, "The reference path. It still works.", "v2/hi_speaker_0")
     assert_stream(result, sentences=2)
     assert "with the transformers core" in server.log_text()

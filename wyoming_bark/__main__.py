@@ -17,7 +17,7 @@ from wyoming.server import AsyncServer
 from . import __version__
 from .discovery import ZeroconfAdvertiser
 from .engine import BarkEngine, GenerationSettings
-from .handler import BarkEventHandler
+from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
 from .model import ModelLoadError, device_summary, resolve_device
 from .voices import DEFAULT_VOICE, VoiceError, VoiceLibrary
 
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
     add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
     add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_positive_int)
+    add(
+        "max-chars",
+        str(DEFAULT_MAX_CHARS),
+        "Longest text one request may send (characters)",
+        type=_positive_int,
+    )
     switch("no-streaming", "Do not announce streaming synthesis (synthesize-start/chunk/stop)")
     switch("preload", "Load the model at start instead of on the first request")
     add(
@@ -196,7 +202,10 @@ async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
         engine.voices.voices_dir,
     )
     try:
-        await server.run(partial(BarkEventHandler, engine=engine, streaming=not args.no_streaming))
+        handler = partial(
+            BarkEventHandler, engine=engine, streaming=not args.no_streaming, max_chars=args.max_chars
+        )
+        await server.run(handler)
     finally:
         for task in background:
             task.cancel()

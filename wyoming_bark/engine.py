@@ -54,6 +54,10 @@ class GenerationSettings:
         )
 
 
+class OutOfMemory(RuntimeError):
+    """The GPU ran out of memory for one request; caches are freed and the next may succeed."""
+
+
 class SynthesisCancelled(Exception):
     """The requester went away; the generation was stopped early and its output dropped."""
 
@@ -115,6 +119,10 @@ class BarkEngine:
         self.settings = settings or GenerationSettings()
         self.samples_per_chunk = samples_per_chunk
         self.last_error: str | None = None
+        self.started = time.monotonic()
+        self.sentences = 0  # generated since start
+        self.audio_seconds = 0.0
+        self.pending = 0  # sentences queued for or running on the worker thread
         self._bark: LoadedBark | None = None
         self._load_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark")
@@ -166,11 +174,16 @@ class BarkEngine:
         future = asyncio.get_running_loop().run_in_executor(
             self._executor, self._generate, bark, sentence, prompt, cancel
         )
+        self.pending += 1
         try:
             audio = await future
         except asyncio.CancelledError:
             cancel.set()
             raise
+        finally:
+            self.pending -= 1
+        self.sentences += 1
+        self.audio_seconds += len(audio) / SAMPLE_RATE
         for chunk in pcm_chunks(audio, self.samples_per_chunk):
             yield chunk
 
@@ -192,15 +205,24 @@ class BarkEngine:
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
         if self.settings.seed is not None:
             torch.manual_seed(self.settings.seed)
-        if bark.fast is not None:
-            try:
+        try:
+            if bark.fast is not None:
                 audio = bark.fast.generate(
                     inputs.input_ids, inputs.attention_mask, history, self.settings.sampling(), cancel
                 )
-            except Cancelled as err:
-                raise SynthesisCancelled from err
-        else:
-            audio = self._generate_transformers(bark, inputs, history, cancel)
+            else:
+                audio = self._generate_transformers(bark, inputs, history, cancel)
+        except Cancelled as err:
+            raise SynthesisCancelled from err
+        except torch.cuda.OutOfMemoryError as err:
+            # Free what this request held so the next one starts clean.
+            torch.cuda.empty_cache()
+            self.last_error = f"GPU out of memory while speaking: {err}"
+            _LOGGER.error("%s", self.last_error)
+            raise OutOfMemory(
+                "The GPU ran out of memory for this request; try shorter sentences, "
+                "--model suno/bark-small, or free the GPU"
+            ) from err
         elapsed = time.monotonic() - started
         seconds = len(audio) / SAMPLE_RATE
         _LOGGER.debug(
@@ -234,6 +256,27 @@ class BarkEngine:
         if cancel.is_set():
             raise SynthesisCancelled
         return audio[0].float().cpu().numpy()
+
+    def status(self) -> dict:
+        """Model state and counters, for health checks and logs."""
+        bark = self._bark
+        status = {
+            "model": self.model,
+            "loaded": bark is not None,
+            "core": self.core,
+            "device": str(bark.device) if bark else self.device,
+            "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
+            "voices": len(self.voices.list()),
+            "queue_depth": self.pending,
+            "sentences": self.sentences,
+            "audio_seconds": round(self.audio_seconds, 2),
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "last_error": self.last_error,
+        }
+        if bark is not None and bark.device.type == "cuda":
+            status["gpu_memory_mib"] = round(torch.cuda.memory_allocated(bark.device) / 2**20, 1)
+            status["gpu_reserved_mib"] = round(torch.cuda.memory_reserved(bark.device) / 2**20, 1)
+        return status
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

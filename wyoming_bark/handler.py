@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
@@ -13,6 +14,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import (
     Synthesize,
@@ -24,11 +26,25 @@ from wyoming.tts import (
 )
 
 from . import __version__
-from .engine import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH, BarkEngine, StreamingSession, SynthesisCancelled
+from .engine import (
+    CHANNELS,
+    SAMPLE_RATE,
+    SAMPLE_WIDTH,
+    BarkEngine,
+    OutOfMemory,
+    StreamingSession,
+    SynthesisCancelled,
+)
 from .model import ModelLoadError
+from .protocol import ProtocolError, read_event
+from .text import clean_text
 from .voices import Voice, VoiceError
 
 _LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MAX_CHARS = 10_000
+STATUS_EVENT = "bark-status"  # our extension: the engine's status, for health checks
+ERROR_CODES = {VoiceError: "voice-error", ModelLoadError: "model-not-loaded", OutOfMemory: "out-of-memory"}
 
 # Fixed for the whole connection: Home Assistant builds its WAV header from the first audio-start.
 AUDIO_FORMAT = {"rate": SAMPLE_RATE, "width": SAMPLE_WIDTH, "channels": CHANNELS}
@@ -66,6 +82,7 @@ class _Stream:
 
     voice: Voice | None
     session: StreamingSession | None = None
+    chars: int = 0  # text received so far (streaming)
     started: bool = False  # audio-start sent
     failed: bool = False  # an error was sent: drop the rest of this request
 
@@ -73,15 +90,43 @@ class _Stream:
 class BarkEventHandler(AsyncEventHandler):
     """Answers describe at once; queues synthesis so it never holds up reading events."""
 
-    def __init__(self, reader, writer, engine: BarkEngine, streaming: bool = True) -> None:
+    def __init__(
+        self, reader, writer, engine: BarkEngine, streaming: bool = True, max_chars: int = DEFAULT_MAX_CHARS
+    ) -> None:
         super().__init__(reader, writer)
         self.engine = engine
         self.streaming = streaming
+        self.max_chars = max_chars
         self._stream: _Stream | None = None  # the open streaming request, if any
         self._jobs: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
+    async def run(self) -> None:
+        """wyoming's loop, with a reader that bounds what a client can make us buffer."""
+        self._is_running = True
+        try:
+            while self._is_running:
+                try:
+                    event = await read_event(self.reader)
+                except ProtocolError as err:
+                    await self._error(f"Bad event: {err}; closing the connection", "bad-event")
+                    break
+                if event is None or not await self.handle_event(event):
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            await self.disconnect()
+            self.writer.close()
+
     async def handle_event(self, event: Event) -> bool:
+        try:
+            await self._dispatch(event)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            await self._error(f"Malformed {event.type} event: {err!r}", "bad-event")
+        return True
+
+    async def _dispatch(self, event: Event) -> None:
         if Describe.is_type(event.type):
             await self.write_event(build_info(self.engine, self.streaming).event())
         elif Synthesize.is_type(event.type):
@@ -90,9 +135,10 @@ class BarkEventHandler(AsyncEventHandler):
                 _LOGGER.debug("Ignoring synthesize during a streaming request")
             else:
                 synthesize = Synthesize.from_event(event)
-                stream = await self._open(synthesize.voice)
+                text = self._checked_text(synthesize.text, 0)
+                stream = await self._open(synthesize.voice) if text is not None else None
                 if stream is not None:
-                    self._submit(self._speak_text(stream, synthesize.text))
+                    self._submit(self._speak_text(stream, text))
         elif SynthesizeStart.is_type(event.type):
             if self._stream is not None:
                 await self._error("synthesize-start while a streaming request is open", "bad-order")
@@ -105,9 +151,15 @@ class BarkEventHandler(AsyncEventHandler):
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")
             elif self._stream.session is not None:
-                sentences = self._stream.session.add(SynthesizeChunk.from_event(event).text)
-                if sentences:
-                    self._submit(self._speak_sentences(self._stream, sentences))
+                stream = self._stream
+                text = self._checked_text(SynthesizeChunk.from_event(event).text, stream.chars)
+                if text is None:
+                    stream.failed, stream.session = True, None
+                else:
+                    stream.chars += len(text)
+                    sentences = stream.session.add(text)
+                    if sentences:
+                        self._submit(self._speak_sentences(stream, sentences))
         elif SynthesizeStop.is_type(event.type):
             if self._stream is None:
                 await self._error("synthesize-stop without synthesize-start", "bad-order")
@@ -116,9 +168,26 @@ class BarkEventHandler(AsyncEventHandler):
                 if stream.session is not None:
                     self._submit(self._speak_sentences(stream, stream.session.flush()))
                 self._submit(self._finish(stream, streaming=True))
+        elif Ping.is_type(event.type):
+            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+        elif event.type == STATUS_EVENT:
+            await self.write_event(Event(STATUS_EVENT, data=self.engine.status()))
         else:
-            _LOGGER.debug("Unexpected event: %s", event.type)
-        return True
+            await self._error(f"Unsupported event type '{event.type}' for a TTS server", "unsupported-event")
+
+    def _checked_text(self, text: object, so_far: int) -> str | None:
+        """Text without control characters, or None (after queueing an error) when too long."""
+        if not isinstance(text, str):
+            raise TypeError("text must be a string")
+        if so_far + len(text) > self.max_chars:
+            self._submit(
+                self._error(
+                    f"Text of {so_far + len(text)} characters exceeds the limit of {self.max_chars} (--max-chars)",
+                    "text-too-long",
+                )
+            )
+            return None
+        return clean_text(text)
 
     async def _open(self, requested: SynthesizeVoice | None) -> _Stream | None:
         try:
@@ -159,9 +228,9 @@ class BarkEventHandler(AsyncEventHandler):
                         await self.write_event(AudioStart(**AUDIO_FORMAT).event())
                         stream.started = True
                     await self.write_event(AudioChunk(audio=pcm, **AUDIO_FORMAT).event())
-        except (VoiceError, ModelLoadError) as err:
+        except (VoiceError, ModelLoadError, OutOfMemory) as err:
             stream.failed = True
-            await self._error(str(err), "voice-error" if isinstance(err, VoiceError) else "model-not-loaded")
+            await self._error(str(err), ERROR_CODES[type(err)])
         except SynthesisCancelled:
             stream.failed = True
         except (ConnectionError, asyncio.CancelledError):
@@ -181,7 +250,8 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def _error(self, text: str, code: str) -> None:
         _LOGGER.warning("Error sent to client: %s", text)
-        await self.write_event(Error(text=text, code=code).event())
+        with contextlib.suppress(ConnectionError):
+            await self.write_event(Error(text=text, code=code).event())
 
     async def disconnect(self) -> None:
         """Stop this connection's synthesis; the engine's cancel flag ends its generation early."""

@@ -16,8 +16,15 @@ from sentence_stream import SentenceBoundaryDetector
 # About 14 s of speech at a typical 14-15 characters per second.
 MAX_SENTENCE_CHARS = 200
 
+# Control characters (but newline and tab) and lone surrogates are noise to the tokenizer.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _CLAUSE_RE = re.compile(r"(?<=[,;:\u3001\uff0c\uff1b\u2014\u2013])\s+")
 _WORD_RE = re.compile(r"\[[^\]]*\]|\S+")
+
+
+def clean_text(text: str) -> str:
+    """Drop control characters; everything else (cues, emoji, any script) passes through."""
+    return _CONTROL_RE.sub(" ", text)
 
 
 def _pack(pieces: list[str], max_chars: int, sep: str) -> list[str]:
