@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -36,14 +37,13 @@ from .engine import (
     SynthesisCancelled,
 )
 from .model import ModelLoadError
-from .protocol import ProtocolError, read_event
+from .protocol import STATUS_EVENT, ProtocolError, read_event
 from .text import clean_text
 from .voices import Voice, VoiceError
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS = 10_000
-STATUS_EVENT = "bark-status"  # our extension: the engine's status, for health checks
 ERROR_CODES = {VoiceError: "voice-error", ModelLoadError: "model-not-loaded", OutOfMemory: "out-of-memory"}
 
 # Fixed for the whole connection: Home Assistant builds its WAV header from the first audio-start.
@@ -171,7 +171,12 @@ class BarkEventHandler(AsyncEventHandler):
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif event.type == STATUS_EVENT:
-            await self.write_event(Event(STATUS_EVENT, data=self.engine.status()))
+            status = {
+                **self.engine.status(),
+                "tasks": len(asyncio.all_tasks()),
+                "threads": threading.active_count(),
+            }
+            await self.write_event(Event(STATUS_EVENT, data=status))
         else:
             await self._error(f"Unsupported event type '{event.type}' for a TTS server", "unsupported-event")
 

@@ -13,8 +13,11 @@ import time
 
 from wyoming.audio import AudioChunk
 from wyoming.client import AsyncClient
+from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize
+
+from .protocol import STATUS_EVENT
 
 
 async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str]:
@@ -30,7 +33,17 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         programs = [p for p in Info.from_event(event).tts if p.name == "bark"]
         if not programs:
             return False, "no bark TTS program in info"
-        status = f"bark {programs[0].version}, {len(programs[0].voices)} voices, describe {1000 * (time.monotonic() - started):.0f} ms"
+        describe_ms = 1000 * (time.monotonic() - started)
+        status = (
+            f"bark {programs[0].version}, {len(programs[0].voices)} voices, describe {describe_ms:.0f} ms"
+        )
+        await client.write_event(Event(STATUS_EVENT))
+        event = await asyncio.wait_for(client.read_event(), timeout)
+        if event is not None and event.type == STATUS_EVENT:
+            state = event.data
+            model = f"loaded on {state['device']}" if state.get("loaded") else "not loaded yet"
+            status += f", model {state.get('model')} {model}, {state.get('sentences', 0)} sentences served"
+            status += f", last error: {state.get('last_error') or 'none'}"
         if phrase is None:
             return True, status
         started = time.monotonic()

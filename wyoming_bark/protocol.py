@@ -13,6 +13,7 @@ import json
 
 from wyoming.event import Event
 
+STATUS_EVENT = "bark-status"  # our extension: ask for (and receive) the engine's status
 MAX_DATA_BYTES = 1 << 20  # synthesize text lives here; --max-chars bounds it further
 MAX_PAYLOAD_BYTES = 1 << 20  # a TTS server receives no audio
 

@@ -1,0 +1,299 @@
+"""Hostile input, disconnects, load and faults: the server keeps serving. Loopback only, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SAMPLES_PER_SENTENCE, TIMEOUT, describe
+from test_server import assert_stream, synthesize
+from wyoming.client import AsyncClient
+from wyoming.event import Event, async_read_event
+from wyoming.tts import Synthesize, SynthesizeVoice
+from wyoming_client import read_until
+
+from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
+from wyoming_bark.fast import FastBark
+from wyoming_bark.voices import VoiceLibrary
+
+# BARK_SOAK_REQUESTS=20 runs the full soak (8 clients x 20 requests); CI runs a short one.
+SOAK_REQUESTS = int(os.environ.get("BARK_SOAK_REQUESTS", "3"))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+async def status(uri: str) -> dict:
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Event("bark-status"))
+        event = await asyncio.wait_for(client.read_event(), TIMEOUT)
+    assert event.type == "bark-status"
+    return event.data
+
+
+def header(**fields) -> bytes:
+    return json.dumps(fields).encode() + b"\n"
+
+
+def malformed_inputs(rng: random.Random) -> list[tuple[str, bytes]]:
+    """At least 1,000 inputs that are not acceptable Wyoming events, by category."""
+    cases: list[tuple[str, bytes]] = []
+    for _ in range(300):
+        cases.append(
+            ("random bytes", bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) + b"\n")
+        )
+    for _ in range(100):
+        cases.append(("not json", "".join(rng.choice("{}[]:,abc\"' ") for _ in range(40)).encode() + b"\n"))
+    for value in ([1, 2], "text", 5, None, True, [], {}):
+        cases.extend(("not an event", json.dumps(value).encode() + b"\n") for _ in range(10))
+    for _ in range(50):
+        cases.append(("bad type", header(type=rng.choice([1, None, [], {"a": 1}]))))
+        cases.append(("bad data", header(type="synthesize", data=rng.choice([[1], "x", 3]))))
+    for key in ("data_length", "payload_length"):
+        for value in (-1, -(10**12), 10**10, 10**20, "10", 1.5, [3], True):
+            cases.extend((f"bad {key}", header(type="synthesize", **{key: value})) for _ in range(10))
+    for _ in range(50):
+        cases.append(("truncated data", header(type="synthesize", data_length=100) + b'{"text": "hel'))
+        cases.append(("truncated payload", header(type="audio-chunk", payload_length=5000) + os.urandom(100)))
+    for _ in range(25):
+        cases.append(("invalid utf-8 header", b'{"type": "synth\xff\xfeesize"}\n'))
+        data = b'{"text": "caf\xe9"}'
+        cases.append(("invalid utf-8 data", header(type="synthesize", data_length=len(data)) + data))
+    for _ in range(100):
+        name = "".join(rng.choice("abcdefgh-") for _ in range(rng.randrange(1, 20)))
+        cases.append(("unknown type", header(type=f"x-{name}")))
+    for _ in range(20):
+        cases.append(("chunk without start", header(type="synthesize-chunk", data={"text": "hi"})))
+        cases.append(("stop without start", header(type="synthesize-stop")))
+        cases.append(("two starts", header(type="synthesize-start") * 2))
+        cases.append(("no text", header(type="synthesize", data={"voice": {"name": "announcer"}})))
+        cases.append(("text not a string", header(type="synthesize", data={"text": ["a"]})))
+        cases.append(("voice not an object", header(type="synthesize", data={"text": "a", "voice": 3})))
+    for _ in range(3):
+        cases.append(("2 MiB header line", b'{"type": "' + b"a" * (2 << 20)))
+    return cases
+
+
+async def send_raw(uri_port: int, raw: bytes) -> list[Event]:
+    """Send ``raw``, then collect the server's events until it closes or goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", uri_port)
+    events: list[Event] = []
+    try:
+        writer.write(raw)
+        await writer.drain()
+        while True:
+            event = await asyncio.wait_for(async_read_event(reader), 0.5)
+            if event is None:
+                break
+            events.append(event)
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+    return events
+
+
+async def test_fuzz_then_still_serving(server_factory, tiny_model):
+    server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20", "--debug")
+    port = int(server.uri.rsplit(":", 1)[1])
+    assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)
+    rss_before = rss_mib(server.process.pid)
+    cases = malformed_inputs(random.Random(7))
+    assert len(cases) >= 1000
+    gate = asyncio.Semaphore(16)
+
+    async def one(raw: bytes) -> list[Event]:
+        async with gate:
+            return await send_raw(port, raw)
+
+    replies = await asyncio.gather(*(one(raw) for _, raw in cases))
+    for (category, _), events in zip(cases, replies):
+        assert all(event.type == "error" for event in events), (category, events)
+        if category.startswith(("bad ", "not ", "invalid", "2 MiB", "random")):
+            # refused with a reason where the header could be read at all
+            assert len(events) <= 1, (category, events)
+        if category in ("unknown type", "chunk without start", "stop without start", "no text"):
+            assert events and events[0].type == "error", category
+    codes = {event.data.get("code") for events in replies for event in events}
+    assert {"bad-event", "unsupported-event", "bad-order"} <= codes
+
+    assert server.process.poll() is None, "the server survived"
+    assert (await describe(server.uri)).type == "info"
+    assert_stream(await synthesize(server.uri, "Still here."), sentences=1)
+    assert rss_mib(server.process.pid) - rss_before < 100, "no buffering of claimed payloads"
+
+
+async def test_bad_requests(bark_server):
+    too_long = await synthesize(bark_server.uri, "word " * 20_000)
+    assert too_long.types == ["error"] and too_long.events[0].data["code"] == "text-too-long"
+    assert "--max-chars" in too_long.events[0].data["text"]
+    controls = await synthesize(bark_server.uri, "Bell\x07 and\x00 null\x1b[31m.")
+    assert_stream(controls, sentences=1)
+    emoji = await synthesize(bark_server.uri, "😀 ♪ [laughs] ✓")
+    assert_stream(emoji, sentences=1)
+
+
+async def test_streaming_text_limit(bark_server):
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(Event("synthesize-start"))
+        for _ in range(3):
+            await client.write_event(Event("synthesize-chunk", data={"text": "x" * 4000}))
+        await client.write_event(Event("synthesize-stop"))
+        result = await read_until(client, "synthesize-stopped")
+        if result.types == ["error"]:
+            result.events += (await read_until(client, "synthesize-stopped")).events
+    assert result.types == ["error", "synthesize-stopped"], result.types
+    assert result.events[0].data["code"] == "text-too-long"
+
+
+async def test_ping_and_status(bark_server):
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(Event("ping", data={"text": "hi"}))
+        pong = await asyncio.wait_for(client.read_event(), TIMEOUT)
+    assert pong.type == "pong" and pong.data.get("text") == "hi"
+    await synthesize(bark_server.uri, "Count me.")
+    state = await status(bark_server.uri)
+    assert state["loaded"] and state["device"] == "cpu" and state["dtype"] == "float32"
+    assert state["core"] == "fast" and state["voices"] == 133 and state["sentences"] >= 1
+    assert state["queue_depth"] == 0
+
+
+async def test_disconnects_leak_no_threads_or_tasks(bark_server):
+    pid = bark_server.process.pid
+    await synthesize(bark_server.uri, "Settle.")
+    threads, tasks = thread_count(pid), (await status(bark_server.uri))["tasks"]
+    for _ in range(5):
+        client = AsyncClient.from_uri(bark_server.uri)
+        await client.connect()
+        await client.write_event(Synthesize(" ".join(["Going going gone."] * 6)).event())
+        await read_until(client, "audio-chunk")
+        await client.disconnect()
+    assert_stream(await synthesize(bark_server.uri, "Next please."), sentences=1)
+    await asyncio.sleep(0.2)
+    assert thread_count(pid) == threads
+    after = await status(bark_server.uri)
+    assert after["tasks"] <= tasks and after["queue_depth"] == 0
+
+
+async def test_slow_reader_does_not_stall_others(bark_server):
+    """A client that never reads keeps its own connection busy, not the server."""
+    _reader, writer = await asyncio.open_connection("127.0.0.1", int(bark_server.uri.rsplit(":", 1)[1]))
+    for _ in range(20):
+        writer.write(
+            json.dumps({"type": "synthesize", "data": {"text": "Fill the pipe. " * 10}}).encode() + b"\n"
+        )
+    await writer.drain()
+    started = time.monotonic()
+    assert_stream(await synthesize(bark_server.uri, "I am not blocked."), sentences=1)
+    for _ in range(5):
+        await describe(bark_server.uri)
+    assert time.monotonic() - started < 30
+    writer.close()
+
+
+async def test_soak_concurrent_clients(bark_server):
+    """8 clients x SOAK_REQUESTS requests; describe stays fast and memory flat throughout."""
+    pid = bark_server.process.pid
+    await synthesize(bark_server.uri, "Warm.")
+    rss_before = rss_mib(pid)
+    voices = ["v2/en_speaker_1", "v2/de_speaker_4", "announcer", "grandpa"]
+    done = asyncio.Event()
+    latencies: list[float] = []
+
+    async def client(n: int) -> None:
+        for i in range(SOAK_REQUESTS):
+            result = await synthesize(
+                bark_server.uri, f"Client {n} request {i}.", voices[(n + i) % len(voices)]
+            )
+            assert result.samples == SAMPLES_PER_SENTENCE, (n, i, result.types)
+
+    async def prober() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            await describe(bark_server.uri)
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)
+
+    probe = asyncio.create_task(prober())
+    await asyncio.wait_for(asyncio.gather(*(client(n) for n in range(8))), 600)
+    done.set()
+    await probe
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    assert len(latencies) >= 10
+    assert p99 < 0.1, (
+        f"describe p99 {p99 * 1000:.0f} ms (median {statistics.median(latencies) * 1000:.0f} ms)"
+    )
+    assert rss_mib(pid) - rss_before < 100
+
+
+async def test_model_appears_later_and_the_server_recovers(server_factory, tiny_model, tmp_path):
+    later = tmp_path / "model-arrives-later"
+    server = server_factory("--model", str(later), "--max-semantic-tokens", "20")
+    first = await synthesize(server.uri, "Anyone there?")
+    assert first.types == ["error"] and str(later) in first.events[0].data["text"]
+    shutil.copytree(tiny_model, later)
+    assert_stream(await synthesize(server.uri, "Now I am."), sentences=1)
+    assert (await status(server.uri))["last_error"] is None
+
+
+async def test_sigterm_mid_synthesis_exits_cleanly(server_factory, tiny_model):
+    server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")
+    client = AsyncClient.from_uri(server.uri)
+    await client.connect()
+    await client.write_event(
+        Synthesize(" ".join(["Long speech."] * 30), voice=SynthesizeVoice("announcer")).event()
+    )
+    await read_until(client, "audio-chunk")
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(server.process.wait, 30) == 0
+    assert time.monotonic() - started < 10, "in-flight work is cancelled, not finished"
+    await client.disconnect()
+    assert "Stopped" in server.log_text()
+
+
+async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, monkeypatch):
+    """No GPU here: the OOM is raised by a stand-in for the first generation only."""
+    engine = BarkEngine(
+        str(tiny_model),
+        tmp_path,
+        "cpu",
+        VoiceLibrary(None),
+        "v2/en_speaker_6",
+        GenerationSettings(max_semantic_tokens=20),
+    )
+    real = FastBark.generate
+    calls = []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastBark, "generate", flaky)
+    voice = engine.voice(None)
+    with pytest.raises(OutOfMemory, match="ran out of memory"):
+        _ = [chunk async for chunk in engine.speak("First.", voice)]
+    assert "out of memory" in engine.status()["last_error"]
+    audio = b"".join([chunk async for chunk in engine.speak("Second.", voice)])
+    assert len(audio) == 2 * SAMPLES_PER_SENTENCE
+    engine.close()
