@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,11 @@ def test_gpu_image_and_compose():
 
 
 def test_dockerfiles_and_scripts_pass_linters():
-    hadolint, shellcheck = shutil.which("hadolint"), shutil.which("shellcheck")
+    scripts_dir = sysconfig.get_path("scripts")  # the venv's bin/, even when it is not on PATH
+    hadolint, shellcheck = (
+        shutil.which(tool, path=f"{scripts_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        for tool in ("hadolint", "shellcheck")
+    )
     assert hadolint and shellcheck, "install the test extras: pip install -e '.[test]'"
     lint = subprocess.run(
         [hadolint, ROOT / "Dockerfile", ADDON / "Dockerfile"], check=False, capture_output=True, text=True
