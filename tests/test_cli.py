@@ -39,6 +39,11 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_SEED": "7",
         "BARK_ZEROCONF": "kitchen-bark",
         "BARK_ZEROCONF_HOST": "192.0.2.5",
+        "BARK_ENGINE": "bark",
+        "BARK_CONFIG": str(tmp_path / "bark.json"),
+        "BARK_SENTENCE_SILENCE": "0.25",
+        "BARK_CACHE": "on",
+        "BARK_CACHE_SIZE_MB": "50",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
     }
@@ -64,6 +69,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
     assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")
+    assert (args.engine, args.config, args.sentence_silence) == ("bark", str(tmp_path / "bark.json"), 0.25)
+    assert args.cache and args.cache_size_mb == 50
     assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", (
         "flags beat the environment"
     )

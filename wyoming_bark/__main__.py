@@ -9,17 +9,21 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from platformdirs import user_cache_path
 from wyoming.server import AsyncServer
 
 from . import __version__
+from .config import ConfigError, load_config
+from .contract import ENGINES, TtsEngine, create_engine
 from .discovery import ZeroconfAdvertiser
-from .engine import BarkEngine, GenerationSettings
+from .engine import GenerationSettings
+from .errors import ModelLoadError, TtsError
 from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
-from .model import ModelLoadError, device_summary, resolve_device
-from .voices import DEFAULT_VOICE, VoiceError, VoiceLibrary
+from .model import device_summary, resolve_device
+from .voices import DEFAULT_VOICE, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 ENV_PREFIX = "BARK_"
@@ -70,19 +74,47 @@ def _semantic_tokens(value: str) -> int:
     return number
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return number
+
+
+def build_parser(file_values: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``file_values`` (from --config) replace the built-in defaults only."""
+    file_values = file_values or {}
     parser = argparse.ArgumentParser(
         prog="wyoming-bark",
         description="Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>.",
     )
 
+    def from_file(flag: str, default, convert=None):
+        key = flag.replace("-", "_")
+        if key not in file_values:
+            return default
+        value = file_values[key]
+        if convert is not None:
+            try:
+                convert(str(value))
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise ConfigError(f"config key tts.bark.{key}: {err}") from err
+        return value
+
     def add(flag: str, default, help_text: str, **kwargs) -> None:
         help_text = f"{help_text} (env {env_name(flag)})"
-        parser.add_argument(f"--{flag}", default=_env(flag, default), help=help_text, **kwargs)
+        default = _env(flag, from_file(flag, default, kwargs.get("type")))
+        parser.add_argument(f"--{flag}", default=default, help=help_text, **kwargs)
 
     def switch(flag: str, help_text: str) -> None:
         help_text = f"{help_text} (env {env_name(flag)}=1)"
-        parser.add_argument(f"--{flag}", action="store_true", default=_env_bool(flag), help=help_text)
+        default = _env_bool(flag) if _env(flag) is not None else bool(from_file(flag, False))
+        parser.add_argument(f"--{flag}", action="store_true", default=default, help=help_text)
+
+    parser.add_argument(
+        "--config", metavar="FILE", default=_env("config"), help="JSON configuration file (env BARK_CONFIG)"
+    )
+    add("engine", "bark", "TTS engine", choices=sorted(ENGINES))
 
     add("uri", "tcp://0.0.0.0:10200", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
     add("model", "suno/bark-small", "Hub id (suno/bark-small, suno/bark) or a local model directory")
@@ -120,11 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=float)
     add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=float)
     add("seed", None, "Seed each sentence's sampling for reproducible audio", type=int)
+    add("sentence-silence", "0", "Seconds of silence between sentences", type=_non_negative)
+    switch("cache", "Keep spoken sentences on disk and replay repeats from there")
+    add(
+        "cache-size-mb",
+        "200",
+        "Size bound of the sentence cache (least recently used go first)",
+        type=_non_negative,
+    )
+    parser.set_defaults(voice_seeds=file_values.get("voice_seeds", {}))
     parser.add_argument(
         "--zeroconf",
         nargs="?",
         const=DEFAULT_ZEROCONF_NAME,
-        default=_zeroconf_env(),
+        default=_zeroconf_env() if _env("zeroconf") is not None else file_values.get("zeroconf"),
         metavar="NAME",
         help=f"Announce NAME._wyoming._tcp.local. over mDNS (NAME defaults to {DEFAULT_ZEROCONF_NAME}; "
         f"env {env_name('zeroconf')}=NAME or 1)",
@@ -136,17 +177,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_engine(args: argparse.Namespace) -> BarkEngine:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags over environment over --config file over defaults."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config", default=_env("config"))
+    config_path = early.parse_known_args(argv)[0].config
+    file_values: dict[str, Any] = {}
+    warnings: list[str] = []
+    try:
+        if config_path:
+            file_values, warnings = load_config(Path(config_path).expanduser())
+        parser = build_parser(file_values)
+    except ConfigError as err:
+        early.error(str(err))
+    args = parser.parse_args(argv)
+    args.config_warnings = warnings
+    return args
+
+
+def custom_voices_dir(args: argparse.Namespace) -> Path:
+    return (
+        Path(args.voices_dir).expanduser() if args.voices_dir else Path(args.data_dir).expanduser() / "voices"
+    )
+
+
+def build_engine(args: argparse.Namespace) -> TtsEngine:
     data_dir = Path(args.data_dir).expanduser()
-    voices_dir = Path(args.voices_dir).expanduser() if args.voices_dir else data_dir / "voices"
+    voices_dir = custom_voices_dir(args)
     settings = GenerationSettings(
         max_semantic_tokens=args.max_semantic_tokens,
         min_eos_p=args.min_eos_p,
         text_temperature=args.text_temp,
         waveform_temperature=args.waveform_temp,
         seed=args.seed,
+        voice_seeds=args.voice_seeds,
+        sentence_silence=args.sentence_silence,
     )
-    return BarkEngine(
+    return create_engine(
+        args.engine,
         model=args.model,
         data_dir=data_dir,
         device=args.device,
@@ -155,6 +223,7 @@ def build_engine(args: argparse.Namespace) -> BarkEngine:
         settings=settings,
         samples_per_chunk=args.samples_per_chunk,
         core=args.core,
+        cache_size_mb=args.cache_size_mb if args.cache else None,
     )
 
 
@@ -178,12 +247,12 @@ async def announce(advertiser: ZeroconfAdvertiser) -> None:
         _LOGGER.error("Zeroconf announcement failed (%s); give Home Assistant the host and port", err)
 
 
-async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
+async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
     server = AsyncServer.from_uri(args.uri)
     background: list[asyncio.Task] = []
     if args.preload:
         # In the background: describe must answer while the model loads.
-        background.append(asyncio.create_task(engine.load()))
+        background.append(asyncio.create_task(engine.warm_up()))
     advertiser = make_advertiser(args) if args.zeroconf else None
     if advertiser is not None:
         # Registration probes the network for a second or so: don't delay listening for it.
@@ -198,8 +267,8 @@ async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
         args.uri,
         args.model,
         device,
-        len(engine.voices.list()),
-        engine.voices.voices_dir,
+        len(engine.get_available_voices()),
+        custom_voices_dir(args),
     )
     try:
         handler = partial(
@@ -217,16 +286,17 @@ async def serve(args: argparse.Namespace, engine: BarkEngine) -> None:
 
 
 def main() -> None:
-    parser = build_parser()
-    args = parser.parse_args()
+    args = parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
+    for warning in args.config_warnings:
+        _LOGGER.warning("%s", warning)
     if not args.debug:
         # transformers' deprecation chatter on every generate call is noise for users.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         engine = build_engine(args)
-    except VoiceError as err:
-        parser.error(f"--voice: {err}")
+    except TtsError as err:
+        raise SystemExit(f"wyoming-bark: --voice: {err}") from err
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args, engine))
 

@@ -14,22 +14,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .cache import AudioCache, cache_key
+from .contract import HealthCheckResult, TtsEngine
+from .errors import ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
-from .model import LoadedBark, ModelLoadError, load_bark
-from .text import SentenceSplitter, split_sentences
+from .model import LoadedBark, load_bark
 from .voices import Prompt, Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24_000
-SAMPLE_WIDTH = 2
-CHANNELS = 1
+SAMPLE_RATE = TtsEngine.sample_rate
+SAMPLE_WIDTH = TtsEngine.sample_width
+CHANNELS = TtsEngine.channels
+HEALTH_PHRASE = "Test."
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class GenerationSettings:
     waveform_temperature: float = 0.7
     fine_temperature: float = 0.5
     seed: int | None = None
+    voice_seeds: dict[str, int] = field(default_factory=dict)  # per-voice default seed
+    sentence_silence: float = 0.0  # seconds of silence between sentences
+
+    def seed_for(self, voice: str) -> int | None:
+        return self.voice_seeds.get(voice, self.seed)
 
     def sampling(self) -> SamplingSettings:
         """The fast core's view of these settings."""
@@ -52,14 +61,6 @@ class GenerationSettings:
             min_eos_p=self.min_eos_p,
             max_semantic_tokens=self.max_semantic_tokens,
         )
-
-
-class OutOfMemory(RuntimeError):
-    """The GPU ran out of memory for one request; caches are freed and the next may succeed."""
-
-
-class SynthesisCancelled(Exception):
-    """The requester went away; the generation was stopped early and its output dropped."""
 
 
 def _cancel_criteria(cancel: threading.Event):
@@ -75,29 +76,21 @@ def _cancel_criteria(cancel: threading.Event):
     return StoppingCriteriaList([_Cancelled()])
 
 
-def pcm_chunks(audio: np.ndarray, samples_per_chunk: int) -> Iterator[bytes]:
-    """Float audio in [-1, 1] -> 16-bit little-endian PCM, ``samples_per_chunk`` samples at a time."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    for start in range(0, len(pcm), samples_per_chunk):
-        yield pcm[start : start + samples_per_chunk].tobytes()
+def to_pcm(audio: np.ndarray) -> bytes:
+    """Float audio in [-1, 1] -> 16-bit little-endian PCM."""
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
-class StreamingSession:
-    """Buffers streamed text and releases whole sentences as soon as they are complete."""
-
-    def __init__(self, voice: Voice) -> None:
-        self.voice = voice
-        self._splitter = SentenceSplitter()
-
-    def add(self, chunk: str) -> list[str]:
-        return self._splitter.add(chunk)
-
-    def flush(self) -> list[str]:
-        return self._splitter.finish()
+def chunked(pcm: bytes, samples_per_chunk: int) -> Iterator[bytes]:
+    step = samples_per_chunk * SAMPLE_WIDTH
+    for start in range(0, len(pcm), step):
+        yield pcm[start : start + step]
 
 
-class BarkEngine:
-    """Speaks text with Bark; the Wyoming handler talks to nothing else."""
+class BarkEngine(TtsEngine):
+    """Speaks text with Bark; front ends talk to it through the ``TtsEngine`` contract."""
+
+    name = "bark"
 
     def __init__(
         self,
@@ -109,6 +102,7 @@ class BarkEngine:
         settings: GenerationSettings | None = None,
         samples_per_chunk: int = 1024,
         core: str = "fast",
+        cache_size_mb: float | None = None,
     ) -> None:
         self.model = model
         self.core = core
@@ -118,18 +112,16 @@ class BarkEngine:
         self.default_voice = voices.resolve(default_voice)
         self.settings = settings or GenerationSettings()
         self.samples_per_chunk = samples_per_chunk
+        self.cache = AudioCache(data_dir / "cache", int(cache_size_mb * 2**20)) if cache_size_mb else None
         self.last_error: str | None = None
         self.started = time.monotonic()
-        self.sentences = 0  # generated since start
+        self.sentences = 0  # generated (not served from the cache) since start
         self.audio_seconds = 0.0
         self.pending = 0  # sentences queued for or running on the worker thread
+        self._active: set[threading.Event] = set()  # cancel flags of running generations
         self._bark: LoadedBark | None = None
         self._load_lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark")
-
-    @property
-    def loaded(self) -> bool:
-        return self._bark is not None
 
     async def load(self) -> LoadedBark:
         """Load the model once; after a failure the next call tries again."""
@@ -153,44 +145,138 @@ class BarkEngine:
                 _LOGGER.info("Loaded %s in %.1f s", self.model, time.monotonic() - started)
             return self._bark
 
-    def voice(self, name: str | None) -> Voice:
-        """The named voice, or the default one (raises VoiceError for an unknown name)."""
+    # --- the contract -------------------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        try:
+            await self.load()
+        except ModelLoadError:
+            pass  # logged by load(); requests retry and report it
+
+    def resolve_voice(self, name: str | None) -> Voice:
         return self.default_voice if not name else self.voices.resolve(name)
 
-    def session(self, voice: Voice) -> StreamingSession:
-        return StreamingSession(voice)
+    def get_available_voices(self) -> list[Voice]:
+        return self.voices.list()
 
-    async def speak(self, text: str, voice: Voice) -> AsyncIterator[bytes]:
-        """PCM chunks for ``text``, sentence by sentence."""
-        for sentence in split_sentences(text):
-            async for chunk in self.speak_sentence(sentence, voice):
-                yield chunk
+    def set_voice(self, name: str) -> bool:
+        try:
+            self.default_voice = self.voices.resolve(name)
+        except TtsError:
+            return False
+        return True
 
-    async def speak_sentence(self, sentence: str, voice: Voice) -> AsyncIterator[bytes]:
-        """PCM chunks for one sentence, generated on the worker thread."""
+    def silence(self) -> list[bytes]:
+        samples = round(self.settings.sentence_silence * SAMPLE_RATE)
+        return list(chunked(bytes(samples * SAMPLE_WIDTH), self.samples_per_chunk))
+
+    def stop(self) -> None:
+        for cancel in list(self._active):
+            cancel.set()
+
+    async def speak_sentence(self, sentence: str, voice: str | None = None) -> AsyncIterator[bytes]:
+        """PCM chunks for one sentence: from the cache, or generated on the worker thread."""
+        chosen = self.resolve_voice(voice)
+        key = self._cache_key(sentence, chosen) if self.cache else None
+        pcm = await asyncio.to_thread(self.cache.get, key) if key else None
+        if pcm is None:
+            pcm = to_pcm(await self._generate_async(sentence, chosen))
+            if key:
+                await asyncio.to_thread(self.cache.put, key, pcm)
+        for chunk in chunked(pcm, self.samples_per_chunk):
+            yield chunk
+
+    async def health_check(self, synthesize: bool = False) -> HealthCheckResult:
+        if synthesize:
+            try:
+                pcm = b"".join([chunk async for chunk in self.speak_sentence(HEALTH_PHRASE)])
+            except TtsError as err:
+                return HealthCheckResult(False, str(err), self.get_status())
+            seconds = len(pcm) / SAMPLE_WIDTH / SAMPLE_RATE
+            return HealthCheckResult(True, f"spoke {seconds:.2f} s of audio", self.get_status())
+        if self._bark is None and self.last_error:
+            return HealthCheckResult(False, self.last_error, self.get_status())
+        state = f"loaded on {self._bark.device}" if self._bark else "not loaded yet (loads on first request)"
+        return HealthCheckResult(True, f"model {self.model} {state}", self.get_status())
+
+    def get_status(self) -> dict[str, Any]:
+        """Model state and counters, for health checks and logs."""
+        bark = self._bark
+        status: dict[str, Any] = {
+            "engine": self.name,
+            "model": self.model,
+            "loaded": bark is not None,
+            "core": self.core,
+            "device": str(bark.device) if bark else self.device,
+            "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
+            "voices": len(self.voices.list()),
+            "default_voice": self.default_voice.name,
+            "queue_depth": self.pending,
+            "sentences": self.sentences,
+            "audio_seconds": round(self.audio_seconds, 2),
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
+            "last_error": self.last_error,
+            "cache": self.cache is not None,
+        }
+        if self.cache is not None:
+            status.update(self.cache.stats())
+        if bark is not None and bark.device.type == "cuda":
+            status["gpu_memory_mib"] = round(torch.cuda.memory_allocated(bark.device) / 2**20, 1)
+            status["gpu_reserved_mib"] = round(torch.cuda.memory_reserved(bark.device) / 2**20, 1)
+        return status
+
+    def close(self) -> None:
+        self.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- generation ---------------------------------------------------------------------
+
+    def _cache_key(self, sentence: str, voice: Voice) -> str:
+        """Everything that shapes the audio; a custom voice file's change invalidates its entries."""
+        source = voice.path.stat() if voice.path and voice.path.exists() else None
+        fingerprint = (source.st_size, source.st_mtime_ns) if source else None
+        s = self.settings
+        return cache_key(
+            sentence,
+            voice.name,
+            fingerprint,
+            self.model,
+            self.core,
+            s.max_semantic_tokens,
+            s.min_eos_p,
+            s.text_temperature,
+            s.waveform_temperature,
+            s.fine_temperature,
+            s.seed_for(voice.name),
+        )
+
+    async def _generate_async(self, sentence: str, voice: Voice) -> np.ndarray:
         bark = await self.load()
         prompt = self.voices.load(voice, bark.model_dir)
+        seed = self.settings.seed_for(voice.name)
         cancel = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(
-            self._executor, self._generate, bark, sentence, prompt, cancel
-        )
+        self._active.add(cancel)
         self.pending += 1
         try:
-            audio = await future
+            audio = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._generate, bark, sentence, prompt, seed, cancel
+            )
         except asyncio.CancelledError:
-            cancel.set()
+            cancel.set()  # the worker thread notices at its next decode step
             raise
         finally:
             self.pending -= 1
+            self._active.discard(cancel)
         self.sentences += 1
         self.audio_seconds += len(audio) / SAMPLE_RATE
-        for chunk in pcm_chunks(audio, self.samples_per_chunk):
-            yield chunk
+        return audio
 
-    def _generate(self, bark: LoadedBark, text: str, prompt: Prompt, cancel: threading.Event) -> np.ndarray:
+    def _generate(
+        self, bark: LoadedBark, text: str, prompt: Prompt, seed: int | None, cancel: threading.Event
+    ) -> np.ndarray:
         """Text -> float audio at 24 kHz (runs on the worker thread)."""
         if cancel.is_set():
-            raise SynthesisCancelled
+            raise SynthesisCancelled("Synthesis was cancelled")
         started = time.monotonic()
         inputs = bark.processor.tokenizer(
             text,
@@ -203,8 +289,8 @@ class BarkEngine:
             return_token_type_ids=False,
         ).to(bark.device)
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        if self.settings.seed is not None:
-            torch.manual_seed(self.settings.seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         try:
             if bark.fast is not None:
                 audio = bark.fast.generate(
@@ -213,7 +299,7 @@ class BarkEngine:
             else:
                 audio = self._generate_transformers(bark, inputs, history, cancel)
         except Cancelled as err:
-            raise SynthesisCancelled from err
+            raise SynthesisCancelled("Synthesis was cancelled") from err
         except torch.cuda.OutOfMemoryError as err:
             # Free what this request held so the next one starts clean.
             torch.cuda.empty_cache()
@@ -254,29 +340,5 @@ class BarkEngine:
                 coarse_stopping_criteria=stop,
             )
         if cancel.is_set():
-            raise SynthesisCancelled
+            raise SynthesisCancelled("Synthesis was cancelled")
         return audio[0].float().cpu().numpy()
-
-    def status(self) -> dict:
-        """Model state and counters, for health checks and logs."""
-        bark = self._bark
-        status = {
-            "model": self.model,
-            "loaded": bark is not None,
-            "core": self.core,
-            "device": str(bark.device) if bark else self.device,
-            "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
-            "voices": len(self.voices.list()),
-            "queue_depth": self.pending,
-            "sentences": self.sentences,
-            "audio_seconds": round(self.audio_seconds, 2),
-            "uptime_seconds": round(time.monotonic() - self.started, 1),
-            "last_error": self.last_error,
-        }
-        if bark is not None and bark.device.type == "cuda":
-            status["gpu_memory_mib"] = round(torch.cuda.memory_allocated(bark.device) / 2**20, 1)
-            status["gpu_reserved_mib"] = round(torch.cuda.memory_reserved(bark.device) / 2**20, 1)
-        return status
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -27,31 +27,25 @@ from wyoming.tts import (
 )
 
 from . import __version__
-from .engine import (
-    CHANNELS,
-    SAMPLE_RATE,
-    SAMPLE_WIDTH,
-    BarkEngine,
-    OutOfMemory,
-    StreamingSession,
-    SynthesisCancelled,
-)
-from .model import ModelLoadError
+from .contract import TextStream, TtsEngine
+from .errors import SynthesisCancelled, TtsError
 from .protocol import STATUS_EVENT, ProtocolError, read_event
 from .text import clean_text
-from .voices import Voice, VoiceError
 
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS = 10_000
-ERROR_CODES = {VoiceError: "voice-error", ModelLoadError: "model-not-loaded", OutOfMemory: "out-of-memory"}
 
 # Fixed for the whole connection: Home Assistant builds its WAV header from the first audio-start.
-AUDIO_FORMAT = {"rate": SAMPLE_RATE, "width": SAMPLE_WIDTH, "channels": CHANNELS}
+AUDIO_FORMAT = {
+    "rate": TtsEngine.sample_rate,
+    "width": TtsEngine.sample_width,
+    "channels": TtsEngine.channels,
+}
 BARK_ATTRIBUTION = Attribution(name="Suno / Bark", url="https://github.com/suno-ai/bark")
 
 
-def build_info(engine: BarkEngine, streaming: bool) -> Info:
+def build_info(engine: TtsEngine, streaming: bool) -> Info:
     """``info`` for describe: every built-in and custom voice; never touches the model."""
     voices = [
         TtsVoice(
@@ -62,7 +56,7 @@ def build_info(engine: BarkEngine, streaming: bool) -> Info:
             version=None,
             languages=list(voice.languages),
         )
-        for voice in engine.voices.list()
+        for voice in engine.get_available_voices()
     ]
     program = TtsProgram(
         name="bark",
@@ -80,8 +74,8 @@ def build_info(engine: BarkEngine, streaming: bool) -> Info:
 class _Stream:
     """One audio stream sent to the client: a synthesize, or a start...stop streaming request."""
 
-    voice: Voice | None
-    session: StreamingSession | None = None
+    voice: str | None  # as the client named it (None: the default voice)
+    text: TextStream | None = None  # streaming requests only
     chars: int = 0  # text received so far (streaming)
     started: bool = False  # audio-start sent
     failed: bool = False  # an error was sent: drop the rest of this request
@@ -91,7 +85,7 @@ class BarkEventHandler(AsyncEventHandler):
     """Answers describe at once; queues synthesis so it never holds up reading events."""
 
     def __init__(
-        self, reader, writer, engine: BarkEngine, streaming: bool = True, max_chars: int = DEFAULT_MAX_CHARS
+        self, reader, writer, engine: TtsEngine, streaming: bool = True, max_chars: int = DEFAULT_MAX_CHARS
     ) -> None:
         super().__init__(reader, writer)
         self.engine = engine
@@ -146,33 +140,31 @@ class BarkEventHandler(AsyncEventHandler):
                 stream = await self._open(SynthesizeStart.from_event(event).voice)
                 self._stream = stream or _Stream(voice=None, failed=True)
                 if stream is not None:
-                    stream.session = self.engine.session(stream.voice)
+                    stream.text = self.engine.open_stream(stream.voice)
         elif SynthesizeChunk.is_type(event.type):
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")
-            elif self._stream.session is not None:
+            elif self._stream.text is not None:
                 stream = self._stream
                 text = self._checked_text(SynthesizeChunk.from_event(event).text, stream.chars)
                 if text is None:
-                    stream.failed, stream.session = True, None
+                    stream.failed, stream.text = True, None
                 else:
                     stream.chars += len(text)
-                    sentences = stream.session.add(text)
-                    if sentences:
-                        self._submit(self._speak_sentences(stream, sentences))
+                    self._submit(self._speak(stream, stream.text.speak_streaming(text)))
         elif SynthesizeStop.is_type(event.type):
             if self._stream is None:
                 await self._error("synthesize-stop without synthesize-start", "bad-order")
             else:
                 stream, self._stream = self._stream, None
-                if stream.session is not None:
-                    self._submit(self._speak_sentences(stream, stream.session.flush()))
+                if stream.text is not None:
+                    self._submit(self._speak(stream, stream.text.flush()))
                 self._submit(self._finish(stream, streaming=True))
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif event.type == STATUS_EVENT:
             status = {
-                **self.engine.status(),
+                **self.engine.get_status(),
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
             }
@@ -195,11 +187,13 @@ class BarkEventHandler(AsyncEventHandler):
         return clean_text(text)
 
     async def _open(self, requested: SynthesizeVoice | None) -> _Stream | None:
+        name = requested.name if requested else None
         try:
-            return _Stream(voice=self.engine.voice(requested.name if requested else None))
-        except VoiceError as err:
-            await self._error(str(err), "unknown-voice")
+            self.engine.resolve_voice(name)
+        except TtsError as err:
+            await self._error(str(err), err.code)
             return None
+        return _Stream(voice=name)
 
     # --- queued work, run in order on this connection's worker task ---
 
@@ -219,12 +213,9 @@ class BarkEventHandler(AsyncEventHandler):
         await self._speak(stream, self.engine.speak(text, stream.voice))
         await self._finish(stream, streaming=False)
 
-    async def _speak_sentences(self, stream: _Stream, sentences: list[str]) -> None:
-        for sentence in sentences:
-            await self._speak(stream, self.engine.speak_sentence(sentence, stream.voice))
-
     async def _speak(self, stream: _Stream, chunks: AsyncGenerator[bytes, None]) -> None:
         if stream.failed:
+            await chunks.aclose()
             return
         try:
             async with aclosing(chunks):
@@ -233,11 +224,11 @@ class BarkEventHandler(AsyncEventHandler):
                         await self.write_event(AudioStart(**AUDIO_FORMAT).event())
                         stream.started = True
                     await self.write_event(AudioChunk(audio=pcm, **AUDIO_FORMAT).event())
-        except (VoiceError, ModelLoadError, OutOfMemory) as err:
-            stream.failed = True
-            await self._error(str(err), ERROR_CODES[type(err)])
         except SynthesisCancelled:
             stream.failed = True
+        except TtsError as err:
+            stream.failed = True
+            await self._error(str(err), err.code)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:  # one bad request must not end the connection

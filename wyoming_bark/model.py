@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelLoadError
 from .fast import FastBark
 
 _LOGGER = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ _HUB_PATTERNS = [
 ]
 _SAFETENSORS = ["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
 _PYTORCH_BIN = "pytorch_model.bin"
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message says what is missing and how to fix it."""
 
 
 @dataclass

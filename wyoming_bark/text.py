@@ -62,8 +62,16 @@ class SentenceSplitter:
         self._detector = SentenceBoundaryDetector()
 
     def add(self, chunk: str) -> list[str]:
-        """Sentences completed by this chunk."""
-        return [part for s in self._detector.add_chunk(chunk) for part in split_long(s, self.max_chars)]
+        """Sentences completed by this chunk, and the start of a run-on text too long to wait for."""
+        sentences = [part for s in self._detector.add_chunk(chunk) for part in split_long(s, self.max_chars)]
+        pending = self._detector.current_sentence + self._detector.remaining_text
+        if len(pending) > self.max_chars:
+            # No end in sight: speak all but the last (possibly unfinished) part now.
+            spacing = pending[len(pending.rstrip()) :]  # finish() strips it; the next word needs it
+            *ready, rest = split_long(self._detector.finish(), self.max_chars)
+            sentences += ready
+            sentences += self._detector.add_chunk(rest + spacing)
+        return sentences
 
     def finish(self) -> list[str]:
         """Whatever text remains, as sentences."""

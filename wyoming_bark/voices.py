@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UnknownVoice, VoiceError
+
 _LOGGER = logging.getLogger(__name__)
 
 LANGUAGES: dict[str, str] = {
@@ -46,10 +48,6 @@ CODEBOOK_SIZE = 1024
 N_COARSE, N_FINE = 2, 8
 
 Prompt = dict[str, np.ndarray]
-
-
-class VoiceError(ValueError):
-    """A voice that is unknown or whose prompt cannot be used; the message is for the client."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ class VoiceLibrary:
         for voice in self.custom_voices():
             if voice.name == name:
                 return voice
-        raise VoiceError(f"Unknown voice '{name}'. Send describe to list the available voices.")
+        raise UnknownVoice(f"Unknown voice '{name}'. Send describe to list the available voices.")
 
     def load(self, voice: Voice, model_dir: Path) -> Prompt:
         """Return the voice's prompt, from the model repo (built-in) or its file (custom)."""

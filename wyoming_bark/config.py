@@ -1,0 +1,110 @@
+"""The JSON configuration file (``--config``): the design's ``tts.bark`` keys and our own.
+
+Precedence is flags > environment > file > defaults: values from the file only replace the
+built-in defaults of the command line. Unknown keys and wrong types stop the server with a
+message naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# key -> expected type(s) or allowed values; flag keys use the flag's name with underscores.
+SCHEMA: dict[str, Any] = {
+    # the original design's keys
+    "use_small_model": bool,
+    "model_size": ("small", "full"),
+    "device": str,
+    "use_cache": bool,
+    "voice": str,
+    "np_load_scale": (int, float),
+    # ours
+    "model": str,
+    "engine": str,
+    "core": ("fast", "transformers"),
+    "uri": str,
+    "data_dir": str,
+    "voices_dir": str,
+    "samples_per_chunk": int,
+    "max_chars": int,
+    "max_semantic_tokens": int,
+    "min_eos_p": (int, float),
+    "text_temp": (int, float),
+    "waveform_temp": (int, float),
+    "seed": int,
+    "voice_seeds": dict,
+    "sentence_silence": (int, float),
+    "cache_size_mb": (int, float),
+    "streaming": bool,
+    "preload": bool,
+    "zeroconf": (str, bool),
+    "zeroconf_host": str,
+    "debug": bool,
+    "log_format": str,
+}
+MODEL_SIZES = {"small": "suno/bark-small", "full": "suno/bark"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(path: Path, key: str, value: Any) -> None:
+    expected = SCHEMA.get(key)
+    if expected is None:
+        raise ConfigError(f"{path}: unknown key tts.bark.{key} (known: {', '.join(sorted(SCHEMA))})")
+    if isinstance(expected, tuple) and all(isinstance(item, str) for item in expected):
+        if value not in expected:
+            raise ConfigError(f"{path}: tts.bark.{key} must be one of {', '.join(expected)}, got {value!r}")
+        return
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise ConfigError(f"{path}: tts.bark.{key} must be {names}, got {value!r}")
+
+
+def load_config(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Flag values (by argparse dest) from ``path``, and warnings to log."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from err
+    except ValueError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from err
+    section = (
+        data.get("tts", {}).get("bark")
+        if isinstance(data, dict) and isinstance(data.get("tts"), dict)
+        else None
+    )
+    if not isinstance(section, dict):
+        raise ConfigError(f'{path}: expected {{"tts": {{"bark": {{...}}}}}}')
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, value in section.items():
+        _check(path, key, value)
+        if key == "np_load_scale":
+            warnings.append(f"{path}: tts.bark.np_load_scale has no meaning for this server and is ignored")
+        elif key == "use_small_model":
+            values.setdefault("model", MODEL_SIZES["small" if value else "full"])
+        elif key == "model_size":
+            values.setdefault("model", MODEL_SIZES[value])
+        elif key == "use_cache":
+            values["cache"] = value
+        elif key == "streaming":
+            values["no_streaming"] = not value
+        elif key == "voice_seeds":
+            if not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                for k, v in value.items()
+            ):
+                raise ConfigError(f"{path}: tts.bark.voice_seeds must map voice names to integers")
+            values[key] = value
+        elif key == "zeroconf" and isinstance(value, bool):
+            values[key] = "bark" if value else None
+        else:
+            values[key] = value
+    if "model" in section:  # an explicit model wins over model_size / use_small_model
+        values["model"] = section["model"]
+    return values, warnings

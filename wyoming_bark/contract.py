@@ -1,0 +1,150 @@
+"""The engine contract: what any front end (Wyoming, or another) may ask of a TTS engine.
+
+An engine implements a few primitives — resolve a voice, speak one sentence, stop, report status
+and health — and inherits the rest: whole-text ``speak`` and buffered streaming
+(``speak_streaming`` + ``flush``), both through the one ``TextStream`` implementation that the
+Wyoming handler uses too. Subclasses with a ``name`` register themselves on import, so
+``create_engine("bark", ...)`` finds them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .text import SentenceSplitter
+from .voices import Voice
+
+ENGINES: dict[str, type[TtsEngine]] = {}
+
+
+@dataclass
+class HealthCheckResult:
+    healthy: bool
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class TextStream:
+    """Text arrives in pieces; audio leaves sentence by sentence, as soon as each is complete.
+
+    A sentence is spoken once it ends, or, for text that runs on without an end, once the buffer
+    holds more than one generation can speak (it is then cut at a clause or between words).
+    """
+
+    def __init__(self, engine: TtsEngine, voice: str | None) -> None:
+        self.engine = engine
+        self.voice = voice
+        self._splitter = SentenceSplitter()
+        self._spoken = False
+
+    async def speak_streaming(self, chunk: str) -> AsyncIterator[bytes]:
+        """Audio for the sentences this chunk completes (none if it completes none)."""
+        for sentence in self._splitter.add(chunk):
+            async for pcm in self._sentence(sentence):
+                yield pcm
+
+    async def flush(self) -> AsyncIterator[bytes]:
+        """Audio for whatever text is still buffered."""
+        for sentence in self._splitter.finish():
+            async for pcm in self._sentence(sentence):
+                yield pcm
+
+    async def _sentence(self, sentence: str) -> AsyncIterator[bytes]:
+        if self._spoken:
+            for pcm in self.engine.silence():
+                yield pcm
+        self._spoken = True
+        async for pcm in self.engine.speak_sentence(sentence, self.voice):
+            yield pcm
+
+
+class TtsEngine(ABC):
+    """A text-to-speech engine producing 16-bit mono PCM at ``sample_rate``."""
+
+    name: ClassVar[str] = ""
+    sample_rate: ClassVar[int] = 24_000
+    sample_width: ClassVar[int] = 2
+    channels: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            ENGINES[cls.name] = cls
+
+    # --- primitives ---------------------------------------------------------------------
+
+    @abstractmethod
+    def resolve_voice(self, name: str | None) -> Voice:
+        """The named voice, or the default for ``None``; raises ``UnknownVoice``."""
+
+    @abstractmethod
+    def speak_sentence(self, sentence: str, voice: str | None = None) -> AsyncIterator[bytes]:
+        """PCM chunks for one sentence."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Cancel whatever is being synthesized now."""
+
+    @abstractmethod
+    async def health_check(self, synthesize: bool = False) -> HealthCheckResult:
+        """Is the engine usable? With ``synthesize``, prove it by speaking a short phrase."""
+
+    @abstractmethod
+    def get_status(self) -> dict[str, Any]:
+        """Model state and counters."""
+
+    @abstractmethod
+    def get_available_voices(self) -> list[Voice]:
+        """Every voice a request may name."""
+
+    @abstractmethod
+    def set_voice(self, name: str) -> bool:
+        """Make ``name`` the default voice; False (and no change) if it is unknown."""
+
+    async def warm_up(self) -> None:
+        """Get ready now (load models) instead of on the first request; failures are logged."""
+
+    def silence(self) -> list[bytes]:
+        """PCM chunks put between two sentences of one stream (none by default)."""
+        return []
+
+    # --- built on the primitives --------------------------------------------------------
+
+    def open_stream(self, voice: str | None = None) -> TextStream:
+        """A buffered streaming synthesis with ``voice`` (checked now)."""
+        self.resolve_voice(voice)
+        return TextStream(self, voice)
+
+    async def speak(self, text: str, voice: str | None = None) -> AsyncIterator[bytes]:
+        """PCM chunks for a whole text, sentence by sentence."""
+        stream = self.open_stream(voice)
+        async for pcm in stream.speak_streaming(text):
+            yield pcm
+        async for pcm in stream.flush():
+            yield pcm
+
+    async def speak_streaming(self, chunk: str, voice: str | None = None) -> AsyncIterator[bytes]:
+        """Single-stream convenience: buffer ``chunk`` in the engine's own stream."""
+        stream = getattr(self, "_default_stream", None)
+        if stream is None or stream.voice != voice:
+            stream = self._default_stream = self.open_stream(voice)
+        async for pcm in stream.speak_streaming(chunk):
+            yield pcm
+
+    async def flush(self) -> AsyncIterator[bytes]:
+        """Speak what ``speak_streaming`` has buffered and end that stream."""
+        stream, self._default_stream = getattr(self, "_default_stream", None), None
+        if stream is not None:
+            async for pcm in stream.flush():
+                yield pcm
+
+
+def create_engine(name: str, **kwargs: Any) -> TtsEngine:
+    """An engine by its registered name (``bark``)."""
+    try:
+        return ENGINES[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"Unknown engine '{name}'; available: {', '.join(sorted(ENGINES))}") from None
