@@ -70,23 +70,34 @@ class AudioCache:
         os.replace(temporary, path)  # readers never see half a file
         self._evict()
 
-    def _entries(self) -> list[os.DirEntry]:
-        return [entry for entry in os.scandir(self.folder) if entry.name.endswith(".pcm")]
+    def _entries(self) -> list[tuple[float, int, str]]:
+        """(mtime, size, path) of every entry, oldest first."""
+        entries = []
+        for entry in os.scandir(self.folder):
+            if entry.name.endswith(".pcm"):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:  # evicted meanwhile
+                    continue
+                entries.append((info.st_mtime, info.st_size, entry.path))
+        return sorted(entries)
 
     def _evict(self) -> None:
         with self._lock:
-            entries = sorted(self._entries(), key=lambda entry: entry.stat().st_mtime)
-            total = sum(entry.stat().st_size for entry in entries)
-            while entries and total > self.max_bytes:
-                oldest = entries.pop(0)
-                total -= oldest.stat().st_size
-                Path(oldest.path).unlink(missing_ok=True)
+            entries = self._entries()
+            total = sum(size for _, size, _ in entries)
+            for _, size, path in entries:
+                if total <= self.max_bytes:
+                    break
+                Path(path).unlink(missing_ok=True)
+                total -= size
 
     def stats(self) -> dict:
         entries = self._entries()
         return {
             "cache_hits": self.hits,
             "cache_misses": self.misses,
+            "cache_corrupt": self.corrupt,
             "cache_files": len(entries),
-            "cache_bytes": sum(entry.stat().st_size for entry in entries),
+            "cache_bytes": sum(size for _, size, _ in entries),
         }

@@ -1,0 +1,194 @@
+"""The engine contract, driven directly (no server): streaming, stop, voices, health, cache."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLES_PER_SENTENCE
+
+from wyoming_bark.cache import HEADER
+from wyoming_bark.contract import ENGINES, HealthCheckResult, TtsEngine, create_engine
+from wyoming_bark.engine import BarkEngine, GenerationSettings
+from wyoming_bark.errors import ModelLoadError, SynthesisCancelled, UnknownVoice
+from wyoming_bark.voices import VoiceLibrary
+
+BYTES_PER_SENTENCE = 2 * SAMPLES_PER_SENTENCE
+
+
+def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
+    cache_mb = settings.pop("cache_size_mb", None)
+    voices = settings.pop("voices", VoiceLibrary(None))
+    return create_engine(
+        "bark",
+        model=str(model),
+        data_dir=data_dir,
+        device="cpu",
+        voices=voices,
+        default_voice="v2/en_speaker_6",
+        settings=GenerationSettings(max_semantic_tokens=20, **settings),
+        cache_size_mb=cache_mb,
+    )
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+@pytest.fixture
+def engine(tiny_model, tmp_path):
+    engine = make_engine(tiny_model, tmp_path, seed=3)
+    yield engine
+    engine.close()
+
+
+def test_registry():
+    assert ENGINES["bark"] is BarkEngine
+
+    class Echo(TtsEngine):
+        name = "echo-test"
+
+        def resolve_voice(self, name): ...
+        def speak_sentence(self, sentence, voice=None): ...
+        def stop(self): ...
+        async def health_check(self, synthesize=False): ...
+        def get_status(self): ...
+        def get_available_voices(self): ...
+        def set_voice(self, name): ...
+
+    assert ENGINES["echo-test"] is Echo, "subclasses with a name register on definition"
+    with pytest.raises(ValueError, match="Unknown engine 'nope'"):
+        create_engine("nope")
+
+
+async def test_speak_and_streaming_buffering(engine):
+    assert (
+        len(await collect(engine.speak("First one here. Second one here. Third one here.")))
+        == 3 * BYTES_PER_SENTENCE
+    )
+    assert await collect(engine.speak_streaming("The first sen")) == b"", "no boundary yet: nothing spoken"
+    first = await collect(engine.speak_streaming("tence ends. The sec"))
+    assert len(first) == BYTES_PER_SENTENCE, "a completed sentence is spoken at once"
+    assert await collect(engine.speak_streaming("ond runs on")) == b""
+    assert len(await collect(engine.flush())) == BYTES_PER_SENTENCE, "flush speaks the rest"
+    assert await collect(engine.flush()) == b"", "and ends the stream"
+
+
+async def test_run_on_text_starts_before_flush(engine):
+    stream = engine.open_stream("announcer")
+    spoken = b""
+    for i in range(80):  # ~480 characters without a sentence end
+        spoken += await collect(stream.speak_streaming(f"word{i} "))
+    assert len(spoken) >= 2 * BYTES_PER_SENTENCE, "the minimum buffer was reached twice"
+    rest = await collect(stream.flush())
+    assert len(rest) == BYTES_PER_SENTENCE
+
+
+async def test_silence_between_sentences(tiny_model, tmp_path):
+    engine = make_engine(tiny_model, tmp_path, sentence_silence=0.1)
+    audio = await collect(engine.speak("First one here. Second one here. Third one here."))
+    assert len(audio) == 3 * BYTES_PER_SENTENCE + 2 * 2 * 2400
+    engine.close()
+
+
+async def test_stop_mid_synthesis(engine):
+    async def consume() -> int:
+        return len(await collect(engine.speak(" ".join(["Stop me now."] * 10))))
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if engine.sentences >= 1 and engine.pending:
+            break
+        await asyncio.sleep(0.01)
+    engine.stop()
+    with pytest.raises(SynthesisCancelled):
+        await task
+    assert engine.sentences < 10
+    assert len(await collect(engine.speak("Next one works."))) == BYTES_PER_SENTENCE
+
+
+async def test_voices(engine, tmp_path):
+    assert len(engine.get_available_voices()) == 131
+    assert engine.set_voice("v2/fr_speaker_1") and engine.get_status()["default_voice"] == "v2/fr_speaker_1"
+    assert not engine.set_voice("v9/xx") and engine.get_status()["default_voice"] == "v2/fr_speaker_1"
+    with pytest.raises(UnknownVoice):
+        engine.open_stream("v9/xx")
+    with pytest.raises(UnknownVoice):
+        await collect(engine.speak("Hi.", "v9/xx"))
+
+
+async def test_health(engine, tmp_path):
+    before = await engine.health_check()
+    assert isinstance(before, HealthCheckResult)
+    assert before.healthy and "not loaded yet" in before.message and not before.details["loaded"]
+    spoken = await engine.health_check(synthesize=True)
+    assert spoken.healthy and "s of audio" in spoken.message and spoken.details["loaded"]
+    after = await engine.health_check()
+    assert after.healthy and "loaded on cpu" in after.message
+
+    broken = make_engine(tmp_path / "missing", tmp_path)
+    result = await broken.health_check(synthesize=True)
+    assert not result.healthy and "--model" in result.message
+    assert not (await broken.health_check()).healthy, "the last load failed"
+    with pytest.raises(ModelLoadError):
+        await collect(broken.speak("Hi."))
+    broken.close()
+
+
+async def test_cache_hits_evicts_survives_and_heals(tiny_model, tmp_path):
+    engine = make_engine(tiny_model, tmp_path, seed=11, cache_size_mb=1)
+    first = await collect(engine.speak("The washing machine is done."))
+    second = await collect(engine.speak("The washing machine is done."))
+    status = engine.get_status()
+    assert first == second and status["cache_hits"] == 1 and status["sentences"] == 1, "served from disk"
+
+    fresh = make_engine(tiny_model, tmp_path / "elsewhere", seed=11)  # no cache
+    assert await collect(fresh.speak("The washing machine is done.")) == first, "seeded: cached == fresh"
+    fresh.close()
+
+    restarted = make_engine(tiny_model, tmp_path, seed=11, cache_size_mb=1)
+    assert await collect(restarted.speak("The washing machine is done.")) == first
+    assert restarted.get_status()["cache_hits"] == 1 and restarted.sentences == 0, "survives a restart"
+
+    files = list((tmp_path / "cache").glob("*.pcm"))
+    assert len(files) == 1
+    files[0].write_bytes(files[0].read_bytes()[:-100])  # damage it
+    assert await collect(restarted.speak("The washing machine is done.")) == first
+    status = restarted.get_status()
+    assert status["cache_corrupt"] == 1 and status["sentences"] == 1, "ignored and regenerated"
+    assert len(files[0].read_bytes()) == HEADER.size + BYTES_PER_SENTENCE, "and rewritten"
+
+    # ~19 KB per sentence: a 0.05 MB bound keeps only the two most recent.
+    small = make_engine(tiny_model, tmp_path / "small", seed=11, cache_size_mb=0.05)
+    for text in ("One.", "Two.", "Three.", "Four."):
+        await collect(small.speak(text))
+    assert small.get_status()["cache_files"] == 2
+    assert small.get_status()["cache_bytes"] <= 0.05 * 2**20
+    await collect(small.speak("Four."))
+    assert small.get_status()["cache_hits"] == 1, "the newest entry survived eviction"
+    await collect(small.speak("One."))
+    assert small.get_status()["cache_hits"] == 1, "the oldest was evicted"
+    for item in (engine, restarted, small):
+        item.close()
+
+
+async def test_cache_key_covers_voice_and_settings(tiny_model, tmp_path):
+    engine = make_engine(tiny_model, tmp_path, seed=2, cache_size_mb=5)
+    await collect(engine.speak("Hello."))
+    await collect(engine.speak("Hello.", "announcer"))
+    assert engine.get_status()["cache_hits"] == 0, "another voice is another entry"
+    other = make_engine(tiny_model, tmp_path, seed=3, cache_size_mb=5)
+    await collect(other.speak("Hello."))
+    assert other.get_status()["cache_hits"] == 0, "another seed is another entry"
+    engine.close()
+    other.close()
+
+
+async def test_per_voice_seed(tiny_model, tmp_path):
+    engine = make_engine(tiny_model, tmp_path, voice_seeds={"announcer": 5})
+    one = await collect(engine.speak("Attention please.", "announcer"))
+    two = await collect(engine.speak("Attention please.", "announcer"))
+    assert one == two
+    engine.close()
