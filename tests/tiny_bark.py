@@ -94,34 +94,18 @@ def build_tiny_bark(
     ``prompts`` (name -> history prompt) supplies real voice presets; random ones otherwise.
     """
     import torch
-    from transformers import BarkConfig, BarkModel
+    from transformers import BarkModel
+
+    from wyoming_bark.bench import bark_config, fill_codebooks
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     # A large init makes the random model react to its input (text, voice) instead of
     # sampling from near-uniform logits whatever it is given.
-    small = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "block_size": 1024, "initializer_range": 0.5}
-    config = BarkConfig(
-        semantic_config={**small, "input_vocab_size": 129_600, "output_vocab_size": 10_048},
-        coarse_acoustics_config={**small, "input_vocab_size": 12_096, "output_vocab_size": 12_096},
-        fine_acoustics_config={
-            **small,
-            "input_vocab_size": 1_056,
-            "output_vocab_size": 1_056,
-            "n_codes_total": 8,
-            "n_codes_given": 1,
-        },
-        codec_config={"model_type": "encodec", "num_filters": 4, "hidden_size": 16},
-    )
-    model = BarkModel(config)
-    # EnCodec's codebooks are buffers that init leaves at zero: every code would decode to the
-    # same audio. Give them values, as a trained codec has.
-    for layer in model.codec_model.quantizer.layers:
-        layer.codebook.embed.normal_()
-        layer.codebook.embed_avg.copy_(layer.codebook.embed)
-        layer.codebook.cluster_size.fill_(1.0)
-        layer.codebook.inited.fill_(True)
+    codec = {"model_type": "encodec", "num_filters": 4, "hidden_size": 16}
+    model = BarkModel(bark_config(1, 16, 2, codec=codec, initializer_range=0.5))
+    fill_codebooks(model)
     model.save_pretrained(str(path))
     _write_generation_config(path)
     _write_tokenizer(path)

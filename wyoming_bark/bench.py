@@ -31,24 +31,12 @@ SEMANTIC_HZ = 49.9
 SAMPLE_RATE = 24_000
 
 
-def build_random_bark(arch: str, device: torch.device):
-    """A BarkModel with Bark's vocabularies, codebooks and EnCodec, and random weights."""
-    from transformers import BarkConfig, BarkModel, EncodecConfig, GenerationConfig
-    from transformers.models.bark.generation_configuration_bark import (
-        BarkCoarseGenerationConfig,
-        BarkFineGenerationConfig,
-        BarkSemanticGenerationConfig,
-    )
+def bark_config(layers: int, hidden: int, heads: int, codec: dict | None = None, **extra):
+    """A BarkConfig with Bark's real vocabularies and codebooks and the given transformer sizes."""
+    from transformers import BarkConfig, EncodecConfig
 
-    layers, hidden, heads = ARCHS[arch]
-    common = {
-        "hidden_size": hidden,
-        "num_layers": layers,
-        "num_heads": heads,
-        "block_size": 1024,
-        "bias": False,
-    }
-    config = BarkConfig(
+    common = {"hidden_size": hidden, "num_layers": layers, "num_heads": heads, "block_size": 1024, **extra}
+    return BarkConfig(
         semantic_config={**common, "input_vocab_size": 129_600, "output_vocab_size": 10_048},
         coarse_acoustics_config={**common, "input_vocab_size": 12_096, "output_vocab_size": 12_096},
         fine_acoustics_config={
@@ -58,10 +46,32 @@ def build_random_bark(arch: str, device: torch.device):
             "n_codes_total": 8,
             "n_codes_given": 1,
         },
-        codec_config=EncodecConfig().to_dict(),
+        codec_config=codec or EncodecConfig().to_dict(),
     )
+
+
+def fill_codebooks(model) -> None:
+    """EnCodec's codebooks are buffers that init leaves at zero, so every code would decode to
+    the same audio; give them values, as a trained codec has."""
+    for layer in model.codec_model.quantizer.layers:
+        layer.codebook.embed.normal_()
+        layer.codebook.embed_avg.copy_(layer.codebook.embed)
+        layer.codebook.cluster_size.fill_(1.0)
+        layer.codebook.inited.fill_(True)
+
+
+def build_random_bark(arch: str, device: torch.device):
+    """A BarkModel with Bark's vocabularies, codebooks and EnCodec, and random weights."""
+    from transformers import BarkModel, GenerationConfig
+    from transformers.models.bark.generation_configuration_bark import (
+        BarkCoarseGenerationConfig,
+        BarkFineGenerationConfig,
+        BarkSemanticGenerationConfig,
+    )
+
     torch.manual_seed(0)
-    model = BarkModel(config)
+    model = BarkModel(bark_config(*ARCHS[arch], bias=False))
+    fill_codebooks(model)
     generation = GenerationConfig()
     generation.semantic_config = BarkSemanticGenerationConfig().to_dict()
     generation.coarse_acoustics_config = BarkCoarseGenerationConfig().to_dict()
