@@ -231,3 +231,18 @@ async def test_transformers_core_serves_too(server_factory, tiny_model):
     result = await synthesize(server.uri, "The reference path. It still works.", "v2/hi_speaker_0")
     assert_stream(result, sentences=2)
     assert "with the transformers core" in server.log_text()
+
+
+async def test_streaming_quick_start(bark_server):
+    """A long first sentence from a streaming client is spoken from its first clause on."""
+    async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await client.write_event(
+            SynthesizeChunk(text="Considering everything that happened today at work, I think that").event()
+        )
+        first = await read_until(client, "audio-chunk")
+        assert first.types == ["audio-start", "audio-chunk"], "audio before the sentence has ended"
+        await client.write_event(SynthesizeChunk(text=" we should go home.").event())
+        await client.write_event(SynthesizeStop().event())
+        rest = await read_until(client, "synthesize-stopped")
+    assert (len(first.audio) + len(rest.audio)) // 2 == 2 * SAMPLES_PER_SENTENCE

@@ -48,3 +48,32 @@ def test_streamed_chunks_split_mid_word_give_the_same_sentences():
 def test_empty_text():
     assert split_sentences("") == []
     assert split_sentences("   \n ") == []
+
+
+def stream(text: str, step: int, **options) -> list[str]:
+    splitter = SentenceSplitter(**options)
+    out = []
+    for i in range(0, len(text), step):
+        out += splitter.add(text[i : i + step])
+    return out + splitter.finish()
+
+
+def test_quick_start_cuts_a_long_first_sentence_at_a_clause():
+    text = "Well, considering everything that happened today, I think we should go home now. Then rest, and sleep."
+    assert stream(text, 5) == split_sentences(text)
+    assert stream(text, 5, quick_start=True) == [
+        "Well, considering everything that happened today,",
+        "I think we should go home now.",
+        "Then rest, and sleep.",
+    ], "only the first sentence, and not at 'Well,' (too short a clause)"
+    short = "Yes, it is done. Good, very good."
+    assert stream(short, 3, quick_start=True) == split_sentences(short), (
+        "short first sentences are left whole"
+    )
+
+
+def test_run_on_stream_is_spoken_in_parts_without_losing_words():
+    text = "".join(f"word{i} " for i in range(100))
+    parts = stream(text, 7)
+    assert len(parts) == 4 and all(len(part) <= MAX_SENTENCE_CHARS for part in parts)
+    assert " ".join(parts).split() == text.split()

@@ -34,10 +34,10 @@ class TextStream:
     holds more than one generation can speak (it is then cut at a clause or between words).
     """
 
-    def __init__(self, engine: TtsEngine, voice: str | None) -> None:
+    def __init__(self, engine: TtsEngine, voice: str | None, quick_start: bool = False) -> None:
         self.engine = engine
         self.voice = voice
-        self._splitter = SentenceSplitter()
+        self._splitter = SentenceSplitter(quick_start=quick_start)
         self._spoken = False
 
     async def speak_streaming(self, chunk: str) -> AsyncIterator[bytes]:
@@ -113,10 +113,14 @@ class TtsEngine(ABC):
 
     # --- built on the primitives --------------------------------------------------------
 
-    def open_stream(self, voice: str | None = None) -> TextStream:
-        """A buffered streaming synthesis with ``voice`` (checked now)."""
+    def open_stream(self, voice: str | None = None, quick_start: bool = False) -> TextStream:
+        """A buffered streaming synthesis with ``voice`` (checked now).
+
+        ``quick_start`` speaks a long first sentence up to its first clause boundary, so the first
+        audio of a stream (text still arriving, e.g. from an LLM) comes sooner.
+        """
         self.resolve_voice(voice)
-        return TextStream(self, voice)
+        return TextStream(self, voice, quick_start)
 
     async def speak(self, text: str, voice: str | None = None) -> AsyncIterator[bytes]:
         """PCM chunks for a whole text, sentence by sentence."""

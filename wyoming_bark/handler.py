@@ -140,7 +140,7 @@ class BarkEventHandler(AsyncEventHandler):
                 stream = await self._open(SynthesizeStart.from_event(event).voice)
                 self._stream = stream or _Stream(voice=None, failed=True)
                 if stream is not None:
-                    stream.text = self.engine.open_stream(stream.voice)
+                    stream.text = self.engine.open_stream(stream.voice, quick_start=True)
         elif SynthesizeChunk.is_type(event.type):
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")

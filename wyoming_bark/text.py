@@ -18,6 +18,11 @@ MAX_SENTENCE_CHARS = 200
 
 # Control characters (but newline and tab) and lone surrogates are noise to the tokenizer.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# Quick start: a first sentence this long is cut at its first clause boundary after
+# QUICK_START_MIN_CLAUSE characters ("Well, ..." is too short a clause to be worth it).
+QUICK_START_CHARS = 60
+QUICK_START_MIN_CLAUSE = 15
+_EARLY_CLAUSE_RE = re.compile(rf"(?<=.{{{QUICK_START_MIN_CLAUSE}}})[,;:\u3001\uff0c\uff1b\u2014\u2013](?=\s)")
 _CLAUSE_RE = re.compile(r"(?<=[,;:\u3001\uff0c\uff1b\u2014\u2013])\s+")
 _WORD_RE = re.compile(r"\[[^\]]*\]|\S+")
 
@@ -55,22 +60,42 @@ def split_long(sentence: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
 
 
 class SentenceSplitter:
-    """Feed text in arbitrary chunks; get back speakable sentences as soon as they are complete."""
+    """Feed text in arbitrary chunks; get back speakable sentences as soon as they are complete.
 
-    def __init__(self, max_chars: int = MAX_SENTENCE_CHARS) -> None:
+    With ``quick_start``, a long first sentence is not waited for: once its text passes
+    ``QUICK_START_CHARS`` and holds a clause boundary, it is spoken up to that boundary, so the
+    first audio comes sooner (used for streaming synthesis).
+    """
+
+    def __init__(self, max_chars: int = MAX_SENTENCE_CHARS, quick_start: bool = False) -> None:
         self.max_chars = max_chars
         self._detector = SentenceBoundaryDetector()
+        self._waiting_for_first = quick_start
+
+    def _pending(self) -> str:
+        return self._detector.current_sentence + self._detector.remaining_text
+
+    def _cut(self, parts: list[str], spacing: str) -> list[str]:
+        """Emit all of ``parts`` but the last, which goes back into the buffer."""
+        *ready, rest = parts
+        self._detector.finish()
+        return ready + list(self._detector.add_chunk(rest + spacing))
 
     def add(self, chunk: str) -> list[str]:
-        """Sentences completed by this chunk, and the start of a run-on text too long to wait for."""
+        """Sentences completed by this chunk, and the start of a text too long to wait for."""
         sentences = [part for s in self._detector.add_chunk(chunk) for part in split_long(s, self.max_chars)]
-        pending = self._detector.current_sentence + self._detector.remaining_text
+        pending = self._pending()
+        spacing = pending[len(pending.rstrip()) :]  # finish() strips it; the next word needs it
         if len(pending) > self.max_chars:
             # No end in sight: speak all but the last (possibly unfinished) part now.
-            spacing = pending[len(pending.rstrip()) :]  # finish() strips it; the next word needs it
-            *ready, rest = split_long(self._detector.finish(), self.max_chars)
-            sentences += ready
-            sentences += self._detector.add_chunk(rest + spacing)
+            sentences += self._cut(split_long(pending, self.max_chars), spacing)
+        elif self._waiting_for_first and not sentences and len(pending.strip()) >= QUICK_START_CHARS:
+            clause = _EARLY_CLAUSE_RE.search(pending.strip())
+            if clause:
+                text = pending.strip()
+                sentences += self._cut([text[: clause.end()].strip(), text[clause.end() :]], spacing)
+        if sentences:
+            self._waiting_for_first = False
         return sentences
 
     def finish(self) -> list[str]:
