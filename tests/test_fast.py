@@ -183,3 +183,37 @@ def test_cancel_stops_generation(bark, voice):
     cancel.set()
     with pytest.raises(Cancelled):
         fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, SamplingSettings(), cancel)
+
+
+def test_benchmark_runs_and_reports_everything():
+    """Not a speed test: the benchmark's CPU path works end to end and reports every figure."""
+    import json
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "wyoming_bark.bench",
+        "--arch",
+        "tiny",
+        "--device",
+        "cpu",
+        "--seconds",
+        "0.5",
+    ]
+    command += ["--reps", "1", "--reference", "--first-audio", "--clients", "2", "--requests", "1"]
+    command += ["--sentence-seconds", "0.5", "--json"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["arch"] == "tiny" and result["audio_seconds"] == pytest.approx(0.5, abs=0.03)
+    assert {
+        "rtf",
+        "semantic_ms_per_step",
+        "coarse_ms_per_step",
+        "fine_ms",
+        "codec_ms",
+        "first_call_s",
+    } <= set(result["ours"])
+    assert result["reference"]["audio_seconds"] == pytest.approx(result["audio_seconds"], abs=0.03)
+    assert result["first_audio"]["first_audio_s"] > 0 and result["clients"]["requests"] == 2

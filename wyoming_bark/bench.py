@@ -11,11 +11,13 @@ weights make its end-of-speech token improbable).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,7 +219,107 @@ def benchmark(args: argparse.Namespace) -> dict:
             "first_call_s": round(reference_first.wall, 4),
         }
         result["speedup"] = round(ref_wall / wall, 2)
+    if args.first_audio or args.clients:
+        result.update(asyncio.run(serve_and_measure(model, device, args)))
     return result
+
+
+async def _serve(model, device: torch.device, n_semantic: int, folder: Path):
+    """The real server (handler + engine) on a loopback port, over the in-memory random model."""
+    from types import SimpleNamespace
+
+    from transformers import BertTokenizerFast
+    from wyoming.server import AsyncTcpServer
+
+    from .engine import BarkEngine, GenerationSettings
+    from .handler import BarkEventHandler
+    from .model import LoadedBark
+    from .voices import VoiceLibrary
+
+    _, _, history = random_inputs(torch.device("cpu"))
+    np.savez(folder / "bench.npz", **{key: value.numpy() for key, value in history.items()})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    settings = GenerationSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
+    engine = BarkEngine("random", folder, str(device), VoiceLibrary(folder), "bench", settings)
+    fast = FastBark(model)
+    if device.type == "cuda":
+        fast.warmup()
+    dtype = next(model.parameters()).dtype
+    engine._bark = LoadedBark(model, SimpleNamespace(tokenizer=tokenizer), folder, device, dtype, fast)
+    server = AsyncTcpServer("127.0.0.1", 0)
+    await server.start(lambda reader, writer: BarkEventHandler(reader, writer, engine))
+    port = server._server.sockets[0].getsockname()[1]
+    return server, engine, f"tcp://127.0.0.1:{port}"
+
+
+async def _request(uri: str, text: str) -> tuple[float, float, float]:
+    """(time to first audio-chunk, total time, audio seconds) for one synthesize over TCP."""
+    from wyoming.client import AsyncClient
+    from wyoming.tts import Synthesize
+
+    started = time.perf_counter()
+    first, samples = None, 0
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Synthesize(text).event())
+        while True:
+            event = await client.read_event()
+            if event is None or event.type == "error":
+                raise RuntimeError(f"request failed: {event}")
+            if event.type == "audio-chunk":
+                first = first or time.perf_counter() - started
+                samples += len(event.payload) // 2
+            if event.type == "audio-stop":
+                return first or 0.0, time.perf_counter() - started, samples / SAMPLE_RATE
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def serve_and_measure(model, device: torch.device, args: argparse.Namespace) -> dict:
+    """--first-audio and --clients: the whole server path, client to first sound."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        server, engine, uri = await _serve(
+            model, device, round(args.sentence_seconds * SEMANTIC_HZ), Path(folder)
+        )
+        try:
+            text = "The washing machine is done."
+            await _request(uri, text)  # warm
+            result: dict = {}
+            if args.first_audio:
+                runs = [await _request(uri, text) for _ in range(args.reps)]
+                result["first_audio"] = {
+                    "sentence_seconds": round(runs[0][2], 2),
+                    "first_audio_s": round(statistics.median(r[0] for r in runs), 4),
+                    "total_s": round(statistics.median(r[1] for r in runs), 4),
+                }
+            if args.clients:
+
+                async def client() -> list[tuple[float, float, float]]:
+                    return [await _request(uri, text) for _ in range(args.requests)]
+
+                started = time.perf_counter()
+                runs = [
+                    r for rs in await asyncio.gather(*(client() for _ in range(args.clients))) for r in rs
+                ]
+                wall = time.perf_counter() - started
+                firsts = [r[0] for r in runs]
+                result["clients"] = {
+                    "clients": args.clients,
+                    "requests": len(runs),
+                    "audio_seconds_per_second": round(sum(r[2] for r in runs) / wall, 3),
+                    "first_audio_p50_s": round(_percentile(firsts, 0.5), 4),
+                    "first_audio_p99_s": round(_percentile(firsts, 0.99), 4),
+                }
+            return result
+        finally:
+            await server.stop()
+            engine.close()
 
 
 def print_table(result: dict) -> None:
@@ -241,6 +343,19 @@ def print_table(result: dict) -> None:
         print(f"{name:22}{'-' if mine is None else mine:>12}{'-' if theirs is None else theirs:>14}")
     if "speedup" in result:
         print(f"speed-up over transformers: {result['speedup']}x")
+    if "first_audio" in result:
+        first = result["first_audio"]
+        print(
+            f"server, {first['sentence_seconds']} s sentence over TCP: first audio {first['first_audio_s']} s, "
+            f"complete {first['total_s']} s"
+        )
+    if "clients" in result:
+        load = result["clients"]
+        print(
+            f"server, {load['clients']} clients x {load['requests'] // load['clients']} requests: "
+            f"{load['audio_seconds_per_second']} audio-s/s, first audio p50 {load['first_audio_p50_s']} s, "
+            f"p99 {load['first_audio_p99_s']} s"
+        )
 
 
 def main() -> None:
@@ -253,6 +368,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed runs after the first (cold) one")
     parser.add_argument("--reference", action="store_true", help="also time transformers' BarkModel.generate")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--first-audio", action="store_true", help="time to first audio-chunk over TCP")
+    parser.add_argument("--clients", type=int, default=0, help="concurrent TCP clients for a load run")
+    parser.add_argument("--requests", type=int, default=3, help="requests per client (--clients)")
+    parser.add_argument("--sentence-seconds", type=float, default=3.0, help="speech per server request")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     result = benchmark(args)

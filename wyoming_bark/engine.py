@@ -48,6 +48,7 @@ class GenerationSettings:
     seed: int | None = None
     voice_seeds: dict[str, int] = field(default_factory=dict)  # per-voice default seed
     sentence_silence: float = 0.0  # seconds of silence between sentences
+    allow_early_stop: bool = True  # False: every sentence runs to max_semantic_tokens (benchmarks)
 
     def seed_for(self, voice: str) -> int | None:
         return self.voice_seeds.get(voice, self.seed)
@@ -60,6 +61,7 @@ class GenerationSettings:
             fine_temperature=self.fine_temperature,
             min_eos_p=self.min_eos_p,
             max_semantic_tokens=self.max_semantic_tokens,
+            allow_early_stop=self.allow_early_stop,
         )
 
 
