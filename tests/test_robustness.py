@@ -208,6 +208,28 @@ async def test_slow_reader_does_not_stall_others(bark_server):
     writer.close()
 
 
+async def test_flooding_client_is_bounded(bark_server):
+    """Hundreds of requests without reading: the connection's queue is bounded, others are served."""
+    port = int(bark_server.uri.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = json.dumps({"type": "synthesize", "data": {"text": ""}}).encode() + b"\n"
+    chunk = json.dumps({"type": "synthesize-chunk", "data": {"text": ""}}).encode() + b"\n"
+    writer.write(header(type="synthesize-start") + chunk * 600 + request * 10)
+    await writer.drain()
+    events = []
+    try:
+        while True:
+            event = await asyncio.wait_for(async_read_event(reader), 2.0)
+            if event is None:
+                break
+            events.append(event)
+    except asyncio.TimeoutError:
+        pass
+    writer.close()
+    assert any(event.data.get("code") == "busy" for event in events)
+    assert_stream(await synthesize(bark_server.uri, "Others are fine."), sentences=1)
+
+
 async def test_soak_concurrent_clients(bark_server):
     """8 clients x SOAK_REQUESTS requests; describe stays fast and memory flat throughout."""
     pid = bark_server.process.pid

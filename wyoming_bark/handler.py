@@ -35,6 +35,7 @@ from .text import clean_text
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS = 10_000
+MAX_QUEUED_JOBS = 256  # per connection
 
 # Fixed for the whole connection: Home Assistant builds its WAV header from the first audio-start.
 AUDIO_FORMAT = {
@@ -127,6 +128,8 @@ class BarkEventHandler(AsyncEventHandler):
             if self._stream is not None:
                 # Home Assistant repeats the whole text for older servers while streaming.
                 _LOGGER.debug("Ignoring synthesize during a streaming request")
+            elif await self._busy():
+                pass
             else:
                 synthesize = Synthesize.from_event(event)
                 text = self._checked_text(synthesize.text, 0)
@@ -144,6 +147,8 @@ class BarkEventHandler(AsyncEventHandler):
         elif SynthesizeChunk.is_type(event.type):
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")
+            elif self._stream.text is not None and await self._busy():
+                self._stream.failed, self._stream.text = True, None
             elif self._stream.text is not None:
                 stream = self._stream
                 text = self._checked_text(SynthesizeChunk.from_event(event).text, stream.chars)
@@ -196,6 +201,13 @@ class BarkEventHandler(AsyncEventHandler):
         return _Stream(voice=name)
 
     # --- queued work, run in order on this connection's worker task ---
+
+    async def _busy(self) -> bool:
+        """Bound the work one connection can queue: a flooding client gets errors, not memory."""
+        if self._jobs.qsize() < MAX_QUEUED_JOBS:
+            return False
+        await self._error(f"More than {MAX_QUEUED_JOBS} requests queued on this connection", "busy")
+        return True
 
     def _submit(self, job: Coroutine[Any, Any, None]) -> None:
         self._jobs.put_nowait(job)
