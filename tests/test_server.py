@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -246,3 +247,25 @@ async def test_streaming_quick_start(bark_server):
         await client.write_event(SynthesizeStop().event())
         rest = await read_until(client, "synthesize-stopped")
     assert (len(first.audio) + len(rest.audio)) // 2 == 2 * SAMPLES_PER_SENTENCE
+
+
+async def test_preload_loads_at_start_while_describe_answers(server_factory, tiny_model):
+    server = server_factory("--model", str(tiny_model), "--preload", "--log-format", "BARKLOG %(message)s")
+    assert (await describe(server.uri)).type == "info"
+    for _ in range(100):
+        if "Loaded " in server.log_text():
+            break
+        await asyncio.sleep(0.1)
+    assert "BARKLOG Loaded " in server.log_text(), "loaded without a request, in the chosen log format"
+
+
+def test_unknown_default_voice_stops_the_server_with_a_message(tiny_model, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "wyoming_bark", "--model", str(tiny_model), "--voice", "v2/xx_speaker_1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "BARK_DATA_DIR": str(tmp_path)},
+    )
+    assert done.returncode != 0 and "Unknown voice 'v2/xx_speaker_1'" in done.stderr
