@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from .model import CausalGPT, GraphedStep, fine_logits
 
 NEG_INF = float("-inf")
+STREAM_CHUNK_FRAMES = 30  # release audio at least this many frames (0.4 s) at a time ...
+STREAM_HOLDBACK_FRAMES = 30  # ... but not the last 0.4 s, whose fine codes may still change
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class FastBark:
         self.ratio = (
             self.coarse_cfg.coarse_rate_hz / self.sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
         )
+        self.hop = int(np.prod(bark.codec_model.config.upsampling_ratios))  # samples per frame
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -194,11 +198,22 @@ class FastBark:
         self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None
     ) -> torch.Tensor:
         """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
+        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
+        for codes in self.coarse_windows(semantic, history, s, cancel):
+            pass
+        return codes
+
+    @torch.inference_mode()
+    def coarse_windows(
+        self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None
+    ) -> Iterator[torch.Tensor]:
+        """Like ``coarse_tokens``, yielding the codes so far, shape (2, frames), after every window."""
         cfg = self.coarse_cfg
         n_out = round(
             math.floor(len(semantic) * self.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks
         )
         semantic_history, coarse = self._coarse_histories(history)
+        n_history = len(coarse)
         base = len(semantic_history)
         semantic_all = torch.cat([semantic_history, semantic.long()])
         max_semantic_history = math.floor(cfg.max_coarse_history / self.ratio)
@@ -229,10 +244,10 @@ class FastBark:
                 tokens.append(step(tokens[-1], len(prompt) + i - 1, parity=i % 2))
             coarse = torch.cat([coarse, torch.cat(tokens, dim=1)[0]])
             generated += n_new
-        flat = coarse[len(coarse) - n_out :] if n_out else coarse[:0]
-        return torch.remainder(
-            flat.view(-1, cfg.n_coarse_codebooks) - self.sem.semantic_vocab_size, self.codebook_size
-        ).T
+            flat = coarse[n_history:]
+            yield torch.remainder(
+                flat.view(-1, cfg.n_coarse_codebooks) - self.sem.semantic_vocab_size, self.codebook_size
+            ).T
 
     @torch.inference_mode()
     def fine_tokens(self, coarse: torch.Tensor, history, s: SamplingSettings) -> torch.Tensor:
@@ -271,6 +286,43 @@ class FastBark:
         if fine.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         return self.bark.codec_decode(fine[None]).float().cpu().numpy().reshape(-1)
+
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        history: dict[str, torch.Tensor] | None,
+        s: SamplingSettings,
+        cancel: threading.Event | None = None,
+        chunk_frames: int = STREAM_CHUNK_FRAMES,
+        holdback: int = STREAM_HOLDBACK_FRAMES,
+    ) -> Iterator[np.ndarray]:
+        """Audio in pieces while the coarse stage is still running, instead of all at the end.
+
+        After each coarse window the fine stage runs over the codes so far (as Bark would for a
+        sentence that ended there) and the audio of all but the last ``holdback`` frames is
+        released; those frames' codes are then kept, so the pieces join into exactly the audio of
+        the final codes (EnCodec's 24 kHz decoder is causal: a prefix decodes to a prefix).
+        Only the fine codebooks of early frames can differ from a whole-sentence run — and Bark
+        samples those anyway.
+        """
+        semantic = self.semantic_tokens(input_ids, attention_mask, history, s, cancel)
+        total = round(math.floor(len(semantic) * self.ratio / 2) * 2) // 2
+        kept: torch.Tensor | None = None
+        emitted = 0
+        for coarse in self.coarse_windows(semantic, history, s, cancel):
+            frames = coarse.shape[1]
+            stable = frames if frames == total else frames - holdback
+            if frames < total and stable - emitted < chunk_frames:
+                continue
+            _check(cancel)
+            fine = self.fine_tokens(coarse, history, s).clone()
+            if kept is not None:
+                fine[:, :emitted] = kept[:, :emitted]
+            kept = fine
+            yield self.decode(fine[:, :stable])[emitted * self.hop :]
+            emitted = stable
 
     def generate(
         self,
