@@ -43,6 +43,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_CONFIG": str(tmp_path / "bark.json"),
         "BARK_SENTENCE_SILENCE": "0.25",
         "BARK_CACHE": "on",
+        "BARK_AUDIO_STREAMING": "off",
         "BARK_CACHE_SIZE_MB": "50",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
@@ -70,7 +71,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
     assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")
     assert (args.engine, args.config, args.sentence_silence) == ("bark", str(tmp_path / "bark.json"), 0.25)
-    assert args.cache and args.cache_size_mb == 50
+    assert args.cache and args.cache_size_mb == 50 and args.audio_streaming == "off"
     assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", (
         "flags beat the environment"
     )

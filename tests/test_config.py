@@ -6,8 +6,8 @@ import json
 
 import pytest
 from conftest import describe
-from test_robustness import status
 from test_server import assert_stream, synthesize
+from wyoming_client import status
 
 from wyoming_bark.__main__ import parse_args
 

@@ -19,7 +19,7 @@ from test_server import assert_stream, synthesize
 from wyoming.client import AsyncClient
 from wyoming.event import Event, async_read_event
 from wyoming.tts import Synthesize, SynthesizeVoice
-from wyoming_client import read_until
+from wyoming_client import read_until, status
 
 from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
 from wyoming_bark.fast import FastBark
@@ -38,14 +38,6 @@ def rss_mib(pid: int) -> float:
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
-
-
-async def status(uri: str) -> dict:
-    async with AsyncClient.from_uri(uri) as client:
-        await client.write_event(Event("bark-status"))
-        event = await asyncio.wait_for(client.read_event(), TIMEOUT)
-    assert event.type == "bark-status"
-    return event.data
 
 
 def header(**fields) -> bytes:

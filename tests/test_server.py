@@ -13,7 +13,7 @@ from conftest import SAMPLES_PER_SENTENCE, describe
 from wyoming.client import AsyncClient
 from wyoming.info import Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
-from wyoming_client import read_until
+from wyoming_client import read_until, status
 
 from wyoming_bark import __version__
 from wyoming_bark.text import split_sentences
@@ -269,3 +269,41 @@ def test_unknown_default_voice_stops_the_server_with_a_message(tiny_model, tmp_p
         env={**os.environ, "BARK_DATA_DIR": str(tmp_path)},
     )
     assert done.returncode != 0 and "Unknown voice 'v2/xx_speaker_1'" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def streaming_server(server_factory, tiny_model):
+    """Audio released inside sentences (on by default only with a GPU)."""
+    return server_factory(
+        "--model", str(tiny_model), "--audio-streaming", "on", "--max-semantic-tokens", "100"
+    )
+
+
+SAMPLES_100 = int(100 * 75 / 49.9) * 320
+
+
+async def test_audio_inside_a_sentence(streaming_server):
+    result = await synthesize(streaming_server.uri, "One sentence, released in pieces.")
+    assert result.types[0] == "audio-start" and result.types[-1] == "audio-stop"
+    assert result.samples == SAMPLES_100
+    # Each released piece ends in its own (short) chunk: several in one sentence.
+    short = [c for c in result.chunks[:-1] if len(c.audio) < 2048]
+    assert len(short) >= 2, [len(c.audio) for c in result.chunks]
+
+
+async def test_interleaved_streams_and_a_disconnect(streaming_server):
+    """Concurrent sentences interleave piece by piece; each client gets its own audio, in order."""
+    dropped = AsyncClient.from_uri(streaming_server.uri)
+    await dropped.connect()
+    await dropped.write_event(Synthesize("I will hang up. Right now. Goodbye.").event())
+    keep = [
+        asyncio.create_task(synthesize(streaming_server.uri, f"Client {n} talks. And again."))
+        for n in range(3)
+    ]
+    await read_until(dropped, "audio-chunk")
+    await dropped.disconnect()
+    for result in await asyncio.gather(*keep):
+        assert result.types[0] == "audio-start" and result.types[-1] == "audio-stop"
+        assert result.types.count("audio-start") == 1
+        assert result.samples == 2 * SAMPLES_100
+    assert (await status(streaming_server.uri))["queue_depth"] == 0

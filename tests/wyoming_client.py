@@ -51,3 +51,12 @@ async def read_until(client: AsyncClient, *last: str, timeout: float = TIMEOUT) 
         result.events.append(event)
         if event.type in last or event.type == "error":
             return result
+
+
+async def status(uri: str) -> dict:
+    """The server's ``bark-status`` answer."""
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Event("bark-status"))
+        event = await asyncio.wait_for(client.read_event(), TIMEOUT)
+    assert event is not None and event.type == "bark-status"
+    return event.data

@@ -153,6 +153,12 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=float)
     add("seed", None, "Seed each sentence's sampling for reproducible audio", type=int)
     add("sentence-silence", "0", "Seconds of silence between sentences", type=_non_negative)
+    add(
+        "audio-streaming",
+        "auto",
+        "Release audio inside a sentence as it is generated: on, off, or auto (on with a GPU)",
+        choices=("auto", "on", "off"),
+    )
     switch("cache", "Keep spoken sentences on disk and replay repeats from there")
     add(
         "cache-size-mb",
@@ -224,6 +230,7 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         samples_per_chunk=args.samples_per_chunk,
         core=args.core,
         cache_size_mb=args.cache_size_mb if args.cache else None,
+        audio_streaming=args.audio_streaming,
     )
 
 

@@ -37,6 +37,7 @@ SCHEMA: dict[str, Any] = {
     "voice_seeds": dict,
     "sentence_silence": (int, float),
     "cache_size_mb": (int, float),
+    "audio_streaming": ("auto", "on", "off"),
     "streaming": bool,
     "preload": bool,
     "zeroconf": (str, bool),
