@@ -9,6 +9,7 @@ voice prompt, so the first sentence's audio goes out while later ones are still 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -288,7 +289,8 @@ class BarkEngine(TtsEngine):
         finally:
             self.pending -= 1
             self._active.discard(cancel)
-            self._executor.submit(pieces.close)  # after any step still running
+            with contextlib.suppress(RuntimeError):  # the executor is gone at shutdown
+                self._executor.submit(pieces.close)  # after any step still running
 
     def _pieces(
         self, bark: LoadedBark, text: str, prompt: Prompt, seed: int | None, cancel: threading.Event
