@@ -254,6 +254,7 @@ class BarkEngine(TtsEngine):
             fingerprint,
             self.model,
             self.core,
+            self.streams_audio(),  # streamed sentences take their fine codes from partial context
             s.max_semantic_tokens,
             s.min_eos_p,
             s.text_temperature,
