@@ -314,19 +314,20 @@ class BarkEngine(TtsEngine):
         if seed is not None:
             torch.manual_seed(seed)
         args = (inputs.input_ids, inputs.attention_mask, history, self.settings.sampling(), cancel)
-        samples = 0
         try:
             if self.streams_audio():
+                samples = 0
                 for piece in bark.fast.generate_stream(*args):
                     samples += len(piece)
                     yield piece
+                self._log_timing(text, samples, started)
             else:
                 audio = (
                     bark.fast.generate(*args)
                     if bark.fast
                     else self._generate_transformers(bark, inputs, history, cancel)
                 )
-                samples = len(audio)
+                self._log_timing(text, len(audio), started)
                 yield audio
         except Cancelled as err:
             raise SynthesisCancelled("Synthesis was cancelled") from err
@@ -339,8 +340,10 @@ class BarkEngine(TtsEngine):
                 "The GPU ran out of memory for this request; try shorter sentences, "
                 "--model suno/bark-small, or free the GPU"
             ) from err
-        elapsed = time.monotonic() - started
-        seconds = samples / SAMPLE_RATE
+
+    @staticmethod
+    def _log_timing(text: str, samples: int, started: float) -> None:
+        elapsed, seconds = time.monotonic() - started, samples / SAMPLE_RATE
         _LOGGER.debug(
             "%.2f s of audio in %.2f s (RTF %.2f) for %r",
             seconds,
