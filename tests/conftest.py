@@ -99,6 +99,10 @@ def start_server(tmp_path: Path, *args: str) -> Server:
         str(tmp_path / "data"),
         *args,
     ]
+    if "--seed" not in args:
+        # The tiny random model may end a sentence early when sampling freely; a seed makes each
+        # sentence's length fixed, so tests can count samples.
+        cmd += ["--seed", str(SEED)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

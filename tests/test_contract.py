@@ -87,7 +87,7 @@ async def test_run_on_text_starts_before_flush(engine):
 
 
 async def test_silence_between_sentences(tiny_model, tmp_path):
-    engine = make_engine(tiny_model, tmp_path, sentence_silence=0.1)
+    engine = make_engine(tiny_model, tmp_path, seed=3, sentence_silence=0.1)
     audio = await collect(engine.speak("First one here. Second one here. Third one here."))
     assert len(audio) == 3 * BYTES_PER_SENTENCE + 2 * 2 * 2400
     engine.close()
