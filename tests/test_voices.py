@@ -8,7 +8,6 @@ from wyoming_bark.voices import (
     VoiceError,
     VoiceLibrary,
     builtin_voices,
-    language_of,
     load_npz,
     validate_prompt,
 )
@@ -25,7 +24,6 @@ def test_builtin_catalogue():
         next(voice for voice in voices if voice.name == "v2/zh_speaker_9").description == "Chinese speaker 9"
     )
     assert "announcer" in names
-    assert language_of("v2/de_speaker_3") == "de" and language_of("grandpa") == "en"
 
 
 def test_real_suno_prompts_validate(real_prompts):

@@ -33,7 +33,6 @@ _LOGGER = logging.getLogger(__name__)
 
 SAMPLE_RATE = TtsEngine.sample_rate
 SAMPLE_WIDTH = TtsEngine.sample_width
-CHANNELS = TtsEngine.channels
 HEALTH_PHRASE = "Test."
 
 

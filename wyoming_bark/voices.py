@@ -71,12 +71,6 @@ def builtin_voices() -> list[Voice]:
     return voices
 
 
-def language_of(voice_name: str) -> str:
-    """Language code encoded in a preset name (``v2/de_speaker_3`` -> ``de``); ``en`` otherwise."""
-    code = voice_name.rsplit("/", 1)[-1].split("_", 1)[0]
-    return code if code in LANGUAGES else "en"
-
-
 def validate_prompt(arrays: dict[str, np.ndarray], source: str) -> Prompt:
     """Check a history prompt's keys, shapes and token ranges; return int64 copies.
 
