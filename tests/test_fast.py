@@ -15,6 +15,7 @@ from transformers.models.bark.generation_configuration_bark import (
 )
 
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
+from wyoming_bark.fast.model import CausalGPT
 from wyoming_bark.voices import VoiceLibrary
 
 GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
@@ -162,18 +163,28 @@ def test_no_early_stop_gives_fixed_lengths(bark, voice):
     assert len(fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)) == 25
 
 
-def test_decode_step_matches_a_full_forward(bark):
-    """The static KV cache: token-by-token steps give the logits of one pass over the sequence."""
+def test_decode_steps_match_a_full_forward(bark):
+    """The batched static KV cache: rows stepped together at their own positions give the logits of
+    one causal pass over each row's sequence."""
     _, _, fast = bark
-    gpt = fast.coarse
-    sequence = torch.randint(10_000, 12_048, (1, 40))
-    positions = torch.arange(40)
+    gpt = CausalGPT(fast.bark.coarse_acoustics)
+    gpt.setup_cache(batch=3, max_seq=64)
+    sequences = torch.randint(10_000, 12_048, (2, 40))
     with torch.inference_mode():
-        full = gpt(gpt.embed(sequence), positions)
-        gpt(gpt.embed(sequence[:, :30]), positions[:30])  # prefill
-        for i in range(30, 40):
-            step = gpt(gpt.embed(sequence[:, i : i + 1]), positions[i : i + 1])
-            torch.testing.assert_close(step[:, -1], full[:, i], atol=1e-4, rtol=1e-4)
+        full = [
+            gpt.prefill(gpt.embed(sequences[r : r + 1, : n + 1]), torch.tensor([2]))
+            for r in range(2)
+            for n in range(40)
+        ]
+        # row 0 holds a 30-token prompt, row 2 a 25-token one; row 1 is idle (padding)
+        gpt.prefill(gpt.embed(sequences[:1, :30]), torch.tensor([0]))
+        gpt.prefill(gpt.embed(sequences[1:, :25]), torch.tensor([2]))
+        for i in range(10):
+            tokens = torch.stack([sequences[0, 30 + i], torch.tensor(0), sequences[1, 25 + i]])[:, None]
+            pos = torch.tensor([30 + i, gpt.scratch, 25 + i])
+            logits = gpt.step(tokens, pos)
+            torch.testing.assert_close(logits[0], full[30 + i][0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(logits[2], full[40 + 25 + i][0], atol=1e-4, rtol=1e-4)
 
 
 def test_cancel_stops_generation(bark, voice):

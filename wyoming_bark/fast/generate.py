@@ -2,24 +2,31 @@
 
 Every stage reproduces transformers' ``BarkModel.generate`` (same windows, histories, masks and
 EOS rule; with greedy decoding the tokens are identical, see ``tests/test_fast.py``), but the
-autoregressive stages decode one token per replayed CUDA graph into a static KV cache, the fine
+autoregressive stages decode into a static KV cache, one replayed CUDA graph per token, the fine
 model uses SDPA, and weights stay in half precision on CUDA.
+
+A sentence is a *program*: a generator that yields what it needs from the GPT models —
+``Prefill`` (a prompt into its cache row, answered with the first token) and ``Step`` (one more
+token) — and the ``Audio`` it makes. Whoever drives it decides how: ``FastBark.generate`` runs one
+program alone; ``batch.Scheduler`` runs many, answering all their steps with one batched decode.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import CausalGPT, GraphedStep, fine_logits
+from .model import BatchedStep, CausalGPT, fine_logits
+from .sample import CoarseHead, SemanticHead, race_noise
 
-NEG_INF = float("-inf")
 STREAM_CHUNK_FRAMES = 30  # release audio at least this many frames (0.4 s) at a time ...
 STREAM_HOLDBACK_FRAMES = 30  # ... but not the last 0.4 s, whose fine codes may still change
 
@@ -36,43 +43,110 @@ class SamplingSettings:
     allow_early_stop: bool = True  # False: never end before max_semantic_tokens (benchmarks)
 
 
+@dataclass
+class Prefill:
+    """Run ``embeds`` (1, T, C) at positions 0..T-1 into this program's cache row; answer: a token."""
+
+    gpt: str  # "semantic" or "coarse"
+    embeds: torch.Tensor
+    ints: tuple[int, ...]  # the head's per-row integers (seed, draw, ...)
+    floats: tuple[float, ...]
+
+
+@dataclass
+class Step:
+    """Feed ``token`` at ``pos``; answer: the next token."""
+
+    gpt: str
+    token: int
+    pos: int
+    ints: tuple[int, ...]
+    floats: tuple[float, ...]
+
+
+@dataclass
+class Audio:
+    """Float audio at 24 kHz, ready for the listener."""
+
+    samples: np.ndarray
+
+
+Op = Prefill | Step | Audio
+Program = Generator[Op, Any, Any]
+
+
 class Cancelled(Exception):
     """Generation was stopped through the cancel event."""
 
 
-def pick(scores: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Sample from ``softmax(scores / temperature)``, or argmax when ``temperature`` is 0.
-
-    Sampling uses the exponential-race trick (argmax of p / Exp(1)), which draws from the same
-    distribution as ``multinomial`` without a host sync, so it can live inside a CUDA graph.
-    """
-    greedy = scores.argmax(-1)
-    probs = F.softmax(scores / temperature.clamp_min(1e-5), dim=-1)
-    sampled = (probs / torch.empty_like(probs).exponential_(1)).argmax(-1)
-    return torch.where(temperature > 0, sampled, greedy)
-
-
-def semantic_head(logits, suppress, eos_only, min_eos_p, temperature) -> torch.Tensor:
-    """Mask non-semantic tokens; force EOS once it is likely enough (transformers' rule); sample."""
-    scores = logits.float() + suppress
-    eos_p = (F.softmax(scores, dim=-1) * (eos_only == 0)).sum(-1, keepdim=True)
-    scores = torch.where(eos_p > min_eos_p, scores + eos_only, scores)
-    return pick(scores, temperature)
-
-
-def coarse_head(logits, codebook_masks, parity, temperature) -> torch.Tensor:
-    """Allow only the tokens of the codebook whose turn it is (they alternate); sample."""
-    return pick(logits.float() + codebook_masks[parity], temperature)
+def random_seed() -> int:
+    """A seed for an unseeded request, from torch's generator (so ``torch.manual_seed`` fixes it)."""
+    return int(torch.randint(0, 2**31 - 1, ()))
 
 
 def _temperature(value: float | None) -> float:
     return float(value or 0.0)
 
 
-class FastBark:
-    """Bark generation over a loaded transformers ``BarkModel``'s weights."""
+class _Coarse:
+    """The coarse stage of one sentence: 60-token windows over a sliding semantic context."""
 
-    def __init__(self, bark) -> None:
+    def __init__(
+        self, fast: FastBark, semantic: torch.Tensor, history, s: SamplingSettings, seed: int, draws
+    ):
+        self.fast, self.seed, self.draws = fast, seed, draws
+        cfg = fast.coarse_cfg
+        self.n_out = round(
+            math.floor(len(semantic) * fast.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks
+        )
+        semantic_history, self.coarse = fast._coarse_histories(history)
+        self.n_history = len(self.coarse)
+        self.base = len(semantic_history)
+        self.semantic = torch.cat([semantic_history, semantic.long()])
+        self.floats = (_temperature(s.waveform_temperature),)
+        self.generated = 0
+
+    @property
+    def done(self) -> bool:
+        return self.generated >= self.n_out
+
+    def window(self) -> Program:
+        """Decode the next window; returns the codes so far, shape (2, frames), values 0..1023."""
+        fast, cfg = self.fast, self.fast.coarse_cfg
+        max_semantic_history = math.floor(cfg.max_coarse_history / fast.ratio)
+        index = self.base + round(self.generated / fast.ratio)
+        window = self.semantic[max(0, index - max_semantic_history) :][: cfg.max_coarse_input_length]
+        window = F.pad(
+            window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
+        )
+        history = self.coarse[len(self.coarse) - min(len(self.coarse), cfg.max_coarse_history) :]
+        infer = torch.tensor([cfg.coarse_infer_token], device=fast.device)
+        prompt = torch.cat([window, infer, history])
+        n_new = min(cfg.sliding_window_len, self.n_out - self.generated)
+        # Each window re-reads a shifted semantic context, so its prefix is new: one prefill.
+        tokens = [(yield Prefill("coarse", fast.coarse.embed(prompt[None]), self._ints(0), self.floats))]
+        for i in range(1, n_new):
+            tokens.append(
+                (yield Step("coarse", tokens[-1], len(prompt) + i - 1, self._ints(i % 2), self.floats))
+            )
+        self.coarse = torch.cat([self.coarse, torch.tensor(tokens, dtype=torch.long, device=fast.device)])
+        self.generated += n_new
+        flat = self.coarse[self.n_history :]
+        return torch.remainder(
+            flat.view(-1, cfg.n_coarse_codebooks) - fast.sem.semantic_vocab_size, fast.codebook_size
+        ).T
+
+    def _ints(self, parity: int) -> tuple[int, int, int]:
+        return self.seed, next(self.draws), parity
+
+
+class FastBark:
+    """Bark generation over a loaded transformers ``BarkModel``'s weights.
+
+    ``max_batch`` is how many sentences can be decoded together (one KV-cache row each).
+    """
+
+    def __init__(self, bark, max_batch: int = 1) -> None:
         from transformers.models.bark.generation_configuration_bark import (
             BarkCoarseGenerationConfig,
             BarkFineGenerationConfig,
@@ -80,6 +154,7 @@ class FastBark:
         )
 
         self.bark = bark
+        self.max_batch = max_batch
         config = bark.generation_config
         self.sem = BarkSemanticGenerationConfig(**config.semantic_config)
         self.coarse_cfg = BarkCoarseGenerationConfig(**config.coarse_acoustics_config)
@@ -89,41 +164,28 @@ class FastBark:
 
         self.semantic = CausalGPT(bark.semantic)
         self.coarse = CausalGPT(bark.coarse_acoustics)
-        self.semantic.setup_cache()
-        self.coarse.setup_cache()
-
-        sem_vocab = bark.semantic.config.output_vocab_size
-        eos = self.sem.eos_token_id
-        suppress = torch.zeros(1, sem_vocab)
-        suppress[:, self.sem.semantic_vocab_size : self.sem.semantic_pad_token] = NEG_INF
-        suppress[:, self.sem.semantic_pad_token + 1 :] = NEG_INF
-        eos_only = torch.full((1, sem_vocab), NEG_INF)
-        eos_only[:, eos] = 0.0
-        no_stop = suppress.clone()
-        no_stop[:, eos] = NEG_INF
-        self._suppress = {True: suppress.to(self.device), False: no_stop.to(self.device)}
-        self.semantic_step = GraphedStep(
-            self.semantic,
-            semantic_head,
-            suppress=suppress,
-            eos_only=eos_only,
-            min_eos_p=torch.tensor(0.05),
-            temperature=torch.tensor(0.7),
+        self.semantic.setup_cache(max_batch)
+        self.coarse.setup_cache(max_batch)
+        sem = self.sem
+        semantic_head = SemanticHead(
+            bark.semantic.config.output_vocab_size,
+            sem.semantic_vocab_size,
+            sem.semantic_pad_token,
+            sem.eos_token_id,
+            self.device,
         )
-
-        offset, size = self.sem.semantic_vocab_size, self.codebook_size
-        masks = torch.full((2, bark.coarse_acoustics.config.output_vocab_size), NEG_INF)
-        masks[0, offset : offset + size] = 0.0  # first codebook
-        masks[1, offset + size :] = 0.0  # second codebook (and, as in transformers, the rest)
-        self.coarse_step = GraphedStep(
-            self.coarse,
-            coarse_head,
-            codebook_masks=masks,
-            parity=torch.tensor(0),
-            temperature=torch.tensor(0.7),
+        coarse_head = CoarseHead(
+            bark.coarse_acoustics.config.output_vocab_size,
+            sem.semantic_vocab_size,
+            self.codebook_size,
+            self.device,
         )
+        self.steps = {
+            "semantic": BatchedStep(self.semantic, semantic_head, n_ints=3, n_floats=2),
+            "coarse": BatchedStep(self.coarse, coarse_head, n_ints=3, n_floats=1),
+        }
         self.ratio = (
-            self.coarse_cfg.coarse_rate_hz / self.sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
+            self.coarse_cfg.coarse_rate_hz / sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
         )
         self.hop = int(np.prod(bark.codec_model.config.upsampling_ratios))  # samples per frame
 
@@ -132,17 +194,61 @@ class FastBark:
     def warmup(self) -> None:
         """Capture the decode graphs and run one short generation, so the first request is fast."""
         with torch.inference_mode():
-            self.semantic_step.capture()
-            self.coarse_step.capture()
-            ids = torch.zeros(1, 8, dtype=torch.long, device=self.device)
-            self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
+            for step in self.steps.values():
+                step.capture()
+        ids = torch.zeros(1, 8, dtype=torch.long, device=self.device)
+        self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
 
-    # --- stages -------------------------------------------------------------------------
+    # --- answering programs -------------------------------------------------------------
 
     @torch.inference_mode()
-    def semantic_tokens(
-        self, input_ids, attention_mask, history, s: SamplingSettings, cancel=None
-    ) -> torch.Tensor:
+    def run(self, work: Sequence[tuple[int, Prefill | Step]]) -> list[int]:
+        """Answer (cache row, op) pairs: steps of one model in one batched step, equal prefills together."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, (_, op) in enumerate(work):
+            length = -1 if isinstance(op, Step) else op.embeds.shape[1]
+            groups.setdefault((op.gpt, length), []).append(i)
+        answers = [0] * len(work)
+        for (name, length), members in groups.items():
+            rows = [work[i][0] for i in members]
+            ops = [work[i][1] for i in members]
+            step = self.steps[name]
+            if length < 0:
+                tokens = step(rows, [(op.token, op.pos, *op.ints) for op in ops], [op.floats for op in ops])
+            else:
+                logits = step.gpt.prefill(
+                    torch.cat([op.embeds for op in ops]), torch.tensor(rows, device=self.device)
+                )
+                ints = torch.tensor([op.ints for op in ops], device=self.device)
+                floats = torch.tensor([op.floats for op in ops], dtype=torch.float32, device=self.device)
+                tokens = step.head(logits, ints, floats).tolist()
+            for i, token in zip(members, tokens):
+                answers[i] = token
+        return answers
+
+    def solo(
+        self, program: Program, cancel: threading.Event | None = None
+    ) -> Generator[np.ndarray, None, Any]:
+        """Drive one program alone in cache row 0: yield its audio, return its value."""
+        answer = None
+        while True:
+            _check(cancel)
+            with torch.inference_mode():
+                try:
+                    op = program.send(answer)
+                except StopIteration as done:
+                    return done.value
+                if not isinstance(op, Audio):
+                    answer = self.run([(0, op)])[0]
+                    continue
+            answer = None
+            yield op.samples
+
+    # --- programs -----------------------------------------------------------------------
+
+    def semantic_program(
+        self, input_ids, attention_mask, history, s: SamplingSettings, seed: int, draws
+    ) -> Program:
         """Text -> semantic tokens (1-D, without the EOS token)."""
         sem = self.sem
         length = sem.max_input_semantic_length
@@ -156,25 +262,86 @@ class FastBark:
             hist[0, : len(prompt)] = prompt
         embed = self.semantic.embed
         infer = torch.tensor([[sem.semantic_infer_token]], device=self.device)
-        embeds = torch.cat([embed(ids) + embed(hist), embed(infer)], dim=1)
+        embeds = torch.cat([embed(ids.to(self.device)) + embed(hist), embed(infer)], dim=1)
         prefix = embeds.shape[1]
-        step = self.semantic_step
-        step.inputs["suppress"].copy_(self._suppress[s.allow_early_stop])
-        step.inputs["min_eos_p"].fill_(s.min_eos_p if s.allow_early_stop else 2.0)
-        step.inputs["temperature"].fill_(_temperature(s.text_temperature))
-        logits = self.semantic(embeds, torch.arange(prefix, device=self.device))[:, -1]
-        token = semantic_head(logits, **step.inputs).view(1, 1)
+        may_stop = int(s.allow_early_stop)
+        floats = (_temperature(s.text_temperature), s.min_eos_p)
+        token = yield Prefill("semantic", embeds, (seed, next(draws), may_stop), floats)
         # Token k is predicted at position prefix + k - 2: positions end at the block size.
         limit = min(s.max_semantic_tokens, self.semantic.block_size - prefix + 1)
-        out = []
+        out: list[int] = []
         for i in range(limit):
-            if int(token) == sem.eos_token_id:
+            if token == sem.eos_token_id:
                 break
             out.append(token)
             if i + 1 < limit:
-                _check(cancel)
-                token = step(token, prefix + i)
-        return torch.cat(out, dim=1)[0] if out else torch.zeros(0, dtype=torch.long, device=self.device)
+                token = yield Step("semantic", token, prefix + i, (seed, next(draws), may_stop), floats)
+        return torch.tensor(out, dtype=torch.long, device=self.device)
+
+    def speech(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        history: dict[str, torch.Tensor] | None,
+        s: SamplingSettings,
+        seed: int | None = None,
+        stream: bool = False,
+        chunk_frames: int = STREAM_CHUNK_FRAMES,
+        holdback: int = STREAM_HOLDBACK_FRAMES,
+    ) -> Program:
+        """One sentence, tokenized text (1, T) and a voice prompt -> ``Audio``.
+
+        With ``stream``, audio comes in pieces while the coarse stage is still running: after each
+        coarse window the fine stage runs over the codes so far (as Bark would for a sentence that
+        ended there) and the audio of all but the last ``holdback`` frames is released; those
+        frames' codes are then kept, so the pieces join into exactly the audio of the final codes
+        (EnCodec's 24 kHz decoder is causal: a prefix decodes to a prefix). Only the fine codebooks
+        of early frames can differ from a whole-sentence run — and Bark samples those anyway.
+        """
+        seed = random_seed() if seed is None else seed
+        draws = itertools.count()
+        semantic = yield from self.semantic_program(input_ids, attention_mask, history, s, seed, draws)
+        coarse = _Coarse(self, semantic, history, s, seed, draws)
+        total = coarse.n_out // self.coarse_cfg.n_coarse_codebooks
+        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
+        kept: torch.Tensor | None = None
+        emitted = 0
+        while not coarse.done:
+            codes = yield from coarse.window()
+            if not stream:
+                continue
+            frames = codes.shape[1]
+            stable = frames if frames == total else frames - holdback
+            if frames < total and stable - emitted < chunk_frames:
+                continue
+            fine = self.fine_tokens(codes, history, s, seed, next(draws)).clone()
+            if kept is not None:
+                fine[:, :emitted] = kept[:, :emitted]
+            kept = fine
+            yield Audio(self.decode(fine[:, :stable])[emitted * self.hop :])
+            emitted = stable
+        if not stream:
+            yield Audio(self.decode(self.fine_tokens(codes, history, s, seed, next(draws))))
+
+    # --- stages, one at a time ----------------------------------------------------------
+
+    def semantic_tokens(
+        self, input_ids, attention_mask, history, s: SamplingSettings, cancel=None, seed=None
+    ):
+        """Text -> semantic tokens (1-D, without the EOS token)."""
+        seed = random_seed() if seed is None else seed
+        program = self.semantic_program(input_ids, attention_mask, history, s, seed, itertools.count())
+        return _value(self.solo(program, cancel))
+
+    def coarse_tokens(self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None, seed=None):
+        """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
+        coarse = _Coarse(
+            self, semantic, history, s, random_seed() if seed is None else seed, itertools.count()
+        )
+        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
+        while not coarse.done:
+            codes = _value(self.solo(coarse.window(), cancel))
+        return codes
 
     def _coarse_histories(self, history) -> tuple[torch.Tensor, torch.Tensor]:
         """Voice prompt -> aligned semantic and flattened coarse histories, as transformers trims them."""
@@ -194,63 +361,9 @@ class FastBark:
         return semantic[len(semantic) - n_semantic :], coarse[len(coarse) - n_coarse :][:-2]
 
     @torch.inference_mode()
-    def coarse_tokens(
-        self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None
+    def fine_tokens(
+        self, coarse: torch.Tensor, history, s: SamplingSettings, seed: int | None = None, draw: int = 0
     ) -> torch.Tensor:
-        """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
-        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
-        for codes in self.coarse_windows(semantic, history, s, cancel):
-            pass
-        return codes
-
-    @torch.inference_mode()
-    def coarse_windows(
-        self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None
-    ) -> Iterator[torch.Tensor]:
-        """Like ``coarse_tokens``, yielding the codes so far, shape (2, frames), after every window."""
-        cfg = self.coarse_cfg
-        n_out = round(
-            math.floor(len(semantic) * self.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks
-        )
-        semantic_history, coarse = self._coarse_histories(history)
-        n_history = len(coarse)
-        base = len(semantic_history)
-        semantic_all = torch.cat([semantic_history, semantic.long()])
-        max_semantic_history = math.floor(cfg.max_coarse_history / self.ratio)
-        infer = torch.tensor([cfg.coarse_infer_token], device=self.device)
-        step = self.coarse_step
-        step.inputs["temperature"].fill_(_temperature(s.waveform_temperature))
-        generated = 0
-        while generated < n_out:
-            _check(cancel)
-            index = base + round(generated / self.ratio)
-            window = semantic_all[max(0, index - max_semantic_history) :][: cfg.max_coarse_input_length]
-            window = F.pad(
-                window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
-            )
-            prompt = torch.cat(
-                [window, infer, coarse[len(coarse) - min(len(coarse), cfg.max_coarse_history) :]]
-            )
-            n_new = min(cfg.sliding_window_len, n_out - generated)
-            # Each window re-reads a shifted semantic context, so its prefix is new: one prefill.
-            logits = self.coarse(
-                self.coarse.embed(prompt[None]), torch.arange(len(prompt), device=self.device)
-            )
-            token = coarse_head(
-                logits[:, -1], step.inputs["codebook_masks"], torch.tensor(0), step.inputs["temperature"]
-            )
-            tokens = [token.view(1, 1)]
-            for i in range(1, n_new):
-                tokens.append(step(tokens[-1], len(prompt) + i - 1, parity=i % 2))
-            coarse = torch.cat([coarse, torch.cat(tokens, dim=1)[0]])
-            generated += n_new
-            flat = coarse[n_history:]
-            yield torch.remainder(
-                flat.view(-1, cfg.n_coarse_codebooks) - self.sem.semantic_vocab_size, self.codebook_size
-            ).T
-
-    @torch.inference_mode()
-    def fine_tokens(self, coarse: torch.Tensor, history, s: SamplingSettings) -> torch.Tensor:
         """Two coarse codebooks -> all eight, shape (8, frames), in 1024-frame windows as transformers."""
         cfg, size = self.fine_cfg, self.codebook_size
         fine_model = self.bark.fine_acoustics
@@ -265,19 +378,21 @@ class FastBark:
         window, hop = cfg.max_fine_input_length, cfg.max_fine_history_length
         n_loops = max(0, math.ceil((frames - (window - n_history)) / hop)) + 1
         temperature = s.fine_temperature
+        key = torch.tensor([[random_seed() if seed is None else seed]], device=self.device)
         for n in range(n_loops):
             start = min(n * hop, codes.shape[1] - window)
             fill = min(n_history + n * hop, codes.shape[1] - hop)
             rel = fill - start
             buffer = codes[:, start : start + window]  # a view: predictions land in codes
             for book in range(n_coarse, cfg.n_fine_codebooks):
-                logits = fine_logits(fine_model, book, buffer)[:, :, :size].float()
+                logits = fine_logits(fine_model, book, buffer)[0, rel:, :size].float()
                 if not temperature:
-                    preds = logits[:, rel:].argmax(-1)
+                    preds = logits.argmax(-1)
                 else:
-                    probs = F.softmax(logits / temperature, dim=-1)[:, rel:window]
-                    preds = torch.multinomial(probs.reshape(-1, size), 1).view(1, -1)
-                buffer[:, rel:, book] = preds
+                    counter = torch.tensor([[(draw * 64 + n) * 8 + book]], device=self.device)
+                    noise = race_noise(key, counter, logits.numel()).view(logits.shape)
+                    preds = (F.softmax(logits / temperature, dim=-1) / noise).argmax(-1)
+                buffer[0, rel:, book] = preds
         return codes[0, n_history : n_history + frames].T
 
     @torch.inference_mode()
@@ -287,7 +402,8 @@ class FastBark:
             return np.zeros(0, dtype=np.float32)
         return self.bark.codec_decode(fine[None]).float().cpu().numpy().reshape(-1)
 
-    @torch.inference_mode()
+    # --- whole sentences, one at a time -------------------------------------------------
+
     def generate_stream(
         self,
         input_ids: torch.Tensor,
@@ -295,34 +411,13 @@ class FastBark:
         history: dict[str, torch.Tensor] | None,
         s: SamplingSettings,
         cancel: threading.Event | None = None,
+        seed: int | None = None,
         chunk_frames: int = STREAM_CHUNK_FRAMES,
         holdback: int = STREAM_HOLDBACK_FRAMES,
     ) -> Iterator[np.ndarray]:
-        """Audio in pieces while the coarse stage is still running, instead of all at the end.
-
-        After each coarse window the fine stage runs over the codes so far (as Bark would for a
-        sentence that ended there) and the audio of all but the last ``holdback`` frames is
-        released; those frames' codes are then kept, so the pieces join into exactly the audio of
-        the final codes (EnCodec's 24 kHz decoder is causal: a prefix decodes to a prefix).
-        Only the fine codebooks of early frames can differ from a whole-sentence run — and Bark
-        samples those anyway.
-        """
-        semantic = self.semantic_tokens(input_ids, attention_mask, history, s, cancel)
-        total = round(math.floor(len(semantic) * self.ratio / 2) * 2) // 2
-        kept: torch.Tensor | None = None
-        emitted = 0
-        for coarse in self.coarse_windows(semantic, history, s, cancel):
-            frames = coarse.shape[1]
-            stable = frames if frames == total else frames - holdback
-            if frames < total and stable - emitted < chunk_frames:
-                continue
-            _check(cancel)
-            fine = self.fine_tokens(coarse, history, s).clone()
-            if kept is not None:
-                fine[:, :emitted] = kept[:, :emitted]
-            kept = fine
-            yield self.decode(fine[:, :stable])[emitted * self.hop :]
-            emitted = stable
+        """Audio in pieces while the sentence is still being generated (see ``speech``)."""
+        program = self.speech(input_ids, attention_mask, history, s, seed, True, chunk_frames, holdback)
+        yield from self.solo(program, cancel)
 
     def generate(
         self,
@@ -331,12 +426,20 @@ class FastBark:
         history: dict[str, torch.Tensor] | None,
         s: SamplingSettings,
         cancel: threading.Event | None = None,
+        seed: int | None = None,
     ) -> np.ndarray:
         """Tokenized text (1, T) and a voice prompt -> float audio."""
-        semantic = self.semantic_tokens(input_ids, attention_mask, history, s, cancel)
-        coarse = self.coarse_tokens(semantic, history, s, cancel)
-        _check(cancel)
-        return self.decode(self.fine_tokens(coarse, history, s))
+        pieces = list(self.solo(self.speech(input_ids, attention_mask, history, s, seed), cancel))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+
+def _value(driver: Generator[Any, None, Any]) -> Any:
+    """Run a driver to its end and return its value."""
+    while True:
+        try:
+            next(driver)
+        except StopIteration as done:
+            return done.value
 
 
 def _check(cancel: threading.Event | None) -> None:
