@@ -45,6 +45,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_CACHE": "on",
         "BARK_AUDIO_STREAMING": "off",
         "BARK_CACHE_SIZE_MB": "50",
+        "BARK_MAX_BATCH": "4",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
     }
@@ -66,6 +67,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         7,
         2000,
     )
+    assert args.max_batch == 4
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)

@@ -227,7 +227,10 @@ def test_benchmark_runs_and_reports_everything():
         "first_call_s",
     } <= set(result["ours"])
     assert result["reference"]["audio_seconds"] == pytest.approx(result["audio_seconds"], abs=0.03)
-    assert result["first_audio"]["first_audio_s"] > 0 and result["clients"]["requests"] == 2
+    for server, streaming, batch in ((result["server"], "on", 8), (result["server_serial"], "off", 1)):
+        assert (server["audio_streaming"], server["max_batch"]) == (streaming, batch)
+        assert server["first_audio"]["first_audio_s"] > 0 and server["clients"]["requests"] == 2
+        assert server["clients"]["audio_seconds_per_second"] > 0
 
 
 def test_streamed_audio_matches_the_whole_sentence(bark, voice):

@@ -159,6 +159,12 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "Release audio inside a sentence as it is generated: on, off, or auto (on with a GPU)",
         choices=("auto", "on", "off"),
     )
+    add(
+        "max-batch",
+        "8",
+        "Sentences decoded together on the GPU, across all clients (1: one at a time)",
+        type=_positive_int,
+    )
     switch("cache", "Keep spoken sentences on disk and replay repeats from there")
     add(
         "cache-size-mb",
@@ -231,6 +237,7 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         core=args.core,
         cache_size_mb=args.cache_size_mb if args.cache else None,
         audio_streaming=args.audio_streaming,
+        max_batch=args.max_batch,
     )
 
 

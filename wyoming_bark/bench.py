@@ -220,11 +220,16 @@ def benchmark(args: argparse.Namespace) -> dict:
         }
         result["speedup"] = round(ref_wall / wall, 2)
     if args.first_audio or args.clients:
-        result.update(asyncio.run(serve_and_measure(model, device, args)))
+        # The server as shipped (audio inside sentences, sentences batched) next to the server
+        # with both turned off: whole sentences, one at a time.
+        result["server"] = asyncio.run(serve_and_measure(model, device, args, "on", args.max_batch))
+        result["server_serial"] = asyncio.run(serve_and_measure(model, device, args, "off", 1))
     return result
 
 
-async def _serve(model, device: torch.device, n_semantic: int, folder: Path):
+async def _serve(
+    model, device: torch.device, n_semantic: int, folder: Path, audio_streaming: str, max_batch: int
+):
     """The real server (handler + engine) on a loopback port, over the in-memory random model."""
     from types import SimpleNamespace
 
@@ -242,8 +247,17 @@ async def _serve(model, device: torch.device, n_semantic: int, folder: Path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     settings = GenerationSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
-    engine = BarkEngine("random", folder, str(device), VoiceLibrary(folder), "bench", settings)
-    fast = FastBark(model)
+    engine = BarkEngine(
+        "random",
+        folder,
+        str(device),
+        VoiceLibrary(folder),
+        "bench",
+        settings,
+        audio_streaming=audio_streaming,
+        max_batch=max_batch,
+    )
+    fast = FastBark(model, max_batch)
     if device.type == "cuda":
         fast.warmup()
     dtype = next(model.parameters()).dtype
@@ -279,18 +293,21 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def serve_and_measure(model, device: torch.device, args: argparse.Namespace) -> dict:
+async def serve_and_measure(
+    model, device: torch.device, args: argparse.Namespace, audio_streaming: str, max_batch: int
+) -> dict:
     """--first-audio and --clients: the whole server path, client to first sound."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
+        n_semantic = round(args.sentence_seconds * SEMANTIC_HZ)
         server, engine, uri = await _serve(
-            model, device, round(args.sentence_seconds * SEMANTIC_HZ), Path(folder)
+            model, device, n_semantic, Path(folder), audio_streaming, max_batch
         )
         try:
             text = "The washing machine is done."
             await _request(uri, text)  # warm
-            result: dict = {}
+            result: dict = {"audio_streaming": audio_streaming, "max_batch": max_batch}
             if args.first_audio:
                 runs = [await _request(uri, text) for _ in range(args.reps)]
                 result["first_audio"] = {
@@ -343,19 +360,24 @@ def print_table(result: dict) -> None:
         print(f"{name:22}{'-' if mine is None else mine:>12}{'-' if theirs is None else theirs:>14}")
     if "speedup" in result:
         print(f"speed-up over transformers: {result['speedup']}x")
-    if "first_audio" in result:
-        first = result["first_audio"]
-        print(
-            f"server, {first['sentence_seconds']} s sentence over TCP: first audio {first['first_audio_s']} s, "
-            f"complete {first['total_s']} s"
-        )
-    if "clients" in result:
-        load = result["clients"]
-        print(
-            f"server, {load['clients']} clients x {load['requests'] // load['clients']} requests: "
-            f"{load['audio_seconds_per_second']} audio-s/s, first audio p50 {load['first_audio_p50_s']} s, "
-            f"p99 {load['first_audio_p99_s']} s"
-        )
+    for key, name in (("server", "server"), ("server_serial", "serial server")):
+        if key not in result:
+            continue
+        server = result[key]
+        label = f"{name} (audio streaming {server['audio_streaming']}, batch {server['max_batch']})"
+        if "first_audio" in server:
+            first = server["first_audio"]
+            print(
+                f"{label}, {first['sentence_seconds']} s sentence over TCP: "
+                f"first audio {first['first_audio_s']} s, complete {first['total_s']} s"
+            )
+        if "clients" in server:
+            load = server["clients"]
+            print(
+                f"{label}, {load['clients']} clients x {load['requests'] // load['clients']} requests: "
+                f"{load['audio_seconds_per_second']} audio-s/s, first audio p50 {load['first_audio_p50_s']} s, "
+                f"p99 {load['first_audio_p99_s']} s"
+            )
 
 
 def main() -> None:
@@ -371,6 +393,7 @@ def main() -> None:
     parser.add_argument("--first-audio", action="store_true", help="time to first audio-chunk over TCP")
     parser.add_argument("--clients", type=int, default=0, help="concurrent TCP clients for a load run")
     parser.add_argument("--requests", type=int, default=3, help="requests per client (--clients)")
+    parser.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--sentence-seconds", type=float, default=3.0, help="speech per server request")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()

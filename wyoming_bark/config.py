@@ -38,6 +38,7 @@ SCHEMA: dict[str, Any] = {
     "sentence_silence": (int, float),
     "cache_size_mb": (int, float),
     "audio_streaming": ("auto", "on", "off"),
+    "max_batch": int,
     "streaming": bool,
     "preload": bool,
     "zeroconf": (str, bool),

@@ -108,7 +108,9 @@ def model_directory(model: str, data_dir: Path) -> Path:
     return path
 
 
-def load_bark(model: str, data_dir: Path, device_spec: str, core: str = "fast") -> LoadedBark:
+def load_bark(
+    model: str, data_dir: Path, device_spec: str, core: str = "fast", max_batch: int = 1
+) -> LoadedBark:
     """Load Bark (half precision on CUDA) and set up the chosen core. Slow: run it off the event loop."""
     from transformers import BarkModel, BarkProcessor
 
@@ -130,7 +132,7 @@ def load_bark(model: str, data_dir: Path, device_spec: str, core: str = "fast") 
         raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
     loaded = LoadedBark(bark, processor, model_dir, device, dtype)
     if core == "fast":
-        loaded.fast = FastBark(bark)
+        loaded.fast = FastBark(bark, max_batch)
         if device.type == "cuda":
             started = time.monotonic()
             loaded.fast.warmup()  # graph capture and first-call costs, paid now, not by a user

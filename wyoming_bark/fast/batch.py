@@ -1,0 +1,165 @@
+"""Continuous batching: many sentences decoded together on one GPU.
+
+One scheduler thread owns the model. Each sentence is a program (see ``generate.py``) holding a
+cache row while it runs. Every iteration the scheduler advances each program to its next request,
+answers all decode steps of a model with one batched (graph-replayed) step and equal-length
+prefills with one pass, and hands audio to its listener the moment a program makes it. A new
+sentence joins at the next iteration, so it never waits for another one to finish — only for a
+free row when ``max_batch`` sentences are already running.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .generate import Audio, Cancelled, FastBark, Prefill, Program, Step
+
+_LOGGER = logging.getLogger(__name__)
+
+DONE = None  # what ``emit`` gets after a program's last audio
+
+
+@dataclass(eq=False)
+class Job:
+    """One program and where its output goes.
+
+    ``emit`` is called on the scheduler thread with each audio piece (a float array), then with
+    ``DONE`` or with the exception that ended the program (``Cancelled`` once ``cancel`` is set).
+    """
+
+    program: Program
+    emit: Callable[[Any], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    row: int = -1
+    op: Prefill | Step | None = None  # the request waiting for an answer
+    answer: Any = None
+    error: BaseException | None = None  # to raise inside the program at its next advance
+
+
+class Scheduler:
+    """Runs jobs on one thread; with a ``FastBark``, their decode steps are batched."""
+
+    def __init__(self, fast: FastBark | None, name: str = "bark") -> None:
+        self.fast = fast
+        self.capacity = fast.max_batch if fast is not None else 1
+        self._free = list(range(self.capacity))  # a heap: the lowest rows, the smallest graphs
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self.steps = 0  # batched decode iterations, for status
+        self.batched_tokens = 0
+        self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            self._waiting.append(job)
+            self._wake.notify()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            for job in [*self._waiting, *self._running]:
+                job.cancel.set()
+            self._wake.notify()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._closed and not self._waiting and not self._running:
+                        self._wake.wait()
+                    if self._closed:
+                        break
+                    self._admit()
+                for job in list(self._running):
+                    self._advance(job)
+                self._answer([job for job in self._running if job.op is not None])
+        for job in self._running:
+            job.program.close()
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            job = self._waiting.popleft()
+            if job.cancel.is_set():
+                continue
+            job.row = heapq.heappop(self._free)
+            self._running.append(job)
+
+    def _advance(self, job: Job) -> None:
+        """Run ``job``'s program until it asks the models for something, ends or fails."""
+        while True:
+            if job.cancel.is_set():
+                job.program.close()
+                self._finish(job, Cancelled())
+                return
+            try:
+                if job.error is not None:
+                    error, job.error = job.error, None
+                    op = job.program.throw(error)
+                else:
+                    op = job.program.send(job.answer)
+            except StopIteration:
+                self._finish(job, DONE)
+                return
+            except Exception as err:  # noqa: BLE001 - a program's failure goes to its listener
+                self._finish(job, err)
+                return
+            job.answer = None
+            if isinstance(op, Audio):
+                _emit(job, op.samples)
+                continue
+            job.op = op
+            return
+
+    def _answer(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            tokens = self.fast.run([(job.row, job.op) for job in jobs])
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory: each program in the batch hears it
+            _LOGGER.warning("Batched step for %d sentences failed: %s", len(jobs), err)
+            for job in jobs:
+                job.op, job.error = None, err
+            return
+        self.steps += 1
+        self.batched_tokens += len(jobs)
+        for job, token in zip(jobs, tokens):
+            job.op, job.answer = None, token
+
+    def _finish(self, job: Job, outcome: Any) -> None:
+        self._running.remove(job)
+        heapq.heappush(self._free, job.row)
+        job.row = -1
+        _emit(job, outcome)
+
+
+def _emit(job: Job, item: Any) -> None:
+    try:
+        job.emit(item)
+    except Exception:  # a listener that is gone must not stop the others
+        _LOGGER.debug("Listener failed", exc_info=True)
