@@ -285,7 +285,7 @@ async def test_sigterm_mid_synthesis_exits_cleanly(server_factory, tiny_model):
 
 
 async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, monkeypatch):
-    """No GPU here: the OOM is raised by a stand-in for the first generation only."""
+    """No GPU here: the OOM is raised by a stand-in for the first batched decode step only."""
     engine = BarkEngine(
         str(tiny_model),
         tmp_path,
@@ -294,7 +294,7 @@ async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, mo
         "v2/en_speaker_6",
         GenerationSettings(max_semantic_tokens=20, seed=5),
     )
-    real = FastBark.generate
+    real = FastBark.run
     calls = []
 
     def flaky(self, *args, **kwargs):
@@ -303,7 +303,7 @@ async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, mo
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(FastBark, "generate", flaky)
+    monkeypatch.setattr(FastBark, "run", flaky)
     with pytest.raises(OutOfMemory, match="ran out of memory"):
         _ = [chunk async for chunk in engine.speak("First.")]
     assert "out of memory" in engine.get_status()["last_error"]

@@ -259,6 +259,7 @@ class BarkEngine(TtsEngine):
         self.stop()
         if self._scheduler is not None:
             self._scheduler.close()
+            self._scheduler.join(timeout=10)  # torch must not be mid-kernel when the process exits
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- generation ---------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""Batched decoding on the tiny model (CPU): many sentences in one batch say what each would alone."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+import torch
+from test_fast import tokens
+from transformers import BarkModel, BarkProcessor
+
+from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
+from wyoming_bark.fast.batch import DONE, Job, Scheduler
+from wyoming_bark.voices import VoiceLibrary
+
+SETTINGS = SamplingSettings(max_semantic_tokens=60, allow_early_stop=False)
+TEXTS = ["The kitchen light is on.", "It will rain tomorrow.", "Timer done.", "Welcome home, Ada."]
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_model):
+    model = BarkModel.from_pretrained(str(tiny_model)).eval()
+    processor = BarkProcessor.from_pretrained(str(tiny_model))
+    library = VoiceLibrary(None)
+    voices = [
+        {k: torch.from_numpy(v) for k, v in library.load(library.resolve(name), tiny_model).items()}
+        for name in ("v2/en_speaker_6", "v2/de_speaker_3")
+    ]
+    return processor, FastBark(model, max_batch=3), voices
+
+
+class Listener:
+    """Collects one job's output on the scheduler thread."""
+
+    def __init__(self) -> None:
+        self.pieces: list[np.ndarray] = []
+        self.outcome = None
+        self.done = threading.Event()
+        self.first = threading.Event()
+
+    def __call__(self, item) -> None:
+        if isinstance(item, np.ndarray):
+            self.pieces.append(item)
+            self.first.set()
+        else:
+            self.outcome = item
+            self.done.set()
+
+    def audio(self) -> np.ndarray:
+        assert self.done.wait(120) and self.outcome is DONE, self.outcome
+        return np.concatenate(self.pieces)
+
+
+def request(processor, fast, voices, n: int, stream: bool):
+    inputs = tokens(processor, TEXTS[n % len(TEXTS)])
+    history = voices[n % 2] if n % 3 else None  # with and without a voice prompt
+    args = (inputs["input_ids"], inputs["attention_mask"], history, SETTINGS)
+    return args, 100 + n, stream
+
+
+def solo(fast, args, seed, stream) -> np.ndarray:
+    if stream:
+        return np.concatenate(list(fast.generate_stream(*args, seed=seed)))
+    return fast.generate(*args, seed=seed)
+
+
+def test_batched_sentences_match_their_solo_runs(batched):
+    """Five sentences, three rows: they join and leave the batch at different steps, streamed and
+    not, with and without voices — and each sounds exactly as when generated alone (seeded)."""
+    processor, fast, voices = batched
+    requests = [request(processor, fast, voices, n, stream=n % 2 == 0) for n in range(5)]
+    scheduler = Scheduler(fast)
+    listeners = []
+    try:
+        for args, seed, stream in requests:
+            listeners.append(Listener())
+            scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), listeners[-1]))
+        assert scheduler.waiting + scheduler.running == 5
+        outputs = [listener.audio() for listener in listeners]
+        assert scheduler.batched_tokens > scheduler.steps, "steps were shared between sentences"
+    finally:
+        scheduler.close()
+    expected = int(60 * 75 / 49.9) * fast.hop
+    for (args, seed, stream), listener, audio in zip(requests, listeners, outputs):
+        assert len(audio) == expected
+        if stream:
+            assert len(listener.pieces) >= 2, "streamed sentences arrive in pieces"
+        np.testing.assert_allclose(audio, solo(fast, args, seed, stream), atol=1e-4)
+    assert scheduler.running == 0 and sorted(scheduler._free) == [0, 1, 2]
+
+
+def test_a_cancelled_sentence_leaves_the_others_intact(batched):
+    processor, fast, voices = batched
+    requests = [request(processor, fast, voices, n, stream=True) for n in range(3)]
+    scheduler = Scheduler(fast)
+    jobs, listeners = [], []
+    try:
+        for args, seed, stream in requests:
+            listeners.append(Listener())
+            jobs.append(Job(fast.speech(*args, seed=seed, stream=stream), listeners[-1]))
+            scheduler.submit(jobs[-1])
+        assert listeners[1].first.wait(120)
+        jobs[1].cancel.set()  # the listener went away in the middle of the batch
+        assert listeners[1].done.wait(120) and isinstance(listeners[1].outcome, Cancelled)
+        for n in (0, 2):
+            args, seed, stream = requests[n]
+            np.testing.assert_allclose(listeners[n].audio(), solo(fast, args, seed, stream), atol=1e-4)
+        # its row is free again: a new sentence runs in it
+        late = Listener()
+        args, seed, stream = requests[1]
+        scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), late))
+        np.testing.assert_allclose(late.audio(), solo(fast, args, seed, stream), atol=1e-4)
+    finally:
+        scheduler.close()
+
+
+def test_a_failing_program_fails_alone(batched):
+    processor, fast, voices = batched
+
+    def broken():
+        yield from fast.semantic_program(*request(processor, fast, voices, 0, False)[0], 1, itertools.count())
+        raise ValueError("boom")
+
+    scheduler = Scheduler(fast)
+    try:
+        bad, good = Listener(), Listener()
+        scheduler.submit(Job(broken(), bad))
+        args, seed, stream = request(processor, fast, voices, 1, False)
+        scheduler.submit(Job(fast.speech(*args, seed=seed), good))
+        assert bad.done.wait(120) and isinstance(bad.outcome, ValueError)
+        np.testing.assert_allclose(good.audio(), solo(fast, args, seed, stream), atol=1e-4)
+    finally:
+        scheduler.close()
+
+
+def test_seeds_decide_the_audio_not_the_batch(batched):
+    processor, fast, voices = batched
+    args, _, _ = request(processor, fast, voices, 1, False)
+    a, b, c = (fast.generate(*args, seed=seed) for seed in (7, 7, 8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
