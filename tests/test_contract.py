@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SAMPLES_PER_SENTENCE
 
@@ -20,6 +21,7 @@ BYTES_PER_SENTENCE = 2 * SAMPLES_PER_SENTENCE
 
 def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
     cache_mb = settings.pop("cache_size_mb", None)
+    max_batch = settings.pop("max_batch", 8)
     voices = settings.pop("voices", VoiceLibrary(None))
     return create_engine(
         "bark",
@@ -30,6 +32,7 @@ def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
         default_voice="v2/en_speaker_6",
         settings=GenerationSettings(max_semantic_tokens=20, **settings),
         cache_size_mb=cache_mb,
+        max_batch=max_batch,
     )
 
 
@@ -107,6 +110,25 @@ async def test_stop_mid_synthesis(engine):
         await task
     assert engine.sentences < 10
     assert len(await collect(engine.speak("Next one works."))) == BYTES_PER_SENTENCE
+
+
+async def test_sentences_of_one_text_are_batched(tiny_model, tmp_path):
+    """With batching, the next sentences are made while the first plays — and sound the same."""
+    text = "First one here. Second one here. Third one here. Fourth one here."
+    batched = make_engine(tiny_model, tmp_path / "a", seed=3, max_batch=3)
+    serial = make_engine(tiny_model, tmp_path / "b", seed=3, max_batch=1)
+    try:
+        assert (batched.lookahead, serial.lookahead) == (2, 0)
+        together, alone = await collect(batched.speak(text)), await collect(serial.speak(text))
+        assert len(together) == len(alone) == 4 * BYTES_PER_SENTENCE
+        difference = np.frombuffer(together, "<i2").astype(int) - np.frombuffer(alone, "<i2")
+        assert np.abs(difference).max() <= 4, "seeded sentences say the same, batched or not"
+        batch = batched.get_status()["batch"]
+        assert batch["mean_size"] >= 1.9, batch  # three sentences together, then the fourth
+        assert serial.get_status()["batch"]["mean_size"] == 1
+    finally:
+        batched.close()
+        serial.close()
 
 
 async def test_voices(engine, tmp_path):

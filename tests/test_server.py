@@ -306,4 +306,6 @@ async def test_interleaved_streams_and_a_disconnect(streaming_server):
         assert result.types[0] == "audio-start" and result.types[-1] == "audio-stop"
         assert result.types.count("audio-start") == 1
         assert result.samples == 2 * SAMPLES_100
-    assert (await status(streaming_server.uri))["queue_depth"] == 0
+    state = await status(streaming_server.uri)
+    assert state["queue_depth"] == 0 and state["batch"]["running"] == 0
+    assert state["batch"]["mean_size"] > 1.5, "the clients' sentences were decoded in shared steps"

@@ -9,8 +9,10 @@ Wyoming handler uses too. Subclasses with a ``name`` register themselves on impo
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -27,11 +29,38 @@ class HealthCheckResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class _Started:
+    """A sentence whose audio is being made now, in a task, before it is its turn to play."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump(chunks))
+
+    async def _pump(self, chunks: AsyncIterator[bytes]) -> None:
+        try:
+            async for pcm in chunks:
+                self._queue.put_nowait(pcm)
+        except Exception as err:  # noqa: BLE001 - raised again where the sentence is played
+            self._queue.put_nowait(err)
+        else:
+            self._queue.put_nowait(None)
+
+    async def play(self) -> AsyncIterator[bytes]:
+        while (item := await self._queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
 class TextStream:
     """Text arrives in pieces; audio leaves sentence by sentence, as soon as each is complete.
 
     A sentence is spoken once it ends, or, for text that runs on without an end, once the buffer
-    holds more than one generation can speak (it is then cut at a clause or between words).
+    holds more than one generation can speak (it is then cut at a clause or between words). While
+    one sentence plays, the engine's ``lookahead`` next known sentences are already being made.
     """
 
     def __init__(self, engine: TtsEngine, voice: str | None, quick_start: bool = False) -> None:
@@ -42,23 +71,30 @@ class TextStream:
 
     async def speak_streaming(self, chunk: str) -> AsyncIterator[bytes]:
         """Audio for the sentences this chunk completes (none if it completes none)."""
-        for sentence in self._splitter.add(chunk):
-            async for pcm in self._sentence(sentence):
-                yield pcm
+        async for pcm in self._speak(self._splitter.add(chunk)):
+            yield pcm
 
     async def flush(self) -> AsyncIterator[bytes]:
         """Audio for whatever text is still buffered."""
-        for sentence in self._splitter.finish():
-            async for pcm in self._sentence(sentence):
-                yield pcm
-
-    async def _sentence(self, sentence: str) -> AsyncIterator[bytes]:
-        if self._spoken:
-            for pcm in self.engine.silence():
-                yield pcm
-        self._spoken = True
-        async for pcm in self.engine.speak_sentence(sentence, self.voice):
+        async for pcm in self._speak(self._splitter.finish()):
             yield pcm
+
+    async def _speak(self, sentences: Iterable[str]) -> AsyncIterator[bytes]:
+        waiting, started = deque(sentences), deque()
+        try:
+            while waiting or started:
+                while waiting and len(started) <= self.engine.lookahead:
+                    started.append(_Started(self.engine.speak_sentence(waiting.popleft(), self.voice)))
+                if self._spoken:
+                    for pcm in self.engine.silence():
+                        yield pcm
+                self._spoken = True
+                async for pcm in started[0].play():
+                    yield pcm
+                started.popleft()
+        finally:  # stopped early (error, cancel, listener gone): drop the work started ahead
+            for sentence in started:
+                sentence.cancel()
 
 
 class TtsEngine(ABC):
@@ -68,6 +104,7 @@ class TtsEngine(ABC):
     sample_rate: ClassVar[int] = 24_000
     sample_width: ClassVar[int] = 2
     channels: ClassVar[int] = 1
+    lookahead: int = 0  # sentences of one text made ahead of the one playing
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

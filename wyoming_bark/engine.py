@@ -115,6 +115,9 @@ class BarkEngine(TtsEngine):
         self.core = core
         self.audio_streaming = audio_streaming  # auto | on | off
         self.max_batch = max_batch  # sentences decoded together (fast core)
+        # With batching, the next sentences of a text ride along in the batch of the one playing;
+        # two at most, so one long text cannot take every row from other clients.
+        self.lookahead = min(2, max_batch - 1) if core == "fast" else 0
         self.data_dir = data_dir
         self.device = device
         self.voices = voices
@@ -249,11 +252,18 @@ class BarkEngine(TtsEngine):
             status["gpu_reserved_mib"] = round(torch.cuda.memory_reserved(bark.device) / 2**20, 1)
         return status
 
-    def _batch_status(self) -> dict[str, int]:
+    def _batch_status(self) -> dict[str, Any]:
+        """Rows in use and how full the batched decode steps have been."""
         scheduler = self._scheduler
         if scheduler is None:
             return {"max": self.max_batch if self.core == "fast" else 1, "running": 0, "waiting": 0}
-        return {"max": scheduler.capacity, "running": scheduler.running, "waiting": scheduler.waiting}
+        return {
+            "max": scheduler.capacity,
+            "running": scheduler.running,
+            "waiting": scheduler.waiting,
+            "steps": scheduler.steps,
+            "mean_size": round(scheduler.batched_tokens / max(scheduler.steps, 1), 2),
+        }
 
     def close(self) -> None:
         self.stop()
