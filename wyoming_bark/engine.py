@@ -28,7 +28,7 @@ from .contract import HealthCheckResult, TtsEngine
 from .errors import ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
 from .fast.batch import DONE, Job, Scheduler
-from .fast.generate import Audio, Program
+from .fast.ops import Audio, Program
 from .model import LoadedBark, load_bark
 from .voices import Prompt, Voice, VoiceLibrary
 

@@ -1,9 +1,11 @@
-"""Our own Bark inference core: static KV cache, SDPA, CUDA-graph decode steps.
+"""Our own Bark inference core: batched static KV cache, SDPA, CUDA-graph decode steps.
 
 It runs the weights of an already loaded transformers ``BarkModel`` (shared, not copied) and
-reproduces transformers' generation stage by stage; see ``model.py`` and ``generate.py``.
+reproduces transformers' generation stage by stage; see ``model.py`` (the networks),
+``generate.py`` (a sentence as a program), ``batch.py`` (many sentences in one batch).
 """
 
-from .generate import Cancelled, FastBark, SamplingSettings
+from .generate import FastBark
+from .ops import Cancelled, SamplingSettings
 
 __all__ = ["Cancelled", "FastBark", "SamplingSettings"]

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .generate import Audio, Cancelled, FastBark, Prefill, Program, Step
+from .generate import FastBark
+from .ops import Audio, Cancelled, Prefill, Program, Step
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -5,10 +5,8 @@ EOS rule; with greedy decoding the tokens are identical, see ``tests/test_fast.p
 autoregressive stages decode into a static KV cache, one replayed CUDA graph per token, the fine
 model uses SDPA, and weights stay in half precision on CUDA.
 
-A sentence is a *program*: a generator that yields what it needs from the GPT models —
-``Prefill`` (a prompt into its cache row, answered with the first token) and ``Step`` (one more
-token) — and the ``Audio`` it makes. Whoever drives it decides how: ``FastBark.generate`` runs one
-program alone; ``batch.Scheduler`` runs many, answering all their steps with one batched decode.
+A sentence is a program (see ``ops.py``): ``FastBark.generate`` runs one alone;
+``batch.Scheduler`` runs many, answering all their steps with one batched decode.
 """
 
 from __future__ import annotations
@@ -17,127 +15,19 @@ import itertools
 import math
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .coarse import CoarseStage
 from .model import BatchedStep, CausalGPT, fine_logits
+from .ops import Audio, Cancelled, Prefill, Program, SamplingSettings, Step, random_seed, temperature
 from .sample import CoarseHead, SemanticHead, race_noise
 
-STREAM_CHUNK_FRAMES = 30  # release audio at least this many frames (0.4 s) at a time ...
+STREAM_CHUNK_FRAMES = 30  # release audio at least this many frames (0.4 s; later pieces grow) ...
 STREAM_HOLDBACK_FRAMES = 30  # ... but not the last 0.4 s, whose fine codes may still change
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Bark's sampling knobs; a temperature of 0 (or None) means greedy decoding."""
-
-    text_temperature: float | None = 0.7
-    waveform_temperature: float | None = 0.7
-    fine_temperature: float | None = 0.5
-    min_eos_p: float = 0.05
-    max_semantic_tokens: int = 768
-    allow_early_stop: bool = True  # False: never end before max_semantic_tokens (benchmarks)
-
-
-@dataclass
-class Prefill:
-    """Run ``embeds`` (1, T, C) at positions 0..T-1 into this program's cache row; answer: a token."""
-
-    gpt: str  # "semantic" or "coarse"
-    embeds: torch.Tensor
-    ints: tuple[int, ...]  # the head's per-row integers (seed, draw, ...)
-    floats: tuple[float, ...]
-
-
-@dataclass
-class Step:
-    """Feed ``token`` at ``pos``; answer: the next token."""
-
-    gpt: str
-    token: int
-    pos: int
-    ints: tuple[int, ...]
-    floats: tuple[float, ...]
-
-
-@dataclass
-class Audio:
-    """Float audio at 24 kHz, ready for the listener."""
-
-    samples: np.ndarray
-
-
-Op = Prefill | Step | Audio
-Program = Generator[Op, Any, Any]
-
-
-class Cancelled(Exception):
-    """Generation was stopped through the cancel event."""
-
-
-def random_seed() -> int:
-    """A seed for an unseeded request, from torch's generator (so ``torch.manual_seed`` fixes it)."""
-    return int(torch.randint(0, 2**31 - 1, ()))
-
-
-def _temperature(value: float | None) -> float:
-    return float(value or 0.0)
-
-
-class _Coarse:
-    """The coarse stage of one sentence: 60-token windows over a sliding semantic context."""
-
-    def __init__(
-        self, fast: FastBark, semantic: torch.Tensor, history, s: SamplingSettings, seed: int, draws
-    ):
-        self.fast, self.seed, self.draws = fast, seed, draws
-        cfg = fast.coarse_cfg
-        self.n_out = round(
-            math.floor(len(semantic) * fast.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks
-        )
-        semantic_history, self.coarse = fast._coarse_histories(history)
-        self.n_history = len(self.coarse)
-        self.base = len(semantic_history)
-        self.semantic = torch.cat([semantic_history, semantic.long()])
-        self.floats = (_temperature(s.waveform_temperature),)
-        self.generated = 0
-
-    @property
-    def done(self) -> bool:
-        return self.generated >= self.n_out
-
-    def window(self) -> Program:
-        """Decode the next window; returns the codes so far, shape (2, frames), values 0..1023."""
-        fast, cfg = self.fast, self.fast.coarse_cfg
-        max_semantic_history = math.floor(cfg.max_coarse_history / fast.ratio)
-        index = self.base + round(self.generated / fast.ratio)
-        window = self.semantic[max(0, index - max_semantic_history) :][: cfg.max_coarse_input_length]
-        window = F.pad(
-            window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
-        )
-        history = self.coarse[len(self.coarse) - min(len(self.coarse), cfg.max_coarse_history) :]
-        infer = torch.tensor([cfg.coarse_infer_token], device=fast.device)
-        prompt = torch.cat([window, infer, history])
-        n_new = min(cfg.sliding_window_len, self.n_out - self.generated)
-        # Each window re-reads a shifted semantic context, so its prefix is new: one prefill.
-        tokens = [(yield Prefill("coarse", fast.coarse.embed(prompt[None]), self._ints(0), self.floats))]
-        for i in range(1, n_new):
-            tokens.append(
-                (yield Step("coarse", tokens[-1], len(prompt) + i - 1, self._ints(i % 2), self.floats))
-            )
-        self.coarse = torch.cat([self.coarse, torch.tensor(tokens, dtype=torch.long, device=fast.device)])
-        self.generated += n_new
-        flat = self.coarse[self.n_history :]
-        return torch.remainder(
-            flat.view(-1, cfg.n_coarse_codebooks) - fast.sem.semantic_vocab_size, fast.codebook_size
-        ).T
-
-    def _ints(self, parity: int) -> tuple[int, int, int]:
-        return self.seed, next(self.draws), parity
 
 
 class FastBark:
@@ -265,7 +155,7 @@ class FastBark:
         embeds = torch.cat([embed(ids.to(self.device)) + embed(hist), embed(infer)], dim=1)
         prefix = embeds.shape[1]
         may_stop = int(s.allow_early_stop)
-        floats = (_temperature(s.text_temperature), s.min_eos_p)
+        floats = (temperature(s.text_temperature), s.min_eos_p)
         token = yield Prefill("semantic", embeds, (seed, next(draws), may_stop), floats)
         # Token k is predicted at position prefix + k - 2: positions end at the block size.
         limit = min(s.max_semantic_tokens, self.semantic.block_size - prefix + 1)
@@ -297,11 +187,13 @@ class FastBark:
         frames' codes are then kept, so the pieces join into exactly the audio of the final codes
         (EnCodec's 24 kHz decoder is causal: a prefix decodes to a prefix). Only the fine codebooks
         of early frames can differ from a whole-sentence run — and Bark samples those anyway.
+        Each piece is at least as long as all audio before it: the first comes quickly, and the
+        fine stage (a full 1024-frame pass each time) runs a few times per sentence, not per window.
         """
         seed = random_seed() if seed is None else seed
         draws = itertools.count()
         semantic = yield from self.semantic_program(input_ids, attention_mask, history, s, seed, draws)
-        coarse = _Coarse(self, semantic, history, s, seed, draws)
+        coarse = CoarseStage(self, semantic, history, s, seed, draws)
         total = coarse.n_out // self.coarse_cfg.n_coarse_codebooks
         codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
         kept: torch.Tensor | None = None
@@ -312,7 +204,7 @@ class FastBark:
                 continue
             frames = codes.shape[1]
             stable = frames if frames == total else frames - holdback
-            if frames < total and stable - emitted < chunk_frames:
+            if frames < total and stable - emitted < max(chunk_frames, emitted):
                 continue
             fine = self.fine_tokens(codes, history, s, seed, next(draws)).clone()
             if kept is not None:
@@ -335,30 +227,13 @@ class FastBark:
 
     def coarse_tokens(self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None, seed=None):
         """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
-        coarse = _Coarse(
+        coarse = CoarseStage(
             self, semantic, history, s, random_seed() if seed is None else seed, itertools.count()
         )
         codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
         while not coarse.done:
             codes = _value(self.solo(coarse.window(), cancel))
         return codes
-
-    def _coarse_histories(self, history) -> tuple[torch.Tensor, torch.Tensor]:
-        """Voice prompt -> aligned semantic and flattened coarse histories, as transformers trims them."""
-        empty = torch.zeros(0, dtype=torch.long, device=self.device)
-        if history is None:
-            return empty, empty
-        semantic = history["semantic_prompt"].to(self.device).long()
-        coarse = history["coarse_prompt"].to(self.device).long().clone()
-        for n in range(1, coarse.shape[0]):
-            coarse[n] += self.codebook_size * n
-        coarse = coarse.T.reshape(-1) + self.sem.semantic_vocab_size
-        max_semantic_history = math.floor(self.coarse_cfg.max_coarse_history / self.ratio)
-        n_semantic = min(
-            max_semantic_history, len(semantic) - len(semantic) % 2, math.floor(len(coarse) / self.ratio)
-        )
-        n_coarse = round(n_semantic * self.ratio)
-        return semantic[len(semantic) - n_semantic :], coarse[len(coarse) - n_coarse :][:-2]
 
     @torch.inference_mode()
     def fine_tokens(

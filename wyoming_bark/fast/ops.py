@@ -1,0 +1,72 @@
+"""What a sentence's program asks of the models, and the settings it samples with.
+
+A sentence is a *program*: a generator that yields ``Prefill`` (a prompt into its cache row,
+answered with the first token) and ``Step`` (one more token, answered with the next), and the
+``Audio`` it makes. Whoever drives it decides how to answer: alone, or batched with others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Bark's sampling knobs; a temperature of 0 (or None) means greedy decoding."""
+
+    text_temperature: float | None = 0.7
+    waveform_temperature: float | None = 0.7
+    fine_temperature: float | None = 0.5
+    min_eos_p: float = 0.05
+    max_semantic_tokens: int = 768
+    allow_early_stop: bool = True  # False: never end before max_semantic_tokens (benchmarks)
+
+
+@dataclass
+class Prefill:
+    """Run ``embeds`` (1, T, C) at positions 0..T-1 into this program's cache row; answer: a token."""
+
+    gpt: str  # "semantic" or "coarse"
+    embeds: torch.Tensor
+    ints: tuple[int, ...]  # the head's per-row integers (seed, draw, ...)
+    floats: tuple[float, ...]
+
+
+@dataclass
+class Step:
+    """Feed ``token`` at ``pos``; answer: the next token."""
+
+    gpt: str
+    token: int
+    pos: int
+    ints: tuple[int, ...]
+    floats: tuple[float, ...]
+
+
+@dataclass
+class Audio:
+    """Float audio at 24 kHz, ready for the listener."""
+
+    samples: np.ndarray
+
+
+Op = Prefill | Step | Audio
+Program = Generator[Op, Any, Any]
+
+
+class Cancelled(Exception):
+    """Generation was stopped through the cancel event."""
+
+
+def random_seed() -> int:
+    """A seed for an unseeded request, from torch's generator (so ``torch.manual_seed`` fixes it)."""
+    return int(torch.randint(0, 2**31 - 1, ()))
+
+
+def temperature(value: float | None) -> float:
+    return float(value or 0.0)
