@@ -167,6 +167,18 @@ async def test_concurrent_clients_each_get_their_audio(bark_server):
         assert_stream(result, sentences=len(split_sentences(text)))
 
 
+async def test_a_request_never_waits_for_another_to_finish(bark_server):
+    """A short request arriving during a long one gets its audio while the long one still runs."""
+    long_text = " ".join(f"Sentence number {n} of a long text." for n in range(12))
+    async with AsyncClient.from_uri(bark_server.uri) as first:
+        await first.write_event(Synthesize(long_text).event())
+        await read_until(first, "audio-chunk")
+        short = await synthesize(bark_server.uri, "Quick one.")
+        assert_stream(short, sentences=1)
+        rest = await read_until(first, "audio-stop")
+    assert rest.samples >= 6 * SAMPLES_PER_SENTENCE, "the long request was still running"
+
+
 async def test_disconnect_mid_synthesis_cancels_it(bark_server):
     client = AsyncClient.from_uri(bark_server.uri)
     await client.connect()
@@ -174,9 +186,10 @@ async def test_disconnect_mid_synthesis_cancels_it(bark_server):
     await read_until(client, "audio-chunk")
     await client.disconnect()
     assert_stream(await synthesize(bark_server.uri, "After the hang up."), sentences=1)
-    # --debug logs each finished sentence: the abandoned request stopped after the one in flight.
+    # --debug logs each finished sentence: the abandoned request stopped after the sentence
+    # playing and the two made ahead of it (and perhaps the next one, started as the first ended).
     finished = bark_server.log_text().count("for 'Talk talk.'")
-    assert 1 <= finished <= 2, finished
+    assert 1 <= finished <= 4, finished
 
 
 async def test_no_streaming_flag(server_factory, tiny_model):
