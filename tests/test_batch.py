@@ -13,6 +13,7 @@ from transformers import BarkModel, BarkProcessor
 
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.batch import DONE, Job, Scheduler
+from wyoming_bark.fast.model import BatchedStep
 from wyoming_bark.voices import VoiceLibrary
 
 SETTINGS = SamplingSettings(max_semantic_tokens=60, allow_early_stop=False)
@@ -141,3 +142,19 @@ def test_seeds_decide_the_audio_not_the_batch(batched):
     a, b, c = (fast.generate(*args, seed=seed) for seed in (7, 7, 8))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch, caplog):
+    """No GPU here: a stand-in capture fails as an unsupported op would; the core still speaks."""
+    processor, fast, voices = batched
+
+    def failing(step):
+        step.graphs[1] = "half-captured"
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(BatchedStep, "capture", failing)
+    fast.warmup()
+    assert "running them eagerly" in caplog.text
+    assert all(not step.graphs for step in fast.steps.values())
+    args, seed, stream = request(processor, fast, voices, 2, False)
+    assert len(fast.generate(*args, seed=seed)) == int(60 * 75 / 49.9) * fast.hop

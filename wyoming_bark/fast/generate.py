@@ -12,6 +12,7 @@ A sentence is a program (see ``ops.py``): ``FastBark.generate`` runs one alone;
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import threading
 from collections.abc import Generator, Iterator, Sequence
@@ -25,6 +26,8 @@ from .coarse import CoarseStage
 from .model import BatchedStep, CausalGPT, fine_logits
 from .ops import Audio, Cancelled, Prefill, Program, SamplingSettings, Step, random_seed, temperature
 from .sample import CoarseHead, SemanticHead, race_noise
+
+_LOGGER = logging.getLogger(__name__)
 
 STREAM_CHUNK_FRAMES = 30  # release audio at least this many frames (0.4 s; later pieces grow) ...
 STREAM_HOLDBACK_FRAMES = 30  # ... but not the last 0.4 s, whose fine codes may still change
@@ -84,8 +87,12 @@ class FastBark:
     def warmup(self) -> None:
         """Capture the decode graphs and run one short generation, so the first request is fast."""
         with torch.inference_mode():
-            for step in self.steps.values():
-                step.capture()
+            for name, step in self.steps.items():
+                try:
+                    step.capture()
+                except RuntimeError as err:  # e.g. an op this torch build cannot capture: run eagerly
+                    step.graphs.clear()
+                    _LOGGER.warning("No CUDA graph for %s decode steps (%s); running them eagerly", name, err)
         ids = torch.zeros(1, 8, dtype=torch.long, device=self.device)
         self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
 
