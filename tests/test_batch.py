@@ -156,5 +156,5 @@ def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch,
     fast.warmup()
     assert "running them eagerly" in caplog.text
     assert all(not step.graphs for step in fast.steps.values())
-    args, seed, stream = request(processor, fast, voices, 2, False)
+    args, seed, _ = request(processor, fast, voices, 2, False)
     assert len(fast.generate(*args, seed=seed)) == int(60 * 75 / 49.9) * fast.hop
