@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import numpy as np
@@ -14,6 +13,8 @@ from transformers import BarkModel, BarkProcessor
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.batch import DONE, Job, Scheduler
 from wyoming_bark.fast.model import BatchedStep
+from wyoming_bark.fast.ops import FINE_DRAWS, Audio
+from wyoming_bark.fast.semantic import SemanticStage
 from wyoming_bark.voices import VoiceLibrary
 
 SETTINGS = SamplingSettings(max_semantic_tokens=60, allow_early_stop=False)
@@ -121,7 +122,7 @@ def test_a_failing_program_fails_alone(batched):
     processor, fast, voices = batched
 
     def broken():
-        yield from fast.semantic_program(*request(processor, fast, voices, 0, False)[0], 1, itertools.count())
+        yield from SemanticStage(fast, *request(processor, fast, voices, 0, False)[0], seed=1).program()
         raise ValueError("boom")
 
     scheduler = Scheduler(fast)
@@ -158,3 +159,32 @@ def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch,
     assert all(not step.graphs for step in fast.steps.values())
     args, seed, _ = request(processor, fast, voices, 2, False)
     assert len(fast.generate(*args, seed=seed)) == int(60 * 75 / 49.9) * fast.hop
+
+
+def test_coarse_windows_start_while_semantic_tokens_still_come(batched):
+    """With a voice prompt the first coarse window needs ~47 semantic tokens, not all of them; the
+    result is exactly that of the stages run one after the other (same seed)."""
+    processor, fast, voices = batched
+    inputs = tokens(processor, "A longer sentence, so that the stages can overlap for a while.")
+    s = SamplingSettings(max_semantic_tokens=150, allow_early_stop=False)
+    args = (inputs["input_ids"], inputs["attention_mask"], voices[0], s)
+    program, answer, overlapped, pieces = fast.speech(*args, seed=5), None, 0, []
+    with torch.inference_mode():
+        while True:
+            try:
+                op = program.send(answer)
+            except StopIteration:
+                break
+            if isinstance(op, Audio):
+                pieces.append(op.samples)
+                answer = None
+                continue
+            ops = op if isinstance(op, tuple) else (op,)
+            overlapped += {one.gpt for one in ops} == {"semantic", "coarse"}
+            answer = tuple(fast.run([(0, one) for one in ops]))
+            answer = answer if isinstance(op, tuple) else answer[0]
+    assert overlapped >= 60, "at least one whole coarse window ran beside the semantic stage"
+    semantic = fast.semantic_tokens(*args, seed=5)
+    coarse = fast.coarse_tokens(semantic, voices[0], s, seed=5)
+    fine = fast.fine_tokens(coarse, voices[0], s, seed=5, draw=FINE_DRAWS)
+    np.testing.assert_allclose(np.concatenate(pieces), fast.decode(fine), atol=1e-5)

@@ -40,7 +40,7 @@ class Job:
     emit: Callable[[Any], None]
     cancel: threading.Event = field(default_factory=threading.Event)
     row: int = -1
-    op: Prefill | Step | None = None  # the request waiting for an answer
+    op: Prefill | Step | tuple[Prefill | Step, ...] | None = None  # waiting for an answer
     answer: Any = None
     error: BaseException | None = None  # to raise inside the program at its next advance
 
@@ -140,17 +140,22 @@ class Scheduler:
     def _answer(self, jobs: list[Job]) -> None:
         if not jobs:
             return
+        work = [(job.row, op) for job in jobs for op in _ops(job.op)]
         try:
-            tokens = self.fast.run([(job.row, job.op) for job in jobs])
+            tokens = iter(self.fast.run(work))
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: each program in the batch hears it
             _LOGGER.warning("Batched step for %d sentences failed: %s", len(jobs), err)
             for job in jobs:
                 job.op, job.error = None, err
             return
         self.steps += 1
-        self.batched_tokens += len(jobs)
-        for job, token in zip(jobs, tokens):
-            job.op, job.answer = None, token
+        self.batched_tokens += len(work)
+        for job in jobs:
+            if isinstance(job.op, tuple):
+                job.answer = tuple(next(tokens) for _ in job.op)
+            else:
+                job.answer = next(tokens)
+            job.op = None
 
     def _finish(self, job: Job, outcome: Any) -> None:
         self._running.remove(job)
@@ -164,3 +169,7 @@ def _emit(job: Job, item: Any) -> None:
         job.emit(item)
     except Exception:  # a listener that is gone must not stop the others
         _LOGGER.debug("Listener failed", exc_info=True)
+
+
+def _ops(op: Prefill | Step | tuple[Prefill | Step, ...]) -> tuple[Prefill | Step, ...]:
+    return op if isinstance(op, tuple) else (op,)

@@ -2,53 +2,84 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .ops import Prefill, Program, SamplingSettings, Step, temperature
+from .ops import COARSE_DRAWS, Prefill, Program, SamplingSettings, Step, temperature
 
 if TYPE_CHECKING:
     from .generate import FastBark
 
 
 class CoarseStage:
-    """The coarse stage of one sentence: 60-token windows over a sliding semantic context."""
+    """The coarse stage of one sentence: 60-token windows over a sliding semantic context.
 
-    def __init__(
-        self, fast: FastBark, semantic: torch.Tensor, history, s: SamplingSettings, seed: int, draws
-    ):
-        self.fast, self.seed, self.draws = fast, seed, draws
-        cfg = fast.coarse_cfg
-        self.n_out = round(
-            math.floor(len(semantic) * fast.ratio / cfg.n_coarse_codebooks) * cfg.n_coarse_codebooks
-        )
+    ``semantic`` is the sentence's ``SemanticStage`` (or anything with ``tokens`` and ``done``).
+    A window may start before the semantic stage ends, once every semantic token it reads exists
+    and the sentence is sure to be long enough for a whole window: with a voice prompt the first
+    window needs only the first ~47 semantic tokens. The windows are exactly those of a run that
+    waits for all semantic tokens, so the first audio of a long sentence comes much sooner.
+    """
+
+    def __init__(self, fast: FastBark, semantic, history, s: SamplingSettings, seed: int) -> None:
+        self.fast, self.semantic, self.seed = fast, semantic, seed
+        self.draws = itertools.count(COARSE_DRAWS)
         semantic_history, self.coarse = self._histories(history)
+        self.history = semantic_history.tolist()
         self.n_history = len(self.coarse)
-        self.base = len(semantic_history)
-        self.semantic = torch.cat([semantic_history, semantic.long()])
         self.floats = (temperature(s.waveform_temperature),)
         self.generated = 0
 
+    def _n_out(self, n_semantic: int) -> int:
+        """Coarse tokens for ``n_semantic`` semantic tokens (a whole number of frames)."""
+        n = self.fast.coarse_cfg.n_coarse_codebooks
+        return round(math.floor(n_semantic * self.fast.ratio / n) * n)
+
+    @property
+    def n_out(self) -> int:
+        """Coarse tokens of the whole sentence (final once the semantic stage is done)."""
+        return self._n_out(len(self.semantic.tokens))
+
     @property
     def done(self) -> bool:
-        return self.generated >= self.n_out
+        return self.semantic.done and self.generated >= self.n_out
+
+    def _start(self) -> int:
+        """Where the next window's semantic context starts, in history + tokens."""
+        max_semantic_history = math.floor(self.fast.coarse_cfg.max_coarse_history / self.fast.ratio)
+        index = len(self.history) + round(self.generated / self.fast.ratio)
+        return max(0, index - max_semantic_history)
+
+    def ready(self) -> bool:
+        """Can the next window start now?"""
+        if self.semantic.done:
+            return self.generated < self.n_out
+        cfg = self.fast.coarse_cfg
+        have = len(self.semantic.tokens)
+        reads = self._start() + cfg.max_coarse_input_length - len(self.history)
+        return have >= reads and self._n_out(have) >= self.generated + cfg.sliding_window_len
 
     def window(self) -> Program:
         """Decode the next window; returns the codes so far, shape (2, frames), values 0..1023."""
         fast, cfg = self.fast, self.fast.coarse_cfg
-        max_semantic_history = math.floor(cfg.max_coarse_history / fast.ratio)
-        index = self.base + round(self.generated / fast.ratio)
-        window = self.semantic[max(0, index - max_semantic_history) :][: cfg.max_coarse_input_length]
+        semantic = torch.tensor(self.history + self.semantic.tokens, dtype=torch.long, device=fast.device)
+        window = semantic[self._start() :][: cfg.max_coarse_input_length]
         window = F.pad(
             window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
         )
         history = self.coarse[len(self.coarse) - min(len(self.coarse), cfg.max_coarse_history) :]
         infer = torch.tensor([cfg.coarse_infer_token], device=fast.device)
         prompt = torch.cat([window, infer, history])
-        n_new = min(cfg.sliding_window_len, self.n_out - self.generated)
+        # Not yet done: ready() made sure that the sentence has room for a whole window.
+        n_new = (
+            min(cfg.sliding_window_len, self.n_out - self.generated)
+            if self.semantic.done
+            else cfg.sliding_window_len
+        )
         # Each window re-reads a shifted semantic context, so its prefix is new: one prefill.
         tokens = [(yield Prefill("coarse", fast.coarse.embed(prompt[None]), self._ints(0), self.floats))]
         for i in range(1, n_new):

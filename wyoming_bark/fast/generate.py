@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 from collections.abc import Generator, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 
 from .coarse import CoarseStage
 from .model import BatchedStep, CausalGPT, fine_logits
-from .ops import Audio, Cancelled, Prefill, Program, SamplingSettings, Step, random_seed, temperature
+from .ops import FINE_DRAWS, Audio, Cancelled, Prefill, Program, SamplingSettings, Step, random_seed
 from .sample import CoarseHead, SemanticHead, race_noise
+from .semantic import SemanticStage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -135,6 +137,9 @@ class FastBark:
                     op = program.send(answer)
                 except StopIteration as done:
                     return done.value
+                if isinstance(op, tuple):
+                    answer = tuple(self.run([(0, one) for one in op]))
+                    continue
                 if not isinstance(op, Audio):
                     answer = self.run([(0, op)])[0]
                     continue
@@ -142,38 +147,6 @@ class FastBark:
             yield op.samples
 
     # --- programs -----------------------------------------------------------------------
-
-    def semantic_program(
-        self, input_ids, attention_mask, history, s: SamplingSettings, seed: int, draws
-    ) -> Program:
-        """Text -> semantic tokens (1-D, without the EOS token)."""
-        sem = self.sem
-        length = sem.max_input_semantic_length
-        ids = (input_ids[:, :length] + sem.text_encoding_offset).masked_fill(
-            attention_mask[:, :length] == 0, sem.text_pad_token
-        )
-        ids = F.pad(ids, (0, length - ids.shape[1]), value=sem.text_pad_token)
-        hist = torch.full((1, length), sem.semantic_pad_token, dtype=torch.long, device=self.device)
-        if history is not None:
-            prompt = history["semantic_prompt"][-length:].to(self.device)
-            hist[0, : len(prompt)] = prompt
-        embed = self.semantic.embed
-        infer = torch.tensor([[sem.semantic_infer_token]], device=self.device)
-        embeds = torch.cat([embed(ids.to(self.device)) + embed(hist), embed(infer)], dim=1)
-        prefix = embeds.shape[1]
-        may_stop = int(s.allow_early_stop)
-        floats = (temperature(s.text_temperature), s.min_eos_p)
-        token = yield Prefill("semantic", embeds, (seed, next(draws), may_stop), floats)
-        # Token k is predicted at position prefix + k - 2: positions end at the block size.
-        limit = min(s.max_semantic_tokens, self.semantic.block_size - prefix + 1)
-        out: list[int] = []
-        for i in range(limit):
-            if token == sem.eos_token_id:
-                break
-            out.append(token)
-            if i + 1 < limit:
-                token = yield Step("semantic", token, prefix + i, (seed, next(draws), may_stop), floats)
-        return torch.tensor(out, dtype=torch.long, device=self.device)
 
     def speech(
         self,
@@ -198,45 +171,67 @@ class FastBark:
         fine stage (a full 1024-frame pass each time) runs a few times per sentence, not per window.
         """
         seed = random_seed() if seed is None else seed
-        draws = itertools.count()
-        semantic = yield from self.semantic_program(input_ids, attention_mask, history, s, seed, draws)
-        coarse = CoarseStage(self, semantic, history, s, seed, draws)
-        total = coarse.n_out // self.coarse_cfg.n_coarse_codebooks
+        semantic = SemanticStage(self, input_ids, attention_mask, history, s, seed)
+        coarse = CoarseStage(self, semantic, history, s, seed)
+        fine_draws = itertools.count(FINE_DRAWS)
+        stages: list[Program | None] = [semantic.program(), None]  # and the running coarse window
+        ops: list[Any] = [next(stages[0]), None]
         codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
         kept: torch.Tensor | None = None
         emitted = 0
-        while not coarse.done:
-            codes = yield from coarse.window()
-            if not stream:
+        while True:
+            if stages[1] is None and coarse.ready():
+                stages[1] = coarse.window()
+                ops[1] = next(stages[1])
+            wanted = tuple(op for op in ops if op is not None)
+            if not wanted:
+                break
+            answers = iter((yield wanted))
+            window_done = False
+            for k, stage in enumerate(stages):
+                if ops[k] is None:
+                    continue
+                try:
+                    ops[k] = stage.send(next(answers))
+                except StopIteration as finished:
+                    ops[k] = stages[k] = None
+                    if k == 1:
+                        codes, window_done = finished.value, True
+            if not (stream and window_done) or coarse.done:
+                continue  # the last piece goes out below
+            stable = codes.shape[1] - holdback
+            if stable - emitted < max(chunk_frames, emitted):
                 continue
-            frames = codes.shape[1]
-            stable = frames if frames == total else frames - holdback
-            if frames < total and stable - emitted < max(chunk_frames, emitted):
-                continue
-            fine = self.fine_tokens(codes, history, s, seed, next(draws)).clone()
+            fine = self.fine_tokens(codes, history, s, seed, next(fine_draws)).clone()
             if kept is not None:
                 fine[:, :emitted] = kept[:, :emitted]
             kept = fine
             yield Audio(self.decode(fine[:, :stable])[emitted * self.hop :])
             emitted = stable
         if not stream:
-            yield Audio(self.decode(self.fine_tokens(codes, history, s, seed, next(draws))))
+            yield Audio(self.decode(self.fine_tokens(codes, history, s, seed, next(fine_draws))))
+        elif codes.shape[1] > emitted:
+            fine = self.fine_tokens(codes, history, s, seed, next(fine_draws))
+            if kept is not None:
+                fine[:, :emitted] = kept[:, :emitted]
+            yield Audio(self.decode(fine)[emitted * self.hop :])
 
     # --- stages, one at a time ----------------------------------------------------------
 
     def semantic_tokens(
         self, input_ids, attention_mask, history, s: SamplingSettings, cancel=None, seed=None
-    ):
+    ) -> torch.Tensor:
         """Text -> semantic tokens (1-D, without the EOS token)."""
         seed = random_seed() if seed is None else seed
-        program = self.semantic_program(input_ids, attention_mask, history, s, seed, itertools.count())
-        return _value(self.solo(program, cancel))
+        stage = SemanticStage(self, input_ids, attention_mask, history, s, seed)
+        return _value(self.solo(stage.program(), cancel))
 
-    def coarse_tokens(self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None, seed=None):
+    def coarse_tokens(
+        self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None, seed=None
+    ) -> torch.Tensor:
         """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
-        coarse = CoarseStage(
-            self, semantic, history, s, random_seed() if seed is None else seed, itertools.count()
-        )
+        seed = random_seed() if seed is None else seed
+        coarse = CoarseStage(self, SimpleNamespace(tokens=semantic.tolist(), done=True), history, s, seed)
         codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
         while not coarse.done:
             codes = _value(self.solo(coarse.window(), cancel))

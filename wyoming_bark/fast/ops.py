@@ -1,8 +1,9 @@
 """What a sentence's program asks of the models, and the settings it samples with.
 
 A sentence is a *program*: a generator that yields ``Prefill`` (a prompt into its cache row,
-answered with the first token) and ``Step`` (one more token, answered with the next), and the
-``Audio`` it makes. Whoever drives it decides how to answer: alone, or batched with others.
+answered with the first token) and ``Step`` (one more token, answered with the next) — one, or a
+tuple of them for different models, answered with a tuple of tokens — and the ``Audio`` it makes.
+Whoever drives it decides how to answer: alone, or batched with others.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ class Audio:
     samples: np.ndarray
 
 
-Op = Prefill | Step | Audio
+Op = Prefill | Step | Audio | tuple[Prefill | Step, ...]
 Program = Generator[Op, Any, Any]
+
+# Each stage counts its random draws from its own base, so the noise a token gets depends only on
+# the seed and its place in its stage — not on how the stages of a sentence interleave.
+SEMANTIC_DRAWS, COARSE_DRAWS, FINE_DRAWS = 0, 1 << 16, 1 << 20
 
 
 class Cancelled(Exception):
