@@ -173,12 +173,10 @@ class FastBark:
         seed = random_seed() if seed is None else seed
         semantic = SemanticStage(self, input_ids, attention_mask, history, s, seed)
         coarse = CoarseStage(self, semantic, history, s, seed)
-        fine_draws = itertools.count(FINE_DRAWS)
+        pieces = _Pieces(self, history, s, seed)
         stages: list[Program | None] = [semantic.program(), None]  # and the running coarse window
         ops: list[Any] = [next(stages[0]), None]
         codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
-        kept: torch.Tensor | None = None
-        emitted = 0
         while True:
             if stages[1] is None and coarse.ready():
                 stages[1] = coarse.window()
@@ -189,32 +187,18 @@ class FastBark:
             answers = iter((yield wanted))
             window_done = False
             for k, stage in enumerate(stages):
-                if ops[k] is None:
-                    continue
-                try:
-                    ops[k] = stage.send(next(answers))
-                except StopIteration as finished:
-                    ops[k] = stages[k] = None
-                    if k == 1:
-                        codes, window_done = finished.value, True
-            if not (stream and window_done) or coarse.done:
-                continue  # the last piece goes out below
-            stable = codes.shape[1] - holdback
-            if stable - emitted < max(chunk_frames, emitted):
-                continue
-            fine = self.fine_tokens(codes, history, s, seed, next(fine_draws)).clone()
-            if kept is not None:
-                fine[:, :emitted] = kept[:, :emitted]
-            kept = fine
-            yield Audio(self.decode(fine[:, :stable])[emitted * self.hop :])
-            emitted = stable
-        if not stream:
-            yield Audio(self.decode(self.fine_tokens(codes, history, s, seed, next(fine_draws))))
-        elif codes.shape[1] > emitted:
-            fine = self.fine_tokens(codes, history, s, seed, next(fine_draws))
-            if kept is not None:
-                fine[:, :emitted] = kept[:, :emitted]
-            yield Audio(self.decode(fine)[emitted * self.hop :])
+                if ops[k] is not None:
+                    try:
+                        ops[k] = stage.send(next(answers))
+                    except StopIteration as finished:
+                        ops[k] = stages[k] = None
+                        codes, window_done = (finished.value, True) if k == 1 else (codes, False)
+            if stream and window_done and not coarse.done:  # the last piece goes out below
+                stable = codes.shape[1] - holdback
+                if stable - pieces.emitted >= max(chunk_frames, pieces.emitted):
+                    yield Audio(pieces.release(codes, stable))
+        if not stream or codes.shape[1] > pieces.emitted:
+            yield Audio(pieces.release(codes, codes.shape[1]))
 
     # --- stages, one at a time ----------------------------------------------------------
 
@@ -308,6 +292,28 @@ class FastBark:
         """Tokenized text (1, T) and a voice prompt -> float audio."""
         pieces = list(self.solo(self.speech(input_ids, attention_mask, history, s, seed), cancel))
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+
+class _Pieces:
+    """A sentence's audio released in pieces: each piece's fine codes are kept, so the next piece
+    continues exactly the audio already sent."""
+
+    def __init__(self, fast: FastBark, history, s: SamplingSettings, seed: int) -> None:
+        self.fast, self.history, self.s, self.seed = fast, history, s, seed
+        self.draws = itertools.count(FINE_DRAWS)
+        self.kept: torch.Tensor | None = None
+        self.emitted = 0  # frames
+
+    def release(self, codes: torch.Tensor, upto: int) -> np.ndarray:
+        """Audio of frames ``emitted..upto`` of the coarse ``codes`` so far."""
+        fast = self.fast
+        fine = fast.fine_tokens(codes, self.history, self.s, self.seed, next(self.draws)).clone()
+        if self.kept is not None:
+            fine[:, : self.emitted] = self.kept[:, : self.emitted]
+        self.kept = fine
+        audio = fast.decode(fine[:, :upto])[self.emitted * fast.hop :]
+        self.emitted = upto
+        return audio
 
 
 def _value(driver: Generator[Any, None, Any]) -> Any:
