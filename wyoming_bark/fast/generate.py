@@ -102,27 +102,36 @@ class FastBark:
 
     @torch.inference_mode()
     def run(self, work: Sequence[tuple[int, Prefill | Step]]) -> list[int]:
-        """Answer (cache row, op) pairs: steps of one model in one batched step, equal prefills together."""
+        """Answer (cache row, op) pairs: steps of one model in one batched step, equal prefills together.
+
+        Every group is launched before any result is read, so the GPU runs them back to back.
+        """
         groups: dict[tuple[str, int], list[int]] = {}
         for i, (_, op) in enumerate(work):
             length = -1 if isinstance(op, Step) else op.embeds.shape[1]
             groups.setdefault((op.gpt, length), []).append(i)
-        answers = [0] * len(work)
+        launched = []
         for (name, length), members in groups.items():
             rows = [work[i][0] for i in members]
             ops = [work[i][1] for i in members]
             step = self.steps[name]
             if length < 0:
-                tokens = step(rows, [(op.token, op.pos, *op.ints) for op in ops], [op.floats for op in ops])
-            else:
-                logits = step.gpt.prefill(
-                    torch.cat([op.embeds for op in ops]), torch.tensor(rows, device=self.device)
+                out = step.launch(
+                    rows, [(op.token, op.pos, *op.ints) for op in ops], [op.floats for op in ops]
                 )
-                ints = torch.tensor([op.ints for op in ops], device=self.device)
-                floats = torch.tensor([op.floats for op in ops], dtype=torch.float32, device=self.device)
-                tokens = step.head(logits, ints, floats).tolist()
-            for i, token in zip(members, tokens):
-                answers[i] = token
+                launched.append((members, out, rows))
+                continue
+            logits = step.gpt.prefill(
+                torch.cat([op.embeds for op in ops]), torch.tensor(rows, device=self.device)
+            )
+            ints = torch.tensor([op.ints for op in ops], device=self.device)
+            floats = torch.tensor([op.floats for op in ops], dtype=torch.float32, device=self.device)
+            launched.append((members, step.head(logits, ints, floats), range(len(members))))
+        answers = [0] * len(work)
+        for members, out, picks in launched:
+            tokens = out.tolist()
+            for i, pick in zip(members, picks):
+                answers[i] = tokens[pick]
         return answers
 
     def solo(

@@ -165,6 +165,11 @@ class BatchedStep:
         self.padding = [0, gpt.scratch] + [0] * n_ints, [0.0] * n_floats
         self.buckets = [b for b in BUCKETS if b < gpt.batch] + [gpt.batch]
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        pinned = device.type == "cuda"
+        self.staging = (
+            torch.zeros(self.ints.shape, dtype=torch.long, pin_memory=pinned),
+            torch.zeros(self.floats.shape, dtype=torch.float32, pin_memory=pinned),
+        )
 
     def _run(self, b: int) -> torch.Tensor:
         ints, floats = self.ints[:b], self.floats[:b]
@@ -191,20 +196,30 @@ class BatchedStep:
             pool = graph.pool()
             self.graphs[b] = graph, out
 
-    def __call__(
+    def launch(
         self, rows: Sequence[int], ints: Sequence[Sequence[int]], floats: Sequence[Sequence[float]]
-    ) -> list[int]:
-        """Advance cache ``rows`` by one token each; ``ints[i]`` starts with row i's token and position."""
+    ) -> torch.Tensor:
+        """Start advancing cache ``rows`` by one token each; ``ints[i]`` starts with row i's token
+        and position. Returns the next tokens of the bucket's rows (valid until the next launch)."""
         b = next(size for size in self.buckets if size > max(rows))
         host_ints = [self.padding[0]] * b
         host_floats = [self.padding[1]] * b
         for row, row_ints, row_floats in zip(rows, ints, floats):
             host_ints[row], host_floats[row] = row_ints, row_floats
-        self.ints[:b].copy_(torch.tensor(host_ints), non_blocking=True)
-        self.floats[:b].copy_(torch.tensor(host_floats), non_blocking=True)
+        # Through pinned buffers on CUDA, so the copies queue behind running work without a sync.
+        self.staging[0][:b] = torch.tensor(host_ints)
+        self.staging[1][:b] = torch.tensor(host_floats)
+        self.ints[:b].copy_(self.staging[0][:b], non_blocking=True)
+        self.floats[:b].copy_(self.staging[1][:b], non_blocking=True)
         if b in self.graphs:
             graph, out = self.graphs[b]
             graph.replay()
-        else:
-            out = self._run(b)
-        return out[rows].tolist()
+            return out
+        return self._run(b)
+
+    def __call__(
+        self, rows: Sequence[int], ints: Sequence[Sequence[int]], floats: Sequence[Sequence[float]]
+    ) -> list[int]:
+        """``launch`` and wait for the rows' next tokens."""
+        tokens = self.launch(rows, ints, floats).tolist()
+        return [tokens[row] for row in rows]
