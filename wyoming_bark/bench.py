@@ -220,9 +220,9 @@ def benchmark(args: argparse.Namespace) -> dict:
         }
         result["speedup"] = round(ref_wall / wall, 2)
     if args.first_audio or args.clients:
-        # The server as shipped (audio inside sentences, sentences batched) next to the server
-        # with both turned off: whole sentences, one at a time.
-        result["server"] = asyncio.run(serve_and_measure(model, device, args, "on", args.max_batch))
+        # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
+        # server with both turned off: whole sentences, one at a time.
+        result["server"] = asyncio.run(serve_and_measure(model, device, args, "auto", args.max_batch))
         result["server_serial"] = asyncio.run(serve_and_measure(model, device, args, "off", 1))
     return result
 
@@ -307,7 +307,8 @@ async def serve_and_measure(
         try:
             text = "The washing machine is done."
             await _request(uri, text)  # warm
-            result: dict = {"audio_streaming": audio_streaming, "max_batch": max_batch}
+            streams = engine.streams_audio()
+            result: dict = {"audio_streaming": "on" if streams else "off", "max_batch": max_batch}
             if args.first_audio:
                 runs = [await _request(uri, text) for _ in range(args.reps)]
                 result["first_audio"] = {
