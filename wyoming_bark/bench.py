@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .contract import TtsEngine
 from .fast import FastBark, SamplingSettings
 
 ARCHS = {  # layers, hidden size, heads: Bark's checkpoints ("tiny" is for quick checks)
@@ -30,7 +31,7 @@ ARCHS = {  # layers, hidden size, heads: Bark's checkpoints ("tiny" is for quick
     "tiny": (2, 64, 2),
 }
 SEMANTIC_HZ = 49.9
-SAMPLE_RATE = 24_000
+SAMPLE_RATE = TtsEngine.sample_rate
 
 
 def bark_config(layers: int, hidden: int, heads: int, codec: dict | None = None, **extra):
