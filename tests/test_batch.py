@@ -188,3 +188,16 @@ def test_coarse_windows_start_while_semantic_tokens_still_come(batched):
     coarse = fast.coarse_tokens(semantic, voices[0], s, seed=5)
     fine = fast.fine_tokens(coarse, voices[0], s, seed=5, draw=FINE_DRAWS)
     np.testing.assert_allclose(np.concatenate(pieces), fast.decode(fine), atol=1e-5)
+
+
+def test_closing_the_scheduler_answers_every_listener(batched):
+    processor, fast, voices = batched
+    scheduler = Scheduler(fast)
+    listeners = [Listener() for _ in range(5)]  # three running, two waiting for a row
+    for n, listener in enumerate(listeners):
+        args, seed, _ = request(processor, fast, voices, n, False)
+        scheduler.submit(Job(fast.speech(*args, seed=seed), listener))
+    scheduler.close()
+    scheduler.join(60)
+    for listener in listeners:
+        assert listener.done.wait(60) and isinstance(listener.outcome, Cancelled)

@@ -361,8 +361,6 @@ class BarkEngine(TtsEngine):
                 if seed is not None:
                     torch.manual_seed(seed)
                 yield Audio(self._generate_transformers(bark, inputs, history, cancel))
-        except Cancelled as err:
-            raise SynthesisCancelled("Synthesis was cancelled") from err
         except torch.cuda.OutOfMemoryError as err:
             # Free what this request held so the next one starts clean.
             torch.cuda.empty_cache()

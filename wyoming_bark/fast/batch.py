@@ -100,8 +100,11 @@ class Scheduler:
                 for job in list(self._running):
                     self._advance(job)
                 self._answer([job for job in self._running if job.op is not None])
-        for job in self._running:
+        with self._wake:  # closed: every listener still waiting hears so
+            left, self._waiting = [*self._running, *self._waiting], deque()
+        for job in left:
             job.program.close()
+            _emit(job, Cancelled())
 
     def _admit(self) -> None:
         while self._waiting and self._free:
