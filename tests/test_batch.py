@@ -201,3 +201,21 @@ def test_closing_the_scheduler_answers_every_listener(batched):
     scheduler.join(60)
     for listener in listeners:
         assert listener.done.wait(60) and isinstance(listener.outcome, Cancelled)
+
+
+def test_an_unexpected_scheduler_error_fails_the_batch_not_the_thread(batched, monkeypatch):
+    processor, fast, voices = batched
+    scheduler = Scheduler(fast)
+    try:
+        monkeypatch.setattr(Scheduler, "_answer", lambda self, jobs: 1 / 0)
+        broken = Listener()
+        args, seed, _ = request(processor, fast, voices, 0, False)
+        scheduler.submit(Job(fast.speech(*args, seed=seed), broken))
+        assert broken.done.wait(60) and isinstance(broken.outcome, ZeroDivisionError)
+        monkeypatch.undo()
+        fine = Listener()
+        scheduler.submit(Job(fast.speech(*args, seed=seed), fine))
+        np.testing.assert_allclose(fine.audio(), solo(fast, args, seed, False), atol=1e-4)
+        assert scheduler.running == 0
+    finally:
+        scheduler.close()

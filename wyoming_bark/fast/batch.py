@@ -97,9 +97,15 @@ class Scheduler:
                     if self._closed:
                         break
                     self._admit()
-                for job in list(self._running):
-                    self._advance(job)
-                self._answer([job for job in self._running if job.op is not None])
+                try:
+                    for job in list(self._running):
+                        self._advance(job)
+                    self._answer([job for job in self._running if job.op is not None])
+                except Exception as err:  # a bug here must not leave listeners hanging
+                    _LOGGER.exception("Scheduler iteration failed; failing the sentences it ran")
+                    for job in list(self._running):
+                        job.program.close()
+                        self._finish(job, err)
         with self._wake:  # closed: every listener still waiting hears so
             left, self._waiting = [*self._running, *self._waiting], deque()
         for job in left:
