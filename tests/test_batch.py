@@ -219,3 +219,31 @@ def test_an_unexpected_scheduler_error_fails_the_batch_not_the_thread(batched, m
         assert scheduler.running == 0
     finally:
         scheduler.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)")
+def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model):
+    """The GPU path CI cannot run: captured graphs per bucket, side streams, pinned staging, in
+    float32 so that batched and solo runs round alike."""
+    model = BarkModel.from_pretrained(str(tiny_model)).eval().to("cuda")
+    processor = BarkProcessor.from_pretrained(str(tiny_model))
+    library = VoiceLibrary(None)
+    prompt = library.load(library.resolve("v2/en_speaker_6"), tiny_model)
+    voices = [{k: torch.from_numpy(v).cuda() for k, v in prompt.items()}] * 2
+    fast = FastBark(model, max_batch=3)
+    fast.warmup()
+    assert all(step.graphs for step in fast.steps.values()), "every bucket was captured"
+    requests = [request(processor, fast, voices, n, stream=n % 2 == 0) for n in range(5)]
+    requests = [
+        (tuple(a.cuda() if torch.is_tensor(a) else a for a in args), seed, stream)
+        for args, seed, stream in requests
+    ]
+    scheduler = Scheduler(fast)
+    try:
+        listeners = [Listener() for _ in requests]
+        for (args, seed, stream), listener in zip(requests, listeners):
+            scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), listener))
+        for (args, seed, stream), listener in zip(requests, listeners):
+            np.testing.assert_allclose(listener.audio(), solo(fast, args, seed, stream), atol=1e-3)
+    finally:
+        scheduler.close()

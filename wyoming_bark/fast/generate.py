@@ -119,17 +119,19 @@ class FastBark:
                 out = step.launch(
                     rows, [(op.token, op.pos, *op.ints) for op in ops], [op.floats for op in ops]
                 )
-                launched.append((members, out, rows))
+                launched.append((members, step.read, out, rows))
                 continue
             logits = step.gpt.prefill(
                 torch.cat([op.embeds for op in ops]), torch.tensor(rows, device=self.device)
             )
             ints = torch.tensor([op.ints for op in ops], device=self.device)
             floats = torch.tensor([op.floats for op in ops], dtype=torch.float32, device=self.device)
-            launched.append((members, step.head(logits, ints, floats), range(len(members))))
+            launched.append(
+                (members, torch.Tensor.tolist, step.head(logits, ints, floats), range(len(members)))
+            )
         answers = [0] * len(work)
-        for members, out, picks in launched:
-            tokens = out.tolist()
+        for members, read, out, picks in launched:
+            tokens = read(out)
             for i, pick in zip(members, picks):
                 answers[i] = tokens[pick]
         return answers

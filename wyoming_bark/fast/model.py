@@ -166,6 +166,9 @@ class BatchedStep:
         self.buckets = [b for b in BUCKETS if b < gpt.batch] + [gpt.batch]
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         pinned = device.type == "cuda"
+        # Its own CUDA stream, so the semantic and the coarse step of one iteration overlap: a
+        # graph-replayed step leaves the GPU mostly idle between its small kernels.
+        self.stream = torch.cuda.Stream(device) if pinned else None
         self.staging = (
             torch.zeros(self.ints.shape, dtype=torch.long, pin_memory=pinned),
             torch.zeros(self.floats.shape, dtype=torch.float32, pin_memory=pinned),
@@ -200,7 +203,7 @@ class BatchedStep:
         self, rows: Sequence[int], ints: Sequence[Sequence[int]], floats: Sequence[Sequence[float]]
     ) -> torch.Tensor:
         """Start advancing cache ``rows`` by one token each; ``ints[i]`` starts with row i's token
-        and position. Returns the next tokens of the bucket's rows (valid until the next launch)."""
+        and position. Returns the next tokens of the bucket's rows: pass them to ``read``."""
         b = next(size for size in self.buckets if size > max(rows))
         host_ints = [self.padding[0]] * b
         host_floats = [self.padding[1]] * b
@@ -209,6 +212,13 @@ class BatchedStep:
         # Through pinned buffers on CUDA, so the copies queue behind running work without a sync.
         self.staging[0][:b] = torch.tensor(host_ints)
         self.staging[1][:b] = torch.tensor(host_floats)
+        if self.stream is None:
+            return self._launch(b)
+        self.stream.wait_stream(torch.cuda.current_stream())  # after prefills into the same cache
+        with torch.cuda.stream(self.stream):
+            return self._launch(b)
+
+    def _launch(self, b: int) -> torch.Tensor:
         self.ints[:b].copy_(self.staging[0][:b], non_blocking=True)
         self.floats[:b].copy_(self.staging[1][:b], non_blocking=True)
         if b in self.graphs:
@@ -217,9 +227,15 @@ class BatchedStep:
             return out
         return self._run(b)
 
+    def read(self, out: torch.Tensor) -> list[int]:
+        """The tokens ``launch`` returned, once the step is done (valid until the next launch)."""
+        if self.stream is not None:
+            torch.cuda.current_stream().wait_stream(self.stream)
+        return out.tolist()
+
     def __call__(
         self, rows: Sequence[int], ints: Sequence[Sequence[int]], floats: Sequence[Sequence[float]]
     ) -> list[int]:
         """``launch`` and wait for the rows' next tokens."""
-        tokens = self.launch(rows, ints, floats).tolist()
+        tokens = self.read(self.launch(rows, ints, floats))
         return [tokens[row] for row in rows]
