@@ -176,7 +176,7 @@ def test_coarse_windows_start_while_semantic_tokens_still_come(batched):
             except StopIteration:
                 break
             if isinstance(op, Audio):
-                pieces.append(op.samples)
+                pieces.append(op.make())
                 answer = None
                 continue
             ops = op if isinstance(op, tuple) else (op,)
@@ -245,5 +245,43 @@ def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model):
             scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), listener))
         for (args, seed, stream), listener in zip(requests, listeners):
             np.testing.assert_allclose(listener.audio(), solo(fast, args, seed, stream), atol=1e-3)
+    finally:
+        scheduler.close()
+
+
+def test_audio_that_cannot_be_made_ends_its_sentence_only(batched):
+    """Audio is made off the decode loop; when making it fails, that listener hears the error once
+    and its program is stopped, while the sentence beside it is unaffected."""
+    processor, fast, voices = batched
+
+    def fails() -> np.ndarray:
+        raise ValueError("no audio")
+
+    def program():
+        yield Audio(fails)
+        yield from fast.speech(*request(processor, fast, voices, 0, False)[0], seed=1)
+
+    heard = []
+    stopped = threading.Event()
+
+    def listener(item) -> None:
+        heard.append(item)
+        if not isinstance(item, np.ndarray):
+            stopped.set()
+
+    scheduler = Scheduler(fast)
+    try:
+        scheduler.submit(Job(program(), listener))
+        args, seed, stream = request(processor, fast, voices, 1, True)
+        good = Listener()
+        scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), good))
+        np.testing.assert_allclose(good.audio(), solo(fast, args, seed, stream), atol=1e-4)
+        assert stopped.wait(60)
+        for _ in range(100):
+            if scheduler.running == 0:
+                break
+            threading.Event().wait(0.05)
+        assert scheduler.running == 0, "the failed sentence's program was stopped"
+        assert len(heard) == 1 and isinstance(heard[0], ValueError), heard
     finally:
         scheduler.close()

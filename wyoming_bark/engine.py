@@ -325,6 +325,8 @@ class BarkEngine(TtsEngine):
             while (item := await pieces.get()) is not DONE:
                 if isinstance(item, Cancelled):
                     raise SynthesisCancelled("Synthesis was cancelled")
+                if isinstance(item, torch.cuda.OutOfMemoryError):
+                    raise self._out_of_memory(item) from item
                 if isinstance(item, BaseException):
                     raise item
                 samples += len(item)
@@ -352,24 +354,24 @@ class BarkEngine(TtsEngine):
             return_token_type_ids=False,
         ).to(bark.device)
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        try:
-            if bark.fast is not None:
-                s = self.settings.sampling()
-                stream = self.streams_audio()
-                yield from bark.fast.speech(inputs.input_ids, inputs.attention_mask, history, s, seed, stream)
-            else:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                yield Audio(self._generate_transformers(bark, inputs, history, cancel))
-        except torch.cuda.OutOfMemoryError as err:
-            # Free what this request held so the next one starts clean.
-            torch.cuda.empty_cache()
-            self.last_error = f"GPU out of memory while speaking: {err}"
-            _LOGGER.error("%s", self.last_error)
-            raise OutOfMemory(
-                "The GPU ran out of memory for this request; try shorter sentences, "
-                "--model suno/bark-small, or free the GPU"
-            ) from err
+        if bark.fast is not None:
+            s, stream = self.settings.sampling(), self.streams_audio()
+            yield from bark.fast.speech(inputs.input_ids, inputs.attention_mask, history, s, seed, stream)
+        else:
+            if seed is not None:
+                torch.manual_seed(seed)
+            audio = self._generate_transformers(bark, inputs, history, cancel)
+            yield Audio(lambda: audio)
+
+    def _out_of_memory(self, err: torch.cuda.OutOfMemoryError) -> OutOfMemory:
+        """Free what the failed sentence held, so the next one starts clean; say what to do."""
+        torch.cuda.empty_cache()
+        self.last_error = f"GPU out of memory while speaking: {err}"
+        _LOGGER.error("%s", self.last_error)
+        return OutOfMemory(
+            "The GPU ran out of memory for this request; try shorter sentences, a smaller "
+            "--max-batch, --model suno/bark-small, or free the GPU"
+        )
 
     @staticmethod
     def _log_timing(text: str, samples: int, started: float) -> None:

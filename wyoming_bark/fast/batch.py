@@ -1,17 +1,19 @@
 """Continuous batching: many sentences decoded together on one GPU.
 
-One scheduler thread owns the model. Each sentence is a program (see ``generate.py``) holding a
-cache row while it runs. Every iteration the scheduler advances each program to its next request,
-answers all decode steps of a model with one batched (graph-replayed) step and equal-length
-prefills with one pass, and hands audio to its listener the moment a program makes it. A new
-sentence joins at the next iteration, so it never waits for another one to finish — only for a
-free row when ``max_batch`` sentences are already running.
+One scheduler thread owns the decode loop. Each sentence is a program (see ``generate.py``)
+holding a cache row while it runs. Every iteration the scheduler advances each program to its
+next request, answers all decode steps of a model with one batched (graph-replayed) step and
+equal-length prefills with one pass. The audio a program releases is made (fine stage, EnCodec)
+by a second thread — on CUDA on a stream of its own — while decoding goes on, and reaches the
+listener in order. A new sentence joins at the next iteration, so it never waits for another one
+to finish — only for a free row when ``max_batch`` sentences are already running.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +45,57 @@ class Job:
     op: Prefill | Step | tuple[Prefill | Step, ...] | None = None  # waiting for an answer
     answer: Any = None
     error: BaseException | None = None  # to raise inside the program at its next advance
+    failed: bool = False  # making its audio failed: nothing more goes to the listener
+
+
+class _Releaser:
+    """Makes released audio on a thread of its own (on CUDA, a stream of its own), in order.
+
+    Each item of a job — audio to make, then ``DONE`` or an error — reaches its listener in the
+    order it was put; after a failure to make audio the job is cancelled and gets nothing more.
+    """
+
+    def __init__(self, device: torch.device | None, name: str) -> None:
+        cuda = device is not None and device.type == "cuda"
+        self._stream = torch.cuda.Stream(device) if cuda else None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=f"{name}-audio", daemon=True)
+        self._thread.start()
+
+    def put(self, job: Job, item: Any) -> None:
+        ready = None
+        if self._stream is not None and isinstance(item, Audio):
+            ready = torch.cuda.Event()
+            ready.record()  # the decode loop's work so far, which made the codes
+        self._queue.put((job, item, ready))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while (entry := self._queue.get()) is not None:
+                job, item, ready = entry
+                if job.failed or (isinstance(item, Audio) and job.cancel.is_set()):
+                    continue
+                if isinstance(item, Audio):
+                    try:
+                        item = self._make(item, ready)
+                    except Exception as err:  # noqa: BLE001 - e.g. out of memory: this job ends
+                        job.failed = True
+                        job.cancel.set()
+                        item = err
+                _emit(job, item)
+
+    def _make(self, audio: Audio, ready) -> Any:
+        if self._stream is None:
+            return audio.make()
+        with torch.cuda.stream(self._stream):
+            self._stream.wait_event(ready)
+            return audio.make()  # ends with a copy to the host: its GPU work is done on return
 
 
 class Scheduler:
@@ -56,6 +109,8 @@ class Scheduler:
         self._running: list[Job] = []
         self._wake = threading.Condition()
         self._closed = False
+        device = fast.device if fast is not None else None
+        self._releaser = _Releaser(device, name)
         self.steps = 0  # batched decode iterations, for status
         self.batched_tokens = 0
         self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
@@ -85,6 +140,7 @@ class Scheduler:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+        self._releaser.join(timeout)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -110,7 +166,8 @@ class Scheduler:
             left, self._waiting = [*self._running, *self._waiting], deque()
         for job in left:
             job.program.close()
-            _emit(job, Cancelled())
+            self._releaser.put(job, Cancelled())
+        self._releaser.close()
 
     def _admit(self) -> None:
         while self._waiting and self._free:
@@ -141,7 +198,7 @@ class Scheduler:
                 return
             job.answer = None
             if isinstance(op, Audio):
-                _emit(job, op.samples)
+                self._releaser.put(job, op)
                 continue
             job.op = op
             return
@@ -170,7 +227,7 @@ class Scheduler:
         self._running.remove(job)
         heapq.heappush(self._free, job.row)
         job.row = -1
-        _emit(job, outcome)
+        self._releaser.put(job, outcome)
 
 
 def _emit(job: Job, item: Any) -> None:

@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -155,7 +155,7 @@ class FastBark:
                     answer = self.run([(0, op)])[0]
                     continue
             answer = None
-            yield op.samples
+            yield op.make()
 
     # --- programs -----------------------------------------------------------------------
 
@@ -315,16 +315,23 @@ class _Pieces:
         self.kept: torch.Tensor | None = None
         self.emitted = 0  # frames
 
-    def release(self, codes: torch.Tensor, upto: int) -> np.ndarray:
-        """Audio of frames ``emitted..upto`` of the coarse ``codes`` so far."""
-        fast = self.fast
-        fine = fast.fine_tokens(codes, self.history, self.s, self.seed, next(self.draws)).clone()
-        if self.kept is not None:
-            fine[:, : self.emitted] = self.kept[:, : self.emitted]
-        self.kept = fine
-        audio = fast.decode(fine[:, :upto])[self.emitted * fast.hop :]
+    def release(self, codes: torch.Tensor, upto: int) -> Callable[[], np.ndarray]:
+        """How to make the audio of frames ``emitted..upto`` of the coarse ``codes`` so far.
+
+        Pieces must be made in order (each continues the fine codes of the one before).
+        """
+        start, draw = self.emitted, next(self.draws)
         self.emitted = upto
-        return audio
+
+        def make() -> np.ndarray:
+            fast = self.fast
+            fine = fast.fine_tokens(codes, self.history, self.s, self.seed, draw).clone()
+            if self.kept is not None:
+                fine[:, :start] = self.kept[:, :start]
+            self.kept = fine
+            return fast.decode(fine[:, :upto])[start * fast.hop :]
+
+        return make
 
 
 def _value(driver: Generator[Any, None, Any]) -> Any:

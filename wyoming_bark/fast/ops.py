@@ -8,7 +8,7 @@ Whoever drives it decides how to answer: alone, or batched with others.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +51,13 @@ class Step:
 
 @dataclass
 class Audio:
-    """Float audio at 24 kHz, ready for the listener."""
+    """Audio for the listener: ``make()`` returns float samples at 24 kHz.
 
-    samples: np.ndarray
+    Deferred, so that a driver can make it (the fine stage and EnCodec) off the decode loop.
+    Everything ``make`` reads must stay as it is until it has run: programs pass fresh tensors.
+    """
+
+    make: Callable[[], np.ndarray]
 
 
 Op = Prefill | Step | Audio | tuple[Prefill | Step, ...]
