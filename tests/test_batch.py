@@ -285,3 +285,22 @@ def test_audio_that_cannot_be_made_ends_its_sentence_only(batched):
         assert len(heard) == 1 and isinstance(heard[0], ValueError), heard
     finally:
         scheduler.close()
+
+
+def test_a_sentence_cancelled_while_waiting_for_a_row_hears_so(batched):
+    processor, fast, voices = batched
+    scheduler = Scheduler(fast)
+    try:
+        listeners = [Listener() for _ in range(4)]  # three rows: the fourth waits
+        jobs = []
+        for n, listener in enumerate(listeners):
+            args, seed, _ = request(processor, fast, voices, n, False)
+            jobs.append(Job(fast.speech(*args, seed=seed), listener))
+            scheduler.submit(jobs[-1])
+        jobs[3].cancel.set()
+        assert listeners[3].done.wait(60) and isinstance(listeners[3].outcome, Cancelled)
+        assert not listeners[3].pieces
+        for listener in listeners[:3]:
+            assert len(listener.audio()) > 0
+    finally:
+        scheduler.close()

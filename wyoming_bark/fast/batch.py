@@ -34,7 +34,7 @@ DONE = None  # what ``emit`` gets after a program's last audio
 class Job:
     """One program and where its output goes.
 
-    ``emit`` is called on the scheduler thread with each audio piece (a float array), then with
+    ``emit`` is called on the audio thread with each audio piece (a float array), then with
     ``DONE`` or with the exception that ended the program (``Cancelled`` once ``cancel`` is set).
     """
 
@@ -173,6 +173,8 @@ class Scheduler:
         while self._waiting and self._free:
             job = self._waiting.popleft()
             if job.cancel.is_set():
+                job.program.close()
+                self._releaser.put(job, Cancelled())
                 continue
             job.row = heapq.heappop(self._free)
             self._running.append(job)
