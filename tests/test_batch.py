@@ -13,7 +13,7 @@ from transformers import BarkModel, BarkProcessor
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.batch import DONE, Job, Scheduler
 from wyoming_bark.fast.model import BatchedStep
-from wyoming_bark.fast.ops import FINE_DRAWS, Audio
+from wyoming_bark.fast.ops import FINE_DRAWS, Audio, reply, requests
 from wyoming_bark.fast.semantic import SemanticStage
 from wyoming_bark.voices import VoiceLibrary
 
@@ -179,10 +179,8 @@ def test_coarse_windows_start_while_semantic_tokens_still_come(batched):
                 pieces.append(op.make())
                 answer = None
                 continue
-            ops = op if isinstance(op, tuple) else (op,)
-            overlapped += {one.gpt for one in ops} == {"semantic", "coarse"}
-            answer = tuple(fast.run([(0, one) for one in ops]))
-            answer = answer if isinstance(op, tuple) else answer[0]
+            overlapped += {one.gpt for one in requests(op)} == {"semantic", "coarse"}
+            answer = reply(op, fast.run([(0, one) for one in requests(op)]))
     assert overlapped >= 60, "at least one whole coarse window ran beside the semantic stage"
     semantic = fast.semantic_tokens(*args, seed=5)
     coarse = fast.coarse_tokens(semantic, voices[0], s, seed=5)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .generate import FastBark
-from .ops import Audio, Cancelled, Prefill, Program, Step
+from .ops import Audio, Cancelled, Prefill, Program, Step, reply, requests
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -208,9 +208,9 @@ class Scheduler:
     def _answer(self, jobs: list[Job]) -> None:
         if not jobs:
             return
-        work = [(job.row, op) for job in jobs for op in _ops(job.op)]
+        work = [(job.row, op) for job in jobs for op in requests(job.op)]
         try:
-            tokens = iter(self.fast.run(work))
+            tokens = self.fast.run(work)
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: each program in the batch hears it
             _LOGGER.warning("Batched step for %d sentences failed: %s", len(jobs), err)
             for job in jobs:
@@ -218,12 +218,11 @@ class Scheduler:
             return
         self.steps += 1
         self.batched_tokens += len(work)
+        start = 0
         for job in jobs:
-            if isinstance(job.op, tuple):
-                job.answer = tuple(next(tokens) for _ in job.op)
-            else:
-                job.answer = next(tokens)
-            job.op = None
+            count = len(requests(job.op))
+            job.answer, job.op = reply(job.op, tokens[start : start + count]), None
+            start += count
 
     def _finish(self, job: Job, outcome: Any) -> None:
         self._running.remove(job)
@@ -237,7 +236,3 @@ def _emit(job: Job, item: Any) -> None:
         job.emit(item)
     except Exception:  # a listener that is gone must not stop the others
         _LOGGER.debug("Listener failed", exc_info=True)
-
-
-def _ops(op: Prefill | Step | tuple[Prefill | Step, ...]) -> tuple[Prefill | Step, ...]:
-    return op if isinstance(op, tuple) else (op,)

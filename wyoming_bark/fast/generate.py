@@ -25,7 +25,18 @@ import torch.nn.functional as F
 
 from .coarse import CoarseStage
 from .model import BatchedStep, CausalGPT, fine_logits
-from .ops import FINE_DRAWS, Audio, Cancelled, Prefill, Program, SamplingSettings, Step, random_seed
+from .ops import (
+    FINE_DRAWS,
+    Audio,
+    Cancelled,
+    Prefill,
+    Program,
+    SamplingSettings,
+    Step,
+    random_seed,
+    reply,
+    requests,
+)
 from .sample import CoarseHead, SemanticHead, race_noise
 from .semantic import SemanticStage
 
@@ -148,11 +159,8 @@ class FastBark:
                     op = program.send(answer)
                 except StopIteration as done:
                     return done.value
-                if isinstance(op, tuple):
-                    answer = tuple(self.run([(0, one) for one in op]))
-                    continue
                 if not isinstance(op, Audio):
-                    answer = self.run([(0, op)])[0]
+                    answer = reply(op, self.run([(0, one) for one in requests(op)]))
                     continue
             answer = None
             yield op.make()

@@ -232,10 +232,3 @@ class BatchedStep:
         if self.stream is not None:
             torch.cuda.current_stream().wait_stream(self.stream)
         return out.tolist()
-
-    def __call__(
-        self, rows: Sequence[int], ints: Sequence[Sequence[int]], floats: Sequence[Sequence[float]]
-    ) -> list[int]:
-        """``launch`` and wait for the rows' next tokens."""
-        tokens = self.read(self.launch(rows, ints, floats))
-        return [tokens[row] for row in rows]

@@ -63,6 +63,19 @@ class Audio:
 Op = Prefill | Step | Audio | tuple[Prefill | Step, ...]
 Program = Generator[Op, Any, Any]
 
+Request = Prefill | Step
+
+
+def requests(op: Request | tuple[Request, ...]) -> tuple[Request, ...]:
+    """The model requests in what a program yielded: one, or a tuple of them."""
+    return op if isinstance(op, tuple) else (op,)
+
+
+def reply(op: Request | tuple[Request, ...], tokens: list[int]) -> int | tuple[int, ...]:
+    """What to send back for ``op``, given the tokens answering ``requests(op)`` in order."""
+    return tuple(tokens) if isinstance(op, tuple) else tokens[0]
+
+
 # Each stage counts its random draws from its own base, so the noise a token gets depends only on
 # the seed and its place in its stage — not on how the stages of a sentence interleave.
 SEMANTIC_DRAWS, COARSE_DRAWS, FINE_DRAWS = 0, 1 << 16, 1 << 20
