@@ -332,6 +332,8 @@ class BarkEngine(TtsEngine):
                 samples += len(item)
                 self.audio_seconds += len(item) / SAMPLE_RATE
                 yield item
+            if cancel.is_set():  # stop() came after the scheduler was done with it: still stopped
+                raise SynthesisCancelled("Synthesis was cancelled")
             self.sentences += 1
             self._log_timing(sentence, samples, started)
         finally:  # also when the listener goes away: the scheduler drops the job
