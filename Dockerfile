@@ -1,24 +1,45 @@
 # GPU image: Bark on an NVIDIA GPU, announced over zeroconf.
 #   docker compose up -d        (see docker-compose.yml and README "Docker with an NVIDIA GPU")
-ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
+# Every setting is a BARK_* environment variable (README "Flags"); arguments after the image name
+# are flags and win over them.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
+
+# PyPI's Linux build of torch is the CUDA one (it brings its CUDA libraries; the host needs only
+# the NVIDIA driver and Container Toolkit). The version is the one the test suite runs
+# (script/test, addon/build.yaml: one torch version everywhere).
+ARG TORCH_VERSION=2.13.0
+# For mirrors and offline builds, pip's own settings pass through, e.g.
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=http://HOST/wheels/
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/data/huggingface \
+    BARK_URI=tcp://0.0.0.0:10200 \
+    BARK_ZEROCONF=bark \
+    BARK_MODEL=suno/bark \
+    BARK_PRELOAD=1 \
     BARK_DATA_DIR=/data \
     BARK_VOICES_DIR=/voices
 
-WORKDIR /app
+# Installed like any user's pip install (a wheel, not the source tree), which is then removed.
+WORKDIR /tmp/src
 COPY pyproject.toml README.md ./
 COPY wyoming_bark ./wyoming_bark
-# The base image's CUDA build of torch satisfies torch>=2.6: pip keeps it.
-RUN pip install . \
+RUN pip install "torch==${TORCH_VERSION}" \
+    && pip install . \
+    && rm -rf /tmp/src \
     && useradd --create-home --uid 1000 bark \
     && mkdir -p /data /voices \
     && chown bark:bark /data /voices
 
+WORKDIR /data
 USER 1000:1000
 VOLUME ["/data"]
 EXPOSE 10200
@@ -26,5 +47,4 @@ EXPOSE 10200
 HEALTHCHECK --start-period=10m --interval=1m --timeout=15s \
     CMD ["python", "-m", "wyoming_bark.health", "--uri", "tcp://127.0.0.1:10200"]
 
-ENTRYPOINT ["python", "-m", "wyoming_bark", "--uri", "tcp://0.0.0.0:10200", "--zeroconf"]
-CMD ["--model", "suno/bark", "--preload"]
+ENTRYPOINT ["python", "-m", "wyoming_bark"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,12 +84,13 @@ async def describe(uri: str) -> Event:
         return await asyncio.wait_for(client.read_event(), TIMEOUT)
 
 
-def start_server(tmp_path: Path, *args: str) -> Server:
+def start_server(tmp_path: Path, *args: str, python: str = sys.executable) -> Server:
+    """``python -m wyoming_bark`` (from ``python``'s environment), run in ``tmp_path``."""
     port = free_port()
     uri = f"tcp://127.0.0.1:{port}"
     log = tmp_path / f"server-{port}.log"
     cmd = [
-        sys.executable,
+        python,
         "-m",
         "wyoming_bark",
         "--uri",
@@ -105,7 +107,7 @@ def start_server(tmp_path: Path, *args: str) -> Server:
         cmd += ["--seed", str(SEED)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     server = Server(uri, process, log)
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -162,3 +164,55 @@ def bark_server(server_factory, tiny_model, voices_dir) -> Server:
         str(SEED),
         "--debug",
     )
+
+
+@dataclass
+class Dist:
+    """This repository built as users get it: a wheel and an sdist."""
+
+    wheel: Path
+    sdist: Path
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory) -> Dist:
+    """Built from a copy of the files git knows, so no build/ or *.egg-info left in the tree hides a gap."""
+    folder, source = tmp_path_factory.mktemp("dist"), tmp_path_factory.mktemp("source")
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, files):
+        if (root / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, source / name)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}  # as script/addon-wheel builds it
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(folder), str(source)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    return Dist(next(folder.glob("*.whl")), next(folder.glob("*.tar.gz")))
+
+
+def torch_version() -> str:
+    """The torch the tests run on (without a local label such as +cpu): the one images install."""
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory, dist) -> Path:
+    """Every wheel a clean install of ``dist.wheel`` needs, torch included, for installs without an index."""
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(folder),
+            str(dist.wheel), f"torch=={torch_version()}", "setuptools>=68",
+        ],
+        check=True,
+    )  # fmt: skip
+    return folder

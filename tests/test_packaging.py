@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from wyoming_bark import __version__
+from wyoming_bark.__main__ import build_parser, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon"
@@ -96,7 +97,7 @@ def test_config_follows_supervisor_rules(config):
     assert not restated, f"keys restated at their default: {restated}"
     assert config["init"] is False, "s6-overlay is the init"
     assert config["discovery"] == ["wyoming"]
-    assert "10200/tcp" in config["ports"]
+    assert config["ports"] == {"10200/tcp": None}, "as the official Wyoming add-ons: HA reaches it inside"
     assert config["backup_exclude"], "models must stay out of backups"
     assert {"type": "share", "read_only": True} in config["map"], "custom voices come from /share"
 
@@ -111,7 +112,8 @@ def test_options_match_schema(config):
         if key in options:
             check_value(key, options[key], str(kind))
     assert schema["voice"] == "str", "free text, so custom voices can be chosen"
-    assert {"model", "voice", "device", "streaming", "debug"} <= set(schema)
+    assert {"model", "voice", "streaming", "debug"} <= set(schema)
+    assert "device" not in schema, "an add-on cannot reach a GPU: no device choice to get wrong"
 
 
 def test_schema_checker_rejects_bad_options():
@@ -152,18 +154,31 @@ def test_s6_services():
     assert 'bashio::discovery "wyoming"' in discovery and "tcp://$(hostname):10200" in discovery
 
 
+def test_one_torch_version():
+    """Tests, the add-on and the GPU image run the same torch: the one the test suite pins."""
+    pinned = re.search(r'TORCH_VERSION="\$\{TORCH_VERSION:-([\d.]+)\}"', (ROOT / "script/test").read_text())
+    assert pinned, "script/test pins torch"
+    image = re.search(r"^ARG TORCH_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    addon = load(ADDON / "build.yaml")["args"]["TORCH_VERSION"]
+    assert image and image.group(1) == str(addon) == pinned.group(1)
+
+
 def test_gpu_image_and_compose():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:\S+-cuda\S+-runtime$", dockerfile, re.MULTILINE)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim-\w+$", dockerfile, re.MULTILINE)
+    assert 'ENTRYPOINT ["python", "-m", "wyoming_bark"]' in dockerfile
+    assert not re.search(r"^CMD", dockerfile, re.MULTILINE), "a flag in CMD would override BARK_* variables"
     assert "EXPOSE 10200" in dockerfile and 'VOLUME ["/data"]' in dockerfile
     assert re.search(r"^USER 1000", dockerfile, re.MULTILINE), "non-root"
-    assert "wyoming_bark.health" in dockerfile and "--zeroconf" in dockerfile
+    assert "wyoming_bark.health" in dockerfile and "BARK_ZEROCONF=bark" in dockerfile
     compose = load(ROOT / "docker-compose.yml")["services"]["bark"]
     devices = compose["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert compose["network_mode"] == "host"
     assert any(volume.endswith(":/data") for volume in compose["volumes"])
     assert any(":/voices" in volume for volume in compose["volumes"])
+    flags = {env_name(action.option_strings[0][2:]) for action in build_parser()._actions if action.option_strings}
+    assert set(compose["environment"]) <= flags, "every variable in the compose file is a server setting"
 
 
 def test_dockerfiles_and_scripts_pass_linters():
