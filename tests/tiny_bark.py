@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import string
 import sys
 import zipfile
@@ -111,6 +112,20 @@ def build_tiny_bark(
     _write_tokenizer(path)
     _write_speaker_embeddings(path, seed, prompts)
     return path
+
+
+def place_in_hub_cache(model: Path, cache_dir: Path, repo_id: str) -> Path:
+    """Copy ``model`` into ``cache_dir`` as huggingface_hub caches ``repo_id``.
+
+    The server then loads it by hub id (``--model suno/bark``) with ``HF_HUB_OFFLINE=1`` through
+    the same code that downloads the real one.
+    """
+    revision = "0" * 40
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(model, repo / "snapshots" / revision)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs/main").write_text(revision, encoding="utf-8")
+    return repo
 
 
 if __name__ == "__main__":

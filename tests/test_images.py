@@ -1,0 +1,234 @@
+"""The GPU image and the add-on, built with Docker on stand-in bases and run with the tiny model.
+
+Base images cannot be pulled here and containers cannot reach the package index, so the bases are
+stand-ins made from Debian (``tests/images/``) and pip installs from a wheelhouse built on this
+machine, served on loopback (``PIP_NO_INDEX``/``PIP_FIND_LINKS`` pass through the Dockerfiles).
+Needs a running Docker engine (``script/docker-engine``) and ``debootstrap``; skipped without an
+engine. ``script/test-images`` runs only these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SEED, SEMANTIC_TOKENS, describe, torch_version
+from test_server import assert_stream, synthesize
+from tiny_bark import place_in_hub_cache
+from wyoming.info import Info
+from wyoming_client import status
+
+pytestmark = pytest.mark.images
+
+ROOT = Path(__file__).resolve().parent.parent
+STAND_INS = ROOT / "tests/images"
+DEBIAN = "bark-test/debian:bookworm"
+PYTHON_BASE = "bark-test/python:3.11-slim-bookworm"
+HA_BASE = "bark-test/ha-base-debian:bookworm"
+MIRROR = os.environ.get("BARK_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+PORT = 10200  # both images serve (and health-check) this port; containers share the host network
+URI = f"tcp://127.0.0.1:{PORT}"
+BUILD_TIMEOUT = 1200
+START_TIMEOUT = 180.0
+
+
+def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert result.returncode == 0, f"docker {' '.join(args[:3])} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def image_exists(tag: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def engine() -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("no docker command: install Debian's docker.io (script/docker-engine)")
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    if info.returncode != 0:
+        pytest.skip(f"no Docker engine running (script/docker-engine starts one): {info.stderr.strip()[:200]}")
+
+
+@pytest.fixture(scope="module")
+def stand_in_bases(engine, tmp_path_factory) -> None:
+    """Debian bookworm from debootstrap, and the two stand-ins built on it (kept for later runs)."""
+    if not image_exists(DEBIAN):
+        assert shutil.which("debootstrap"), "the image tests need debootstrap (apt-get install debootstrap)"
+        rootfs = tmp_path_factory.mktemp("rootfs")
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+             "bookworm", str(rootfs), MIRROR],
+            check=True, capture_output=True, timeout=BUILD_TIMEOUT,
+        )  # fmt: skip
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        docker("import", "-", DEBIAN, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
+        assert tar.wait() == 0
+    docker("build", "--network", "host", "-t", PYTHON_BASE, str(STAND_INS / "python-base"))
+    docker("build", "--network", "host", "-t", HA_BASE, str(STAND_INS / "ha-base"))
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # pip's requests are not worth a line each
+        pass
+
+
+@pytest.fixture(scope="module")
+def pip_from_wheelhouse(wheelhouse) -> Iterator[list[str]]:
+    """Build arguments that make pip in a build install from ``wheelhouse``, served on loopback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(wheelhouse)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    yield [
+        *("--build-arg", "PIP_NO_INDEX=1"),
+        *("--build-arg", f"PIP_FIND_LINKS={url}"),
+        *("--build-arg", "PIP_TRUSTED_HOST=127.0.0.1"),
+    ]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gpu_image(stand_in_bases, pip_from_wheelhouse) -> str:
+    tag = "bark-test/wyoming-bark:gpu"
+    docker(
+        "build", "--network", "host", "-t", tag, "--build-arg", f"BASE_IMAGE={PYTHON_BASE}",
+        *pip_from_wheelhouse, str(ROOT), timeout=BUILD_TIMEOUT,
+    )  # fmt: skip
+    return tag
+
+
+@pytest.fixture(scope="module")
+def addon_image(stand_in_bases, pip_from_wheelhouse) -> str:
+    tag = "bark-test/wyoming-bark:addon"
+    args = yaml.safe_load((ROOT / "addon/build.yaml").read_text())["args"]
+    assert str(args["TORCH_VERSION"]) == torch_version(), "the add-on installs the torch the tests run"
+    build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
+    docker(
+        "build", "--network", "host", "-t", tag, "--build-arg", f"BUILD_FROM={HA_BASE}",
+        *build_args, *pip_from_wheelhouse, str(ROOT / "addon"), timeout=BUILD_TIMEOUT,
+    )  # fmt: skip
+    return tag
+
+
+def hub_data(tmp_path: Path, tiny_model: Path, repo_id: str) -> Path:
+    """A data volume whose model cache holds the tiny model as ``repo_id``, writable by any user."""
+    data = tmp_path / "data"
+    place_in_hub_cache(tiny_model, data / "models", repo_id)
+    for path in [data, *data.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    return data
+
+
+def port_is_free() -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", PORT)) != 0
+
+
+def logs(name: str) -> str:
+    result = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
+@contextmanager
+def container(image: str, env: dict[str, str], volumes: dict[Path, str]) -> Iterator[str]:
+    """A container of ``image`` on the host network; its log is printed if the test fails."""
+    assert port_is_free(), f"port {PORT} is in use: the images serve there (stop what listens)"
+    name = f"bark-test-{uuid.uuid4().hex[:8]}"
+    flags = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
+    flags += [item for host, inside in volumes.items() for item in ("-v", f"{host}:{inside}")]
+    docker("run", "-d", "--name", name, "--network", "host", *flags, image)
+    try:
+        yield name
+    except BaseException:
+        print(f"--- log of {image} ---\n{logs(name)[-6000:]}")
+        raise
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+async def serving(name: str) -> Info:
+    """The container's describe answer, once it gives one."""
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while True:
+        state = docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
+        assert state == "true", f"container exited:\n{logs(name)[-4000:]}"
+        try:
+            return Info.from_event(await describe(URI))
+        except (OSError, asyncio.TimeoutError):
+            assert asyncio.get_running_loop().time() < deadline, "no describe answer in time"
+            await asyncio.sleep(1)
+
+
+def health_check(image: str, name: str) -> str:
+    """The image's own HEALTHCHECK command, run inside the container; its output."""
+    test = json.loads(docker("inspect", "--format", "{{json .Config.Healthcheck.Test}}", image).stdout)
+    assert test[0] == "CMD", test
+    result = subprocess.run(["docker", "exec", name, *test[1:]], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+async def test_gpu_image_honours_its_environment(gpu_image, tiny_model, tmp_path):
+    """Every BARK_* variable of docker-compose.yml takes effect (values unlike the image's defaults)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["bark"]["environment"]
+    settings = {
+        "BARK_MODEL": "suno/bark-small",
+        "BARK_VOICE": "v2/de_speaker_3",
+        "BARK_MAX_BATCH": "2",
+        "BARK_ZEROCONF": "bark-image-test",
+    }
+    assert set(settings) == set(compose), "each variable of the compose file is checked here"
+    assert settings["BARK_MODEL"] != compose["BARK_MODEL"] and settings["BARK_VOICE"] != compose["BARK_VOICE"]
+    env = {
+        **settings,
+        "HF_HUB_OFFLINE": "1",
+        "BARK_DEVICE": "cpu",
+        "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
+        "BARK_SEED": str(SEED),
+    }
+    data = hub_data(tmp_path, tiny_model, "suno/bark-small")
+    with container(gpu_image, env, {data: "/data"}) as name:
+        info = await serving(name)
+        assert {"v2/de_speaker_3", "announcer"} <= {voice.name for voice in info.tts[0].voices}
+        assert_stream(await synthesize(URI, "Hello from the image."), sentences=1)
+        state = await status(URI)
+        assert state["model"] == "suno/bark-small" and state["loaded"] and state["device"] == "cpu"
+        assert state["default_voice"] == "v2/de_speaker_3" and state["batch"]["max"] == 2
+        assert "healthy: bark" in health_check(gpu_image, name)
+        assert "bark-image-test._wyoming._tcp.local." in logs(name), "BARK_ZEROCONF names the announcement"
+        user = docker("exec", name, "id", "-u").stdout.strip()
+        assert user == "1000", "the server does not run as root"
+
+
+async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, tmp_path):
+    """The add-on's run script turns the Supervisor's options into the server's settings."""
+    config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
+    options = {**config["options"], "model": "full", "voice": "v2/fr_speaker_1", "seed": SEED}
+    data = hub_data(tmp_path, tiny_model, "suno/bark")
+    (data / "options.json").write_text(json.dumps(options), encoding="utf-8")
+    env = {"HF_HUB_OFFLINE": "1", "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS)}
+    with container(addon_image, env, {data: "/data", voices_dir: "/share/bark/voices:ro"}) as name:
+        info = await serving(name)
+        voices = {voice.name for voice in info.tts[0].voices}
+        assert {"v2/fr_speaker_1", "grandpa"} <= voices, "custom voices come from /share/bark/voices"
+        assert info.tts[0].supports_synthesize_streaming == options["streaming"]
+        assert_stream(await synthesize(URI, "Bonjour.", "grandpa"), sentences=1)
+        state = await status(URI)
+        assert state["model"] == "suno/bark", "model: full is suno/bark"
+        assert state["default_voice"] == "v2/fr_speaker_1" and state["device"] == "cpu"
+        assert state["cache"] is options["cache"]
+        assert "healthy: bark" in health_check(addon_image, name)
