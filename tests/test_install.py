@@ -82,6 +82,6 @@ def test_addon_installs_this_repositorys_code(dist):
     assert version == __version__
     shipped = ROOT / "addon/wheels" / f"wyoming_bark-{version}-py3-none-any.whl"
     assert [path.name for path in (ROOT / "addon/wheels").iterdir()] == [shipped.name]
-    assert _package(shipped) == _package(dist.wheel), (
-        "addon/wheels holds an older build of the package: run script/addon-wheel and commit it"
-    )
+    old, new = _package(shipped), _package(dist.wheel)
+    stale = sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+    assert not stale, f"addon/wheels holds an older build ({', '.join(stale)}): run script/addon-wheel"

@@ -140,9 +140,11 @@ async def test_custom_voices(bark_server):
     assert_stream(await synthesize(bark_server.uri, "Still fine.", "announcer"), sentences=1)
 
 
-async def test_empty_text_gives_an_empty_stream(bark_server):
+async def test_empty_text_gives_a_short_silence(bark_server):
+    """Home Assistant writes its WAV header at the first chunk: no chunk would be a 0-byte file."""
     result = await synthesize(bark_server.uri, "   ")
-    assert result.types == ["audio-start", "audio-stop"]
+    assert result.types == ["audio-start", "audio-chunk", "audio-stop"]
+    assert result.audio == bytes(len(result.audio)) and result.samples == 2400
 
 
 async def test_describe_answers_while_synthesizing(bark_server):

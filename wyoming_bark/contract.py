@@ -59,42 +59,81 @@ class TextStream:
     """Text arrives in pieces; audio leaves sentence by sentence, as soon as each is complete.
 
     A sentence is spoken once it ends, or, for text that runs on without an end, once the buffer
-    holds more than one generation can speak (it is then cut at a clause or between words). While
-    one sentence plays, the engine's ``lookahead`` next known sentences are already being made.
+    holds more than one generation can speak (it is then cut at a clause or between words). A
+    completed sentence starts generating at once if fewer than ``1 + lookahead`` sentences of
+    this stream are under way, so the next ones are made while one plays however the text is
+    cut into pieces. Only text is buffered; what waits is bounded by what the caller adds.
     """
 
     def __init__(self, engine: TtsEngine, voice: str | None, quick_start: bool = False) -> None:
         self.engine = engine
         self.voice = voice
         self._splitter = SentenceSplitter(quick_start=quick_start)
+        self._waiting: deque[str] = deque()  # complete sentences not started yet
+        self._started: deque[_Started] = deque()  # the one playing (first) and those made ahead
+        self._closed = False
+        self._playing = False  # nothing is made before someone listens (a request's turn comes)
+        self._changed = asyncio.Event()
         self._spoken = False
+
+    def add(self, chunk: str) -> None:
+        """Buffer ``chunk``; sentences it completes start generating (up to the lookahead)."""
+        self._queue(self._splitter.add(chunk))
+
+    def close(self, speak_rest: bool = True) -> None:
+        """No more text: the rest of the buffer becomes the last sentence(s), or is dropped."""
+        self._queue(self._splitter.finish() if speak_rest else [])
+        self._closed = True
+
+    def _queue(self, sentences: Iterable[str]) -> None:
+        self._waiting.extend(sentences)
+        self._start_ahead()
+        self._changed.set()
+
+    def _start_ahead(self) -> None:
+        while self._playing and self._waiting and len(self._started) <= self.engine.lookahead:
+            self._started.append(_Started(self.engine.speak_sentence(self._waiting.popleft(), self.voice)))
+
+    async def audio(self) -> AsyncIterator[bytes]:
+        """The stream's audio as its sentences complete, until ``close`` and the last sentence."""
+        async for pcm in self._play(until_closed=True):
+            yield pcm
 
     async def speak_streaming(self, chunk: str) -> AsyncIterator[bytes]:
         """Audio for the sentences this chunk completes (none if it completes none)."""
-        async for pcm in self._speak(self._splitter.add(chunk)):
+        self.add(chunk)
+        async for pcm in self._play(until_closed=False):
             yield pcm
 
     async def flush(self) -> AsyncIterator[bytes]:
         """Audio for whatever text is still buffered."""
-        async for pcm in self._speak(self._splitter.finish()):
+        self.close()
+        async for pcm in self._play(until_closed=False):
             yield pcm
 
-    async def _speak(self, sentences: Iterable[str]) -> AsyncIterator[bytes]:
-        waiting, started = deque(sentences), deque()
+    async def _play(self, until_closed: bool) -> AsyncIterator[bytes]:
+        self._playing = True
         try:
-            while waiting or started:
-                while waiting and len(started) <= self.engine.lookahead:
-                    started.append(_Started(self.engine.speak_sentence(waiting.popleft(), self.voice)))
+            while True:
+                self._start_ahead()
+                if not self._started:
+                    if self._closed or not until_closed:
+                        return
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
                 if self._spoken:
                     for pcm in self.engine.silence():
                         yield pcm
                 self._spoken = True
-                async for pcm in started[0].play():
+                async for pcm in self._started[0].play():
                     yield pcm
-                started.popleft()
-        finally:  # stopped early (error, cancel, listener gone): drop the work started ahead
-            for sentence in started:
-                sentence.cancel()
+                self._started.popleft()
+        except BaseException:  # stopped early (error, cancel, listener gone): drop the work ahead
+            self._waiting.clear()
+            while self._started:
+                self._started.popleft().cancel()
+            raise
 
 
 class TtsEngine(ABC):

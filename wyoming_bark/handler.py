@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -35,7 +35,11 @@ from .text import clean_text
 _LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHARS = 10_000
-MAX_QUEUED_JOBS = 256  # per connection
+# Requests (synthesize, or a streaming request from synthesize-start) that may wait for their turn
+# on one connection; each holds at most --max-chars of text, so this bounds a connection's memory.
+MAX_QUEUED_REQUESTS = 16
+# An empty text still gets one chunk: Home Assistant writes its WAV header at the first chunk.
+EMPTY_AUDIO = bytes(2 * TtsEngine.sample_rate // 10)  # 0.1 s of silence
 
 # Fixed for the whole connection: Home Assistant builds its WAV header from the first audio-start.
 AUDIO_FORMAT = {
@@ -76,14 +80,22 @@ class _Stream:
     """One audio stream sent to the client: a synthesize, or a start...stop streaming request."""
 
     voice: str | None  # as the client named it (None: the default voice)
-    text: TextStream | None = None  # streaming requests only
+    text: TextStream | None = None  # streaming requests only, while text may still come
     chars: int = 0  # text received so far (streaming)
+    queued: bool = False  # its work was queued (else synthesize-stop is answered at once)
     started: bool = False  # audio-start sent
     failed: bool = False  # an error was sent: drop the rest of this request
+    refusal: Error | None = None  # sent once the audio made before it has gone out
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # synthesize-stop came
 
 
 class BarkEventHandler(AsyncEventHandler):
-    """Answers describe at once; queues synthesis so it never holds up reading events."""
+    """Answers describe at once; queues synthesis so it never holds up reading events.
+
+    Requests run one after another on this connection's worker task. A streaming request is one
+    request: its chunks only add text to its ``TextStream``, which starts each sentence as it
+    completes, so a client may send any number of chunks within ``--max-chars``.
+    """
 
     def __init__(
         self, reader, writer, engine: TtsEngine, streaming: bool = True, max_chars: int = DEFAULT_MAX_CHARS
@@ -128,43 +140,48 @@ class BarkEventHandler(AsyncEventHandler):
             if self._stream is not None:
                 # Home Assistant repeats the whole text for older servers while streaming.
                 _LOGGER.debug("Ignoring synthesize during a streaming request")
-            elif await self._busy():
-                pass
-            else:
+            elif not await self._busy():
                 synthesize = Synthesize.from_event(event)
-                text = self._checked_text(synthesize.text, 0)
-                stream = await self._open(synthesize.voice) if text is not None else None
-                if stream is not None:
-                    self._submit(self._speak_text(stream, text))
+                refusal = self._too_long(synthesize.text, 0)
+                if refusal is not None:
+                    self._submit(self._send_error(refusal))
+                elif (stream := await self._open(synthesize.voice)) is not None:
+                    self._submit(self._speak_text(stream, clean_text(synthesize.text)))
         elif SynthesizeStart.is_type(event.type):
             if self._stream is not None:
                 await self._error("synthesize-start while a streaming request is open", "bad-order")
+            elif await self._busy():
+                self._stream = _Stream(voice=None, failed=True)
             else:
                 stream = await self._open(SynthesizeStart.from_event(event).voice)
                 self._stream = stream or _Stream(voice=None, failed=True)
                 if stream is not None:
                     stream.text = self.engine.open_stream(stream.voice, quick_start=True)
+                    stream.queued = True
+                    self._submit(self._speak_streamed(stream, stream.text))
         elif SynthesizeChunk.is_type(event.type):
+            chunk = SynthesizeChunk.from_event(event)
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")
-            elif self._stream.text is not None and await self._busy():
-                self._stream.failed, self._stream.text = True, None
             elif self._stream.text is not None:
                 stream = self._stream
-                text = self._checked_text(SynthesizeChunk.from_event(event).text, stream.chars)
-                if text is None:
-                    stream.failed, stream.text = True, None
+                stream.refusal = self._too_long(chunk.text, stream.chars)
+                if stream.refusal is not None:  # what came before is still spoken, then the error
+                    stream.text.close(speak_rest=False)
+                    stream.text = None
                 else:
-                    stream.chars += len(text)
-                    self._submit(self._speak(stream, stream.text.speak_streaming(text)))
+                    stream.chars += len(chunk.text)
+                    stream.text.add(clean_text(chunk.text))
         elif SynthesizeStop.is_type(event.type):
             if self._stream is None:
                 await self._error("synthesize-stop without synthesize-start", "bad-order")
             else:
                 stream, self._stream = self._stream, None
                 if stream.text is not None:
-                    self._submit(self._speak(stream, stream.text.flush()))
-                self._submit(self._finish(stream, streaming=True))
+                    stream.text.close()
+                stream.stopped.set()
+                if not stream.queued:  # refused at its start: nothing of it is waiting
+                    await self.write_event(SynthesizeStopped().event())
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif event.type == STATUS_EVENT:
@@ -174,22 +191,19 @@ class BarkEventHandler(AsyncEventHandler):
                 "threads": threading.active_count(),
             }
             await self.write_event(Event(STATUS_EVENT, data=status))
-        else:
-            await self._error(f"Unsupported event type '{event.type}' for a TTS server", "unsupported-event")
+        else:  # the wyoming spec: events a program does not know are ignored
+            _LOGGER.debug("Ignoring event of type %s", event.type)
 
-    def _checked_text(self, text: object, so_far: int) -> str | None:
-        """Text without control characters, or None (after queueing an error) when too long."""
+    def _too_long(self, text: object, so_far: int) -> Error | None:
+        """The error for text beyond --max-chars (``so_far``: what the request sent before)."""
         if not isinstance(text, str):
             raise TypeError("text must be a string")
-        if so_far + len(text) > self.max_chars:
-            self._submit(
-                self._error(
-                    f"Text of {so_far + len(text)} characters exceeds the limit of {self.max_chars} (--max-chars)",
-                    "text-too-long",
-                )
-            )
+        if so_far + len(text) <= self.max_chars:
             return None
-        return clean_text(text)
+        return Error(
+            text=f"Text of {so_far + len(text)} characters exceeds the limit of {self.max_chars} (--max-chars)",
+            code="text-too-long",
+        )
 
     async def _open(self, requested: SynthesizeVoice | None) -> _Stream | None:
         name = requested.name if requested else None
@@ -204,9 +218,9 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def _busy(self) -> bool:
         """Bound the work one connection can queue: a flooding client gets errors, not memory."""
-        if self._jobs.qsize() < MAX_QUEUED_JOBS:
+        if self._jobs.qsize() < MAX_QUEUED_REQUESTS:
             return False
-        await self._error(f"More than {MAX_QUEUED_JOBS} requests queued on this connection", "busy")
+        await self._error(f"More than {MAX_QUEUED_REQUESTS} requests queued on this connection", "busy")
         return True
 
     def _submit(self, job: Coroutine[Any, Any, None]) -> None:
@@ -224,6 +238,15 @@ class BarkEventHandler(AsyncEventHandler):
     async def _speak_text(self, stream: _Stream, text: str) -> None:
         await self._speak(stream, self.engine.speak(text, stream.voice))
         await self._finish(stream, streaming=False)
+
+    async def _speak_streamed(self, stream: _Stream, text: TextStream) -> None:
+        """A streaming request: its audio while text still comes, then the answer to synthesize-stop."""
+        await self._speak(stream, text.audio())
+        if stream.refusal is not None and not stream.failed:
+            stream.failed = True
+            await self._send_error(stream.refusal)
+        await stream.stopped.wait()
+        await self._finish(stream, streaming=True)
 
     async def _speak(self, stream: _Stream, chunks: AsyncGenerator[bytes, None]) -> None:
         if stream.failed:
@@ -250,16 +273,20 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def _finish(self, stream: _Stream, streaming: bool) -> None:
         if not stream.failed:
-            if not stream.started:  # no speakable text: an empty but well-formed stream
+            if not stream.started:  # no speakable text: a short silence, so it is a valid WAV
                 await self.write_event(AudioStart(**AUDIO_FORMAT).event())
+                await self.write_event(AudioChunk(audio=EMPTY_AUDIO, **AUDIO_FORMAT).event())
             await self.write_event(AudioStop().event())
         if streaming:
             await self.write_event(SynthesizeStopped().event())
 
     async def _error(self, text: str, code: str) -> None:
-        _LOGGER.warning("Error sent to client: %s", text)
+        await self._send_error(Error(text=text, code=code))
+
+    async def _send_error(self, error: Error) -> None:
+        _LOGGER.warning("Error sent to client: %s", error.text)
         with contextlib.suppress(ConnectionError):
-            await self.write_event(Error(text=text, code=code).event())
+            await self.write_event(error.event())
 
     async def disconnect(self) -> None:
         """Stop this connection's synthesis; the engine's cancel flag ends its generation early."""
