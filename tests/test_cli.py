@@ -3,6 +3,7 @@
 import pytest
 
 from wyoming_bark.__main__ import build_engine, build_parser
+from wyoming_bark.errors import TtsError
 
 
 def test_defaults_serve_home_assistant(monkeypatch):
@@ -26,6 +27,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_DEVICE": "cuda:1",
         "BARK_CORE": "transformers",
         "BARK_VOICE": "v2/de_speaker_2",
+        "BARK_LANGUAGE_VOICES": "fr=v2/fr_speaker_4, en-US=announcer",
         "BARK_DATA_DIR": str(tmp_path),
         "BARK_VOICES_DIR": str(tmp_path / "v"),
         "BARK_SAMPLES_PER_CHUNK": "512",
@@ -77,14 +79,27 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", (
         "flags beat the environment"
     )
+    assert args.language_voices == {"fr": "v2/fr_speaker_4", "en-US": "announcer"}
     engine = build_engine(args)
     assert engine.voices.voices_dir == tmp_path / "v" and engine.default_voice.name == "v2/de_speaker_2"
+    defaults = engine.voices.defaults
+    assert (defaults["de"], defaults["fr"], defaults["en"]) == (
+        "v2/de_speaker_2",
+        "v2/fr_speaker_4",
+        "announcer",
+    )
     engine.close()
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--samples-per-chunk", "0"], ["--max-semantic-tokens", "769"], ["--min-eos-p", "0"], ["--seed", "x"]],
+    [
+        ["--samples-per-chunk", "0"],
+        ["--max-semantic-tokens", "769"],
+        ["--min-eos-p", "0"],
+        ["--seed", "x"],
+        ["--language-voices", "de"],
+    ],
 )
 def test_bad_values_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
@@ -109,3 +124,16 @@ def test_zeroconf_flag(monkeypatch, env, argv, expected):
     else:
         monkeypatch.setenv("BARK_ZEROCONF", env)
     assert build_parser().parse_args(argv).zeroconf == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("xx=v2/en_speaker_1", "Unknown language 'xx'"),
+        ("de=v2/de_speaker_12", "Unknown voice 'v2/de_speaker_12'"),
+    ],
+)
+def test_language_voices_are_checked_at_start(value, message, tmp_path):
+    args = build_parser().parse_args(["--language-voices", value, "--data-dir", str(tmp_path)])
+    with pytest.raises(TtsError, match=message):
+        build_engine(args)

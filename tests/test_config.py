@@ -64,6 +64,7 @@ def test_our_keys(tmp_path):
             "max_semantic_tokens": 300,
             "seed": 9,
             "voice_seeds": {"announcer": 4},
+            "language_voices": {"de": "v2/de_speaker_3", "it": "v2/it_speaker_1"},
             "streaming": False,
             "cache_size_mb": 20,
             "sentence_silence": 0.2,
@@ -77,6 +78,7 @@ def test_our_keys(tmp_path):
     assert (args.max_semantic_tokens, args.seed, args.voice_seeds) == (300, 9, {"announcer": 4})
     assert args.no_streaming and args.cache_size_mb == 20 and args.sentence_silence == 0.2
     assert args.zeroconf == "bark" and args.core == "transformers"
+    assert args.language_voices == {"de": "v2/de_speaker_3", "it": "v2/it_speaker_1"}
 
 
 def test_precedence_flags_env_file_defaults(tmp_path, monkeypatch):
@@ -99,6 +101,7 @@ def test_precedence_flags_env_file_defaults(tmp_path, monkeypatch):
         ({"model_size": "huge"}, "tts.bark.model_size must be one of small, full"),
         ({"max_semantic_tokens": 2000}, "tts.bark.max_semantic_tokens"),
         ({"voice_seeds": {"announcer": "x"}}, "voice_seeds must map voice names to integers"),
+        ({"language_voices": {"de": 3}}, "language_voices must map languages to voice names"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, capsys, section, message):

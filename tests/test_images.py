@@ -46,22 +46,28 @@ START_TIMEOUT = 180.0
 
 
 def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
     assert result.returncode == 0, f"docker {' '.join(args[:3])} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 
 def image_exists(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
+    )
 
 
 @pytest.fixture(scope="module")
 def engine() -> None:
     if shutil.which("docker") is None:
         pytest.skip("no docker command: install Debian's docker.io (script/docker-engine)")
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
     if info.returncode != 0:
-        pytest.skip(f"no Docker engine running (script/docker-engine starts one): {info.stderr.strip()[:200]}")
+        pytest.skip(
+            f"no Docker engine running (script/docker-engine starts one): {info.stderr.strip()[:200]}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +96,9 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def pip_from_wheelhouse(wheelhouse) -> Iterator[list[str]]:
     """Build arguments that make pip in a build install from ``wheelhouse``, served on loopback."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(wheelhouse)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(wheelhouse))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     yield [
@@ -139,7 +147,7 @@ def port_is_free() -> bool:
 
 
 def logs(name: str) -> str:
-    result = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    result = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=False)
     return result.stdout + result.stderr
 
 
@@ -157,7 +165,7 @@ def container(image: str, env: dict[str, str], volumes: dict[Path, str]) -> Iter
         print(f"--- log of {image} ---\n{logs(name)[-6000:]}")
         raise
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 
 
 async def serving(name: str) -> Info:
@@ -177,7 +185,9 @@ def health_check(image: str, name: str) -> str:
     """The image's own HEALTHCHECK command, run inside the container; its output."""
     test = json.loads(docker("inspect", "--format", "{{json .Config.Healthcheck.Test}}", image).stdout)
     assert test[0] == "CMD", test
-    result = subprocess.run(["docker", "exec", name, *test[1:]], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["docker", "exec", name, *test[1:]], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

@@ -177,7 +177,9 @@ def test_gpu_image_and_compose():
     assert compose["network_mode"] == "host"
     assert any(volume.endswith(":/data") for volume in compose["volumes"])
     assert any(":/voices" in volume for volume in compose["volumes"])
-    flags = {env_name(action.option_strings[0][2:]) for action in build_parser()._actions if action.option_strings}
+    flags = {
+        env_name(action.option_strings[0][2:]) for action in build_parser()._actions if action.option_strings
+    }
     assert set(compose["environment"]) <= flags, "every variable in the compose file is a server setting"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from conftest import SAMPLES_PER_SENTENCE
@@ -13,7 +12,6 @@ from wyoming.client import AsyncClient
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
 from wyoming_client import read_until, status
 
-from wyoming_bark.contract import TextStream
 from wyoming_bark.handler import MAX_QUEUED_REQUESTS
 
 # Ten sentences of 30 words, no commas (so a quick start does not cut the first one).
@@ -57,7 +55,7 @@ async def test_start_stop_flood_is_bounded(server_factory, tiny_model):
     assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)
     before = rss_mib(server.process.pid)
     port = int(server.uri.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     pair = header(type="synthesize-start") + header(type="synthesize-stop")
     flood = pair * 80_000  # 4.7 MiB
     writer.write(flood)

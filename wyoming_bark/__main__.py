@@ -74,6 +74,14 @@ def _semantic_tokens(value: str) -> int:
     return number
 
 
+def _language_voices(value: str) -> dict[str, str]:
+    """``de=v2/de_speaker_3,fr=grandpa`` -> {"de": "v2/de_speaker_3", "fr": "grandpa"}."""
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() or not pair[1].strip() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected LANG=VOICE[,LANG=VOICE...], got {value!r}")
+    return {language.strip(): voice.strip() for language, voice in pairs}
+
+
 def _non_negative(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -125,7 +133,14 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "fast (static KV cache, CUDA graphs) or transformers (BarkModel.generate)",
         choices=CORES,
     )
-    add("voice", DEFAULT_VOICE, "Voice used when a request names none")
+    add("voice", DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
+    add(
+        "language-voices",
+        "",
+        "Default voice per language for requests that name only a language, and the voice Home "
+        "Assistant lists first, e.g. de=v2/de_speaker_3,fr=v2/fr_speaker_1",
+        type=_language_voices,
+    )
     add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
     add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
     add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_positive_int)
@@ -213,9 +228,18 @@ def custom_voices_dir(args: argparse.Namespace) -> Path:
     )
 
 
+def voice_library(args: argparse.Namespace) -> VoiceLibrary:
+    """Voices with their per-language defaults: --voice for its language(s), then --language-voices."""
+    library = VoiceLibrary(custom_voices_dir(args))
+    voice = library.resolve(args.voice)
+    defaults = {language: voice.name for language in voice.languages}
+    for language, name in {**defaults, **args.language_voices}.items():
+        library.set_default(language, name)
+    return library
+
+
 def build_engine(args: argparse.Namespace) -> TtsEngine:
     data_dir = Path(args.data_dir).expanduser()
-    voices_dir = custom_voices_dir(args)
     settings = GenerationSettings(
         max_semantic_tokens=args.max_semantic_tokens,
         min_eos_p=args.min_eos_p,
@@ -230,7 +254,7 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         model=args.model,
         data_dir=data_dir,
         device=args.device,
-        voices=VoiceLibrary(voices_dir),
+        voices=voice_library(args),
         default_voice=args.voice,
         settings=settings,
         samples_per_chunk=args.samples_per_chunk,
@@ -310,7 +334,7 @@ def main() -> None:
     try:
         engine = build_engine(args)
     except TtsError as err:
-        raise SystemExit(f"wyoming-bark: --voice: {err}") from err
+        raise SystemExit(f"wyoming-bark: --voice/--language-voices: {err}") from err
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args, engine))
 

@@ -35,6 +35,7 @@ SCHEMA: dict[str, Any] = {
     "waveform_temp": (int, float),
     "seed": int,
     "voice_seeds": dict,
+    "language_voices": dict,
     "sentence_silence": (int, float),
     "cache_size_mb": (int, float),
     "audio_streaming": ("auto", "on", "off"),
@@ -103,6 +104,10 @@ def load_config(path: Path) -> tuple[dict[str, Any], list[str]]:
             ):
                 raise ConfigError(f"{path}: tts.bark.voice_seeds must map voice names to integers")
             values[key] = value
+        elif key == "language_voices":
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ConfigError(f"{path}: tts.bark.language_voices must map languages to voice names")
+            values[key] = ",".join(f"{k}={v}" for k, v in value.items())
         elif key == "zeroconf" and isinstance(value, bool):
             values[key] = "bark" if value else None
         else:

@@ -153,8 +153,8 @@ class TtsEngine(ABC):
     # --- primitives ---------------------------------------------------------------------
 
     @abstractmethod
-    def resolve_voice(self, name: str | None) -> Voice:
-        """The named voice, or the default for ``None``; raises ``UnknownVoice``."""
+    def resolve_voice(self, name: str | None, language: str | None = None) -> Voice:
+        """The named voice, else the default of ``language``, else the default; raises ``UnknownVoice``."""
 
     @abstractmethod
     def speak_sentence(self, sentence: str, voice: str | None = None) -> AsyncIterator[bytes]:

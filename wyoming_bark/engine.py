@@ -172,8 +172,10 @@ class BarkEngine(TtsEngine):
         except ModelLoadError:
             pass  # logged by load(); requests retry and report it
 
-    def resolve_voice(self, name: str | None) -> Voice:
-        return self.default_voice if not name else self.voices.resolve(name)
+    def resolve_voice(self, name: str | None, language: str | None = None) -> Voice:
+        if name:
+            return self.voices.resolve(name)
+        return (self.voices.for_language(language) if language else None) or self.default_voice
 
     def get_available_voices(self) -> list[Voice]:
         return self.voices.list()

@@ -206,13 +206,15 @@ class BarkEventHandler(AsyncEventHandler):
         )
 
     async def _open(self, requested: SynthesizeVoice | None) -> _Stream | None:
-        name = requested.name if requested else None
+        """The request's voice: its name, else its language's default (the wyoming spec), else ours."""
+        if requested is None or not (requested.name or requested.language):
+            return _Stream(voice=None)
         try:
-            self.engine.resolve_voice(name)
+            voice = self.engine.resolve_voice(requested.name, requested.language)
         except TtsError as err:
             await self._error(str(err), err.code)
             return None
-        return _Stream(voice=name)
+        return _Stream(voice=voice.name)
 
     # --- queued work, run in order on this connection's worker task ---
 

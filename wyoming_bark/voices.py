@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,13 @@ LANGUAGES: dict[str, str] = {
 SPEAKERS_PER_LANGUAGE = 10
 ANNOUNCER = "announcer"
 DEFAULT_VOICE = "v2/en_speaker_6"
+# Each language's default voice (speaker 0, but English keeps the long-standing speaker 6).
+# Home Assistant lists a language's voices sorted by description and a new pipeline takes the
+# first, so a default's description starts with DEFAULT_MARK, which sorts before any letter.
+DEFAULT_SPEAKERS = {code: 6 if code == "en" else 0 for code in LANGUAGES}
+DEFAULT_MARK = "(default) "
+# A custom voice file NAME.LANG.npz (e.g. grandpa.de.npz) is voice NAME in that language only.
+_CUSTOM_LANGUAGE_RE = re.compile(rf"^(?P<name>.+)\.(?P<lang>{'|'.join(LANGUAGES)})$")
 EMBEDDINGS_INDEX = "speaker_embeddings_path.json"
 
 PROMPT_KEYS = ("semantic_prompt", "coarse_prompt", "fine_prompt")
@@ -69,6 +77,16 @@ def builtin_voices() -> list[Voice]:
     ]
     voices.append(Voice(ANNOUNCER, ("en",), "English announcer"))
     return voices
+
+
+def builtin_defaults() -> dict[str, str]:
+    """Language code -> the voice a request in that language gets when it names none."""
+    return {code: f"v2/{code}_speaker_{speaker}" for code, speaker in DEFAULT_SPEAKERS.items()}
+
+
+def language_code(language: str) -> str:
+    """``de``, ``de-DE``, ``de_DE`` and ``DE`` are all ``de``."""
+    return re.split(r"[-_]", language.strip(), maxsplit=1)[0].lower()
 
 
 def validate_prompt(arrays: dict[str, np.ndarray], source: str) -> Prompt:
@@ -117,29 +135,54 @@ def load_npz(path: Path) -> Prompt:
 
 
 class VoiceLibrary:
-    """Lists voices without touching the model, and loads their prompts on demand."""
+    """Lists voices without touching the model, and loads their prompts on demand.
 
-    def __init__(self, voices_dir: Path | None = None) -> None:
+    ``defaults`` (language code -> voice name) replace the built-in per-language defaults.
+    """
+
+    def __init__(self, voices_dir: Path | None = None, defaults: dict[str, str] | None = None) -> None:
         self.voices_dir = voices_dir
         self._builtin = {voice.name: voice for voice in builtin_voices()}
         self._cache: dict[tuple[str, float], Prompt] = {}
+        self.defaults = builtin_defaults()
+        for language, name in (defaults or {}).items():
+            self.set_default(language, name)
+
+    def set_default(self, language: str, name: str) -> None:
+        """Make voice ``name`` the default of ``language``; raises UnknownVoice."""
+        code = language_code(language)
+        if code not in LANGUAGES:
+            raise UnknownVoice(f"Unknown language '{language}'; Bark speaks {', '.join(LANGUAGES)}")
+        self.defaults[code] = self.resolve(name).name
 
     def custom_voices(self) -> list[Voice]:
         """Scan the voices directory; cheap enough to run on every describe."""
         if self.voices_dir is None or not self.voices_dir.is_dir():
             return []
-        voices = []
+        voices: dict[str, Voice] = {}
         for path in sorted(self.voices_dir.glob("*.npz")):
-            name = path.stem
-            if name in self._builtin:
-                _LOGGER.warning("Custom voice %s shadows a built-in voice name; ignored", path)
+            # A history prompt carries no language: Bark speaks any of them with it, unless the
+            # file name says which one (NAME.LANG.npz).
+            match = _CUSTOM_LANGUAGE_RE.match(path.stem)
+            name, languages = (match["name"], (match["lang"],)) if match else (path.stem, tuple(LANGUAGES))
+            if name in self._builtin or name in voices:
+                _LOGGER.warning("Custom voice %s has the name of another voice (%s); ignored", path, name)
                 continue
-            # A history prompt carries no language: Bark speaks any of them with it.
-            voices.append(Voice(name, tuple(LANGUAGES), f"Custom voice {name}", path))
-        return voices
+            voices[name] = Voice(name, languages, f"Custom voice {name}", path)
+        return list(voices.values())
 
     def list(self) -> list[Voice]:
-        return [*self._builtin.values(), *self.custom_voices()]
+        """Every voice; the default of a language has DEFAULT_MARK before its description."""
+        defaults = set(self.defaults.values())
+        return [
+            replace(voice, description=DEFAULT_MARK + voice.description) if voice.name in defaults else voice
+            for voice in (*self._builtin.values(), *self.custom_voices())
+        ]
+
+    def for_language(self, language: str) -> Voice | None:
+        """The default voice of ``language`` (any spelling of its code); None for other languages."""
+        name = self.defaults.get(language_code(language))
+        return self.resolve(name) if name is not None else None
 
     def resolve(self, name: str) -> Voice:
         """Find a voice by name; ``en_speaker_6`` is accepted for ``v2/en_speaker_6``."""
