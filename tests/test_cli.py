@@ -3,6 +3,7 @@
 import pytest
 
 from wyoming_bark.__main__ import build_engine, build_parser
+from wyoming_bark.discovery import default_service_name
 from wyoming_bark.errors import TtsError
 
 
@@ -111,10 +112,10 @@ def test_bad_values_are_refused(argv, capsys):
     "env, argv, expected",
     [
         (None, [], None),
-        ("1", [], "bark"),
+        ("1", [], default_service_name()),
         ("off", [], None),
         ("den", [], "den"),
-        (None, ["--zeroconf"], "bark"),
+        (None, ["--zeroconf"], default_service_name()),
         ("0", ["--zeroconf", "attic"], "attic"),
     ],
 )

@@ -10,6 +10,7 @@ from test_server import assert_stream, synthesize
 from wyoming_client import status
 
 from wyoming_bark.__main__ import parse_args
+from wyoming_bark.discovery import default_service_name
 
 FLAG_ENV = (
     "BARK_MODEL",
@@ -77,7 +78,7 @@ def test_our_keys(tmp_path):
     assert (args.voices_dir, args.text_temp, args.waveform_temp, args.min_eos_p) == ("/voices", 0.6, 0.5, 0.1)
     assert (args.max_semantic_tokens, args.seed, args.voice_seeds) == (300, 9, {"announcer": 4})
     assert args.no_streaming and args.cache_size_mb == 20 and args.sentence_silence == 0.2
-    assert args.zeroconf == "bark" and args.core == "transformers"
+    assert args.zeroconf == default_service_name() and args.core == "transformers"
     assert args.language_voices == {"de": "v2/de_speaker_3", "it": "v2/it_speaker_1"}
 
 

@@ -170,7 +170,7 @@ def test_gpu_image_and_compose():
     assert not re.search(r"^CMD", dockerfile, re.MULTILINE), "a flag in CMD would override BARK_* variables"
     assert "EXPOSE 10200" in dockerfile and 'VOLUME ["/data"]' in dockerfile
     assert re.search(r"^USER 1000", dockerfile, re.MULTILINE), "non-root"
-    assert "wyoming_bark.health" in dockerfile and "BARK_ZEROCONF=bark" in dockerfile
+    assert "wyoming_bark.health" in dockerfile and "BARK_ZEROCONF=1" in dockerfile
     compose = load(ROOT / "docker-compose.yml")["services"]["bark"]
     devices = compose["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import signal
 import uuid
 
@@ -11,7 +13,7 @@ from wyoming.info import Info
 from zeroconf import ServiceListener, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from wyoming_bark.discovery import SERVICE_TYPE, ZeroconfAdvertiser, is_wildcard
+from wyoming_bark.discovery import SERVICE_TYPE, ZeroconfAdvertiser, default_service_name, is_wildcard
 
 
 class _Events(ServiceListener):
@@ -86,3 +88,39 @@ async def test_zeroconf_failure_leaves_the_server_serving(server_factory, tiny_m
         await asyncio.sleep(0.1)
     assert "Zeroconf announcement failed" in server.log_text()
     assert Info.from_event(await describe(server.uri)).tts[0].voices
+
+
+async def test_a_second_server_with_the_same_name_says_why_and_withdraws_nothing(server_factory, tiny_model):
+    """Two servers named alike: the second explains, and its shutdown leaves the first announced."""
+    name = f"bark-test-{uuid.uuid4().hex[:8]}"
+    service = f"{name}.{SERVICE_TYPE}"
+    zeroconf = AsyncZeroconf(interfaces=["127.0.0.1"])
+    events = _Events()
+    browser = AsyncServiceBrowser(zeroconf.zeroconf, SERVICE_TYPE, listener=events)
+    try:
+        first = server_factory("--model", str(tiny_model), "--zeroconf", name)
+        await _wait_for(events, service, ServiceStateChange.Added)
+        second = server_factory("--model", str(tiny_model), "--zeroconf", name)
+        for _ in range(100):
+            if "Zeroconf announcement failed" in second.log_text():
+                break
+            await asyncio.sleep(0.1)
+        assert f"another server on this network already announces {name}" in second.log_text()
+        assert "--zeroconf NAME" in second.log_text()
+        second.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.process.wait, 15) == 0
+        assert "Zeroconf: withdrew" not in second.log_text()
+        with contextlib.suppress(asyncio.TimeoutError):  # no goodbye for the first server's name
+            seen = await asyncio.wait_for(events.changes.get(), 3)
+            assert seen != (service, ServiceStateChange.Removed), "the first server was withdrawn"
+        info = AsyncServiceInfo(SERVICE_TYPE, service)
+        assert await info.async_request(zeroconf.zeroconf, 5000) and info.port == int(
+            first.uri.rsplit(":", 1)[1]
+        )
+    finally:
+        await browser.async_cancel()
+        await zeroconf.async_close()
+
+
+def test_default_name_is_unique_per_host():
+    assert re.fullmatch(r"bark-[0-9a-f]{12}", default_service_name())

@@ -18,7 +18,7 @@ from wyoming.server import AsyncServer
 from . import __version__
 from .config import ConfigError, load_config
 from .contract import ENGINES, TtsEngine, create_engine
-from .discovery import ZeroconfAdvertiser
+from .discovery import ZeroconfAdvertiser, default_service_name
 from .engine import GenerationSettings
 from .errors import ModelLoadError, TtsError
 from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
@@ -28,7 +28,7 @@ from .voices import DEFAULT_VOICE, VoiceLibrary
 _LOGGER = logging.getLogger(__name__)
 ENV_PREFIX = "BARK_"
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-DEFAULT_ZEROCONF_NAME = "bark"
+DEFAULT_ZEROCONF_NAME = default_service_name()
 CORES = ("fast", "transformers")
 
 
@@ -274,15 +274,22 @@ def make_advertiser(args: argparse.Namespace) -> ZeroconfAdvertiser | None:
     try:
         return ZeroconfAdvertiser(args.zeroconf, uri.port, uri.hostname or "", args.zeroconf_host)
     except (OSError, ValueError) as err:
-        _LOGGER.error("Zeroconf announcement failed (%s); give Home Assistant the host and port", err)
+        _announcement_failed(err)
         return None
+
+
+def _announcement_failed(err: Exception) -> None:
+    reason = str(err) or type(err).__name__
+    _LOGGER.error(
+        "Zeroconf announcement failed: %s. Still serving; add it in Home Assistant by host and port", reason
+    )
 
 
 async def announce(advertiser: ZeroconfAdvertiser) -> None:
     try:
         await advertiser.start()
     except Exception as err:  # noqa: BLE001 - e.g. no multicast: the server keeps serving
-        _LOGGER.error("Zeroconf announcement failed (%s); give Home Assistant the host and port", err)
+        _announcement_failed(err)
 
 
 async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .discovery import default_service_name
+
 # key -> expected type(s) or allowed values; flag keys use the flag's name with underscores.
 SCHEMA: dict[str, Any] = {
     # the original design's keys
@@ -109,7 +111,7 @@ def load_config(path: Path) -> tuple[dict[str, Any], list[str]]:
                 raise ConfigError(f"{path}: tts.bark.language_voices must map languages to voice names")
             values[key] = ",".join(f"{k}={v}" for k, v in value.items())
         elif key == "zeroconf" and isinstance(value, bool):
-            values[key] = "bark" if value else None
+            values[key] = default_service_name() if value else None
         else:
             values[key] = value
     if "model" in section:  # an explicit model wins over model_size / use_small_model

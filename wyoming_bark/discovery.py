@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import uuid
 
-from zeroconf import InterfaceChoice
+from zeroconf import InterfaceChoice, NonUniqueNameException
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 _LOGGER = logging.getLogger(__name__)
@@ -25,6 +26,12 @@ def outgoing_ipv4() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((MDNS_GROUP, 5353))
         return sock.getsockname()[0]
+
+
+def default_service_name() -> str:
+    """``bark-`` and this host's MAC address (as the wyoming library names its services), so two
+    servers on one network do not claim the same name unless told to."""
+    return f"bark-{uuid.getnode():012x}"
 
 
 def is_wildcard(host: str) -> bool:
@@ -48,6 +55,7 @@ class ZeroconfAdvertiser:
         self.name = name
         self.port = port
         self._zeroconf: AsyncZeroconf | None = None
+        self._registered = False  # withdraw only a name this server holds
         self._info = AsyncServiceInfo(
             SERVICE_TYPE,
             f"{name}.{SERVICE_TYPE}",
@@ -57,9 +65,18 @@ class ZeroconfAdvertiser:
         )
 
     async def start(self) -> None:
+        """Probe and register the name; a failure says why and what to do (and raises)."""
         self._zeroconf = AsyncZeroconf(interfaces=self.interfaces)
-        # The first await probes the name; the returned task sends the announcements.
-        await (await self._zeroconf.async_register_service(self._info))
+        try:
+            # The first await probes the name (raising if it is taken); the task announces it.
+            announcing = await self._zeroconf.async_register_service(self._info)
+        except NonUniqueNameException as err:
+            raise RuntimeError(
+                f"another server on this network already announces {self.name}; "
+                "give this one its own name with --zeroconf NAME"
+            ) from err
+        self._registered = True
+        await announcing
         _LOGGER.info("Zeroconf: announced %s at %s:%d", self._info.name, self.host, self.port)
 
     async def stop(self) -> None:
@@ -68,9 +85,9 @@ class ZeroconfAdvertiser:
             return
         zeroconf, self._zeroconf = self._zeroconf, None
         try:
-            await (await zeroconf.async_unregister_service(self._info))  # goodbye packets out
-            _LOGGER.info("Zeroconf: withdrew %s", self._info.name)
-        except Exception as err:  # noqa: BLE001 - never registered (start interrupted while probing)
-            _LOGGER.debug("Zeroconf: nothing to withdraw (%s)", err)
+            if self._registered:  # a goodbye for a name we never held would withdraw its owner
+                await (await zeroconf.async_unregister_service(self._info))
+                self._registered = False
+                _LOGGER.info("Zeroconf: withdrew %s", self._info.name)
         finally:
             await zeroconf.async_close()
