@@ -214,7 +214,7 @@ def test_benchmark_runs_and_reports_everything():
         "0.5",
     ]
     command += ["--reps", "1", "--reference", "--first-audio", "--clients", "2", "--requests", "1"]
-    command += ["--sentence-seconds", "0.5", "--json"]
+    command += ["--sentence-seconds", "0.5", "--stream-sentences", "2", "--json"]
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["arch"] == "tiny" and result["audio_seconds"] == pytest.approx(0.5, abs=0.03)
@@ -232,6 +232,9 @@ def test_benchmark_runs_and_reports_everything():
         assert (server["audio_streaming"], server["max_batch"]) == (streaming, batch)
         assert server["first_audio"]["first_audio_s"] > 0 and server["clients"]["requests"] == 2
         assert server["clients"]["audio_seconds_per_second"] > 0
+        stream = server["stream"]  # an answer in Home Assistant's deltas, heard in real time
+        assert stream["audio_s"] == pytest.approx(1.0, abs=0.06) and stream["first_audio_s"] > 0
+        assert {"pauses", "paused_s", "longest_pause_s", "last_delta_s"} <= set(stream)
 
 
 def test_streamed_audio_matches_the_whole_sentence(bark, voice):

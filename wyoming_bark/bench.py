@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench_stream import stream_answer
 from .contract import TtsEngine
 from .fast import FastBark, SamplingSettings
 
@@ -220,7 +221,7 @@ def benchmark(args: argparse.Namespace) -> dict:
             "first_call_s": round(reference_first.wall, 4),
         }
         result["speedup"] = round(ref_wall / wall, 2)
-    if args.first_audio or args.clients:
+    if args.first_audio or args.clients or args.stream_sentences:
         # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
         # server with both turned off: whole sentences, one at a time.
         result["server"] = asyncio.run(serve_and_measure(model, device, args, "auto", args.max_batch))
@@ -335,6 +336,11 @@ async def serve_and_measure(
                     "first_audio_p50_s": round(_percentile(firsts, 0.5), 4),
                     "first_audio_p99_s": round(_percentile(firsts, 0.99), 4),
                 }
+            if args.stream_sentences:
+                answer = " ".join(
+                    f"Sentence number {i} of the answer is here." for i in range(args.stream_sentences)
+                )
+                result["stream"] = await stream_answer(uri, answer)
             return result
         finally:
             await server.stop()
@@ -380,6 +386,14 @@ def print_table(result: dict) -> None:
                 f"{load['audio_seconds_per_second']} audio-s/s, first audio p50 {load['first_audio_p50_s']} s, "
                 f"p99 {load['first_audio_p99_s']} s"
             )
+        if "stream" in server:
+            stream = server["stream"]
+            print(
+                f"{label}, streamed answer ({stream['characters']} characters in Home Assistant's deltas, "
+                f"{stream['audio_s']} s of speech): first audio {stream['first_audio_s']} s "
+                f"(last delta sent at {stream['last_delta_s']} s), {stream['pauses']} pauses after it, "
+                f"{stream['paused_s']} s in all, longest {stream['longest_pause_s']} s"
+            )
 
 
 def main() -> None:
@@ -397,6 +411,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="requests per client (--clients)")
     parser.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--sentence-seconds", type=float, default=3.0, help="speech per server request")
+    parser.add_argument(
+        "--stream-sentences",
+        type=int,
+        default=0,
+        help="stream an answer of N sentences as Home Assistant's LLM deltas; report pauses in playback",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     result = benchmark(args)
