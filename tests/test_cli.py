@@ -1,8 +1,10 @@
 """Command line: defaults, environment variables and validation."""
 
+import json
+
 import pytest
 
-from wyoming_bark.__main__ import build_engine, build_parser
+from wyoming_bark.__main__ import build_engine, build_parser, parse_args
 from wyoming_bark.discovery import default_service_name
 from wyoming_bark.errors import TtsError
 
@@ -49,6 +51,9 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_AUDIO_STREAMING": "off",
         "BARK_CACHE_SIZE_MB": "50",
         "BARK_MAX_BATCH": "4",
+        "BARK_LOOKAHEAD": "1",
+        "BARK_MAX_CONNECTIONS": "10",
+        "BARK_IDLE_TIMEOUT": "30",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
     }
@@ -70,7 +75,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         7,
         2000,
     )
-    assert args.max_batch == 4
+    assert args.max_batch == 4 and args.lookahead == 1
+    assert (args.max_connections, args.idle_timeout) == (10, 30.0)
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
@@ -138,3 +144,43 @@ def test_language_voices_are_checked_at_start(value, message, tmp_path):
     args = build_parser().parse_args(["--language-voices", value, "--data-dir", str(tmp_path)])
     with pytest.raises(TtsError, match=message):
         build_engine(args)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BARK_CACHE_SIZE_MB", "inf"),
+        ("BARK_SEED", str(2**63)),
+        ("BARK_SENTENCE_SILENCE", "nan"),
+        ("BARK_SENTENCE_SILENCE", "100000"),
+        ("BARK_MAX_BATCH", "1000000"),
+        ("BARK_TEXT_TEMP", "0"),
+        ("BARK_ENGINE", "nope"),
+        ("BARK_CORE", "slow"),
+        ("BARK_LOG_FORMAT", "%"),
+        ("BARK_LOG_FORMAT", "%(nope)s"),
+    ],
+)
+def test_settings_that_would_break_the_server_stop_it_at_start(monkeypatch, capsys, variable, value):
+    """A value that passes parsing but cannot work is refused with one line naming the setting."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    flag = "--" + variable.removeprefix("BARK_").lower().replace("_", "-")
+    assert flag in message and "Traceback" not in message
+
+
+def test_infinity_in_the_config_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "bark.json"
+    path.write_text(json.dumps({"tts": {"bark": {"cache_size_mb": float("inf")}}}), encoding="utf-8")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    assert "cache_size_mb" in capsys.readouterr().err
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "(default: 8)" in capsys.readouterr().out

@@ -22,6 +22,7 @@ BYTES_PER_SENTENCE = 2 * SAMPLES_PER_SENTENCE
 def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
     cache_mb = settings.pop("cache_size_mb", None)
     max_batch = settings.pop("max_batch", 8)
+    lookahead = settings.pop("lookahead", None)
     voices = settings.pop("voices", VoiceLibrary(None))
     return create_engine(
         "bark",
@@ -33,6 +34,7 @@ def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
         settings=GenerationSettings(max_semantic_tokens=20, **settings),
         cache_size_mb=cache_mb,
         max_batch=max_batch,
+        lookahead=lookahead,
     )
 
 
@@ -116,9 +118,11 @@ async def test_sentences_of_one_text_are_batched(tiny_model, tmp_path):
     """With batching, the next sentences are made while the first plays — and sound the same."""
     text = "First one here. Second one here. Third one here. Fourth one here."
     batched = make_engine(tiny_model, tmp_path / "a", seed=3, max_batch=3)
-    serial = make_engine(tiny_model, tmp_path / "b", seed=3, max_batch=1)
+    serial = make_engine(tiny_model, tmp_path / "b", seed=3, max_batch=1, lookahead=2)
+    chosen = make_engine(tiny_model, tmp_path / "c", seed=3, max_batch=8, lookahead=1)
     try:
-        assert (batched.lookahead, serial.lookahead) == (2, 0)
+        assert (batched.lookahead, serial.lookahead) == (2, 0), "never more than the batch can hold"
+        assert chosen.lookahead == 1, "as --lookahead asks"
         together, alone = await collect(batched.speak(text)), await collect(serial.speak(text))
         assert len(together) == len(alone) == 4 * BYTES_PER_SENTENCE
         difference = np.frombuffer(together, "<i2").astype(int) - np.frombuffer(alone, "<i2")
@@ -129,6 +133,7 @@ async def test_sentences_of_one_text_are_batched(tiny_model, tmp_path):
     finally:
         batched.close()
         serial.close()
+        chosen.close()
 
 
 async def test_voices(engine, tmp_path):

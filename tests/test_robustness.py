@@ -206,7 +206,8 @@ async def test_flooding_client_is_bounded(bark_server):
     """Hundreds of requests without reading: the connection's queue is bounded, others are served."""
     port = int(bark_server.uri.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = json.dumps({"type": "synthesize", "data": {"text": ""}}).encode() + b"\n"
+    # Requests that take time to answer, so they wait in the connection's queue.
+    request = json.dumps({"type": "synthesize", "data": {"text": "Fill the queue."}}).encode() + b"\n"
     chunk = json.dumps({"type": "synthesize-chunk", "data": {"text": ""}}).encode() + b"\n"
     # 600 chunks are one streaming request; then 50 requests, beyond the 16 that may wait.
     stop = header(type="synthesize-stop")

@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from .engine import GenerationSettings
 from .errors import ModelLoadError, TtsError
 from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
 from .model import device_summary, resolve_device
+from .protocol import ConnectionLimits
 from .voices import DEFAULT_VOICE, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,25 +57,45 @@ def _zeroconf_env() -> str | None:
     return DEFAULT_ZEROCONF_NAME if value.lower() in ("1", "true", "yes", "on") else value
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return number
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (values from the environment and file too)."""
+
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
+        return number
+
+    parse.__name__ = "integer"
+    return parse
 
 
-def _probability(value: str) -> float:
-    number = float(value)
-    if not 0.0 < number <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return number
+def _number_in(low: float, high: float, above_low: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (or (low, high] with ``above_low``)."""
+
+    def parse(value: str) -> float:
+        number = float(value)
+        if not (math.isfinite(number) and (low < number if above_low else low <= number) and number <= high):
+            bounds = f"({low}, {high}]" if above_low else f"[{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be a number in {bounds}, got {value}")
+        return number
+
+    parse.__name__ = "number"
+    return parse
 
 
-def _semantic_tokens(value: str) -> int:
-    number = _positive_int(value)
-    if number > 768:
-        raise argparse.ArgumentTypeError("Bark generates at most 768 semantic tokens per sentence")
-    return number
+def _lookahead(value: str) -> int | None:
+    """``auto`` (None: the engine's choice) or a number of sentences."""
+    return None if value == "auto" else _int_in(0, 7)(value)
+
+
+def _log_format(value: str) -> str:
+    """A logging format that can format a record (checked now, not at the first log line)."""
+    try:
+        logging.Formatter(value).format(logging.makeLogRecord({"msg": "check"}))
+    except (ValueError, KeyError, TypeError) as err:
+        raise argparse.ArgumentTypeError(f"not a usable logging format ({err!r})") from err
+    return value
 
 
 def _language_voices(value: str) -> dict[str, str]:
@@ -82,19 +106,13 @@ def _language_voices(value: str) -> dict[str, str]:
     return {language.strip(): voice.strip() for language, voice in pairs}
 
 
-def _non_negative(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return number
-
-
 def build_parser(file_values: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """The command line; ``file_values`` (from --config) replace the built-in defaults only."""
     file_values = file_values or {}
     parser = argparse.ArgumentParser(
         prog="wyoming-bark",
         description="Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
     def from_file(flag: str, default, convert=None):
@@ -143,12 +161,24 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     )
     add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
     add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
-    add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_positive_int)
+    add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_int_in(1, 240_000))
     add(
         "max-chars",
         str(DEFAULT_MAX_CHARS),
         "Longest text one request may send (characters)",
-        type=_positive_int,
+        type=_int_in(1, 1_000_000),
+    )
+    add(
+        "max-connections",
+        "64",
+        "Connections served at once; more are refused with a busy error",
+        type=_int_in(1, 10_000),
+    )
+    add(
+        "idle-timeout",
+        "120",
+        "Seconds a connection may stay open with no request in flight",
+        type=_number_in(1, 86_400),
     )
     switch("no-streaming", "Do not announce streaming synthesis (synthesize-start/chunk/stop)")
     switch("preload", "Load the model at start instead of on the first request")
@@ -156,18 +186,19 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "max-semantic-tokens",
         "768",
         "Semantic tokens per sentence at most (768 = ~15 s)",
-        type=_semantic_tokens,
+        type=_int_in(1, 768),  # Bark's limit: 768 semantic tokens per generation
     )
     add(
         "min-eos-p",
         "0.05",
         "End a sentence once the end-of-speech probability reaches this",
-        type=_probability,
+        type=_number_in(0, 1, above_low=True),
     )
-    add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=float)
-    add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=float)
-    add("seed", None, "Seed each sentence's sampling for reproducible audio", type=int)
-    add("sentence-silence", "0", "Seconds of silence between sentences", type=_non_negative)
+    temperature = _number_in(0, 10, above_low=True)
+    add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=temperature)
+    add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=temperature)
+    add("seed", None, "Seed each sentence's sampling for reproducible audio", type=_int_in(0, 2**63 - 1))
+    add("sentence-silence", "0", "Seconds of silence between sentences", type=_number_in(0, 10))
     add(
         "audio-streaming",
         "auto",
@@ -178,14 +209,20 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "max-batch",
         "8",
         "Sentences decoded together on the GPU, across all clients (1: one at a time)",
-        type=_positive_int,
+        type=_int_in(1, 64),
+    )
+    add(
+        "lookahead",
+        "auto",
+        "Sentences of a text made while an earlier one plays: auto (2, within --max-batch) or 0-7",
+        type=_lookahead,
     )
     switch("cache", "Keep spoken sentences on disk and replay repeats from there")
     add(
         "cache-size-mb",
         "200",
         "Size bound of the sentence cache (least recently used go first)",
-        type=_non_negative,
+        type=_number_in(0, 1_000_000),
     )
     parser.set_defaults(voice_seeds=file_values.get("voice_seeds", {}))
     parser.add_argument(
@@ -199,7 +236,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     )
     add("zeroconf-host", None, "Address to announce (default: the bound address, else the outgoing one)")
     switch("debug", "Log at DEBUG level")
-    add("log-format", DEFAULT_LOG_FORMAT, "Python logging format")
+    add("log-format", DEFAULT_LOG_FORMAT, "Python logging format", type=_log_format)
     parser.add_argument("--version", action="version", version=__version__)
     return parser
 
@@ -218,6 +255,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ConfigError as err:
         early.error(str(err))
     args = parser.parse_args(argv)
+    for action in parser._actions:  # argparse checks choices on the command line only
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            parser.error(
+                f"argument {action.option_strings[0]} (or {env_name(action.option_strings[0][2:])}, "
+                f"or the config file): invalid choice {value!r} (choose from {', '.join(action.choices)})"
+            )
     args.config_warnings = warnings
     return args
 
@@ -262,6 +306,7 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         cache_size_mb=args.cache_size_mb if args.cache else None,
         audio_streaming=args.audio_streaming,
         max_batch=args.max_batch,
+        lookahead=args.lookahead,
     )
 
 
@@ -316,8 +361,13 @@ async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
         custom_voices_dir(args),
     )
     try:
+        limits = ConnectionLimits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
         handler = partial(
-            BarkEventHandler, engine=engine, streaming=not args.no_streaming, max_chars=args.max_chars
+            BarkEventHandler,
+            engine=engine,
+            streaming=not args.no_streaming,
+            max_chars=args.max_chars,
+            limits=limits,
         )
         await server.run(handler)
     finally:
@@ -330,9 +380,27 @@ async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
         _LOGGER.info("Stopped")
 
 
+class _OncePer(logging.Filter):
+    """Lets a repeated message through once per ``seconds`` (asyncio logs a traceback for every
+    failed accept() while the open-file limit is reached)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = str(record.msg)[:80], time.monotonic()
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
+    logging.getLogger("asyncio").addFilter(_OncePer(30.0))
     for warning in args.config_warnings:
         _LOGGER.warning("%s", warning)
     if not args.debug:

@@ -8,10 +8,12 @@ dropped and regenerated) and kept across restarts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import zlib
@@ -29,14 +31,33 @@ def cache_key(*parts: object) -> str:
 
 
 class AudioCache:
-    """PCM files in ``folder``, at most ``max_bytes`` in all. Thread-safe; does blocking I/O."""
+    """PCM files in ``folder``, at most ``max_bytes`` in all. Thread-safe; does blocking I/O.
+
+    Best effort throughout: a full, read-only or shared directory, a race with eviction (or with a
+    second server using the same folder), or anything odd where an entry should be, is logged
+    once per kind and treated as a miss; it never fails a request.
+    """
 
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         self.hits = self.misses = self.corrupt = 0
         self._lock = threading.Lock()
-        folder.mkdir(parents=True, exist_ok=True)
+        self._reported: set[tuple[str, int | None]] = set()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for leftover in folder.glob("*.tmp"):  # from a crash or a full disk
+                leftover.unlink(missing_ok=True)
+        except OSError as err:
+            self._report("open", err)
+
+    def _report(self, what: str, err: OSError) -> None:
+        """Log a cache problem once per operation and kind of error."""
+        if (what, err.errno) not in self._reported:
+            self._reported.add((what, err.errno))
+            _LOGGER.warning(
+                "Sentence cache: cannot %s in %s (%s); carrying on without it", what, self.folder, err
+            )
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.pcm"
@@ -45,39 +66,65 @@ class AudioCache:
         path = self._path(key)
         try:
             raw = path.read_bytes()
-        except FileNotFoundError:
+        except FileNotFoundError:  # not cached, or evicted meanwhile
             self.misses += 1
             return None
+        except OSError as err:  # e.g. a directory where the entry should be
+            self._report("read an entry", err)
+            raw = b""
         if len(raw) >= HEADER.size:
             magic, length, crc = HEADER.unpack_from(raw)
             pcm = raw[HEADER.size :]
             if magic == MAGIC and length == len(pcm) and zlib.crc32(pcm) == crc:
                 self.hits += 1
-                os.utime(path)  # most recently used
+                try:
+                    os.utime(path)  # most recently used
+                except OSError as err:  # read-only, or evicted since the read: the audio is good
+                    self._report("mark an entry as used", err)
                 return pcm
-        _LOGGER.warning("Dropping damaged cache file %s", path)
+        _LOGGER.warning("Dropping damaged cache entry %s", path)
         self.corrupt += 1
         self.misses += 1
-        path.unlink(missing_ok=True)
+        self._remove(path)
         return None
+
+    def _remove(self, path: Path) -> None:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as err:
+            self._report("remove a damaged entry", err)
 
     def put(self, key: str, pcm: bytes) -> None:
         if HEADER.size + len(pcm) > self.max_bytes:
             return
         path = self._path(key)
         temporary = path.with_suffix(f".{threading.get_ident()}.tmp")
-        temporary.write_bytes(HEADER.pack(MAGIC, len(pcm), zlib.crc32(pcm)) + pcm)
-        os.replace(temporary, path)  # readers never see half a file
+        try:
+            temporary.write_bytes(HEADER.pack(MAGIC, len(pcm), zlib.crc32(pcm)) + pcm)
+            os.replace(temporary, path)  # readers never see half a file
+        except OSError as err:  # full or read-only disk, a directory in the way
+            self._report("store an entry", err)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            return
         self._evict()
 
     def _entries(self) -> list[tuple[float, int, str]]:
         """(mtime, size, path) of every entry, oldest first."""
         entries = []
-        for entry in os.scandir(self.folder):
+        try:
+            scan = list(os.scandir(self.folder))
+        except OSError as err:
+            self._report("list entries", err)
+            return []
+        for entry in scan:
             if entry.name.endswith(".pcm"):
                 try:
                     info = entry.stat()
-                except FileNotFoundError:  # evicted meanwhile
+                except OSError:  # evicted meanwhile
                     continue
                 entries.append((info.st_mtime, info.st_size, entry.path))
         return sorted(entries)
@@ -89,7 +136,7 @@ class AudioCache:
             for _, size, path in entries:
                 if total <= self.max_bytes:
                     break
-                Path(path).unlink(missing_ok=True)
+                self._remove(Path(path))
                 total -= size
 
     def stats(self) -> dict:

@@ -110,14 +110,13 @@ class BarkEngine(TtsEngine):
         cache_size_mb: float | None = None,
         audio_streaming: str = "auto",
         max_batch: int = 8,
+        lookahead: int | None = None,
     ) -> None:
         self.model = model
         self.core = core
         self.audio_streaming = audio_streaming  # auto | on | off
         self.max_batch = max_batch  # sentences decoded together (fast core)
-        # With batching, the next sentences of a text ride along in the batch of the one playing;
-        # two at most, so one long text cannot take every row from other clients.
-        self.lookahead = min(2, max_batch - 1) if core == "fast" else 0
+        self._lookahead = lookahead  # None: auto
         self.data_dir = data_dir
         self.device = device
         self.voices = voices
@@ -296,6 +295,18 @@ class BarkEngine(TtsEngine):
             s.seed_for(voice.name),
         )
 
+    @property
+    def lookahead(self) -> int:
+        """Sentences of one text made beside the one being played (``--lookahead``).
+
+        With batching the next sentences ride along in the batch of the one playing; two at most
+        by default, so one long text cannot take every row from other clients.
+        """
+        if self.core != "fast":
+            return 0
+        wanted = 2 if self._lookahead is None else self._lookahead
+        return min(wanted, self.max_batch - 1)
+
     def streams_audio(self) -> bool:
         """Release audio inside a sentence? ``auto``: on a GPU, where generation outruns playback."""
         bark = self._bark
@@ -306,7 +317,10 @@ class BarkEngine(TtsEngine):
     async def _generate_async(self, sentence: str, voice: Voice) -> AsyncIterator[np.ndarray]:
         """Float audio pieces for one sentence, as the scheduler thread makes them."""
         bark = await self.load()
-        prompt = self.voices.load(voice, bark.model_dir)
+        # Off the event loop: a voice file is read from disk (and a custom one may be large or odd).
+        prompt = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.voices.load, voice, bark.model_dir
+        )
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
 

@@ -1,4 +1,17 @@
-"""Errors a client should see; ``code`` becomes the Wyoming ``error`` event's code."""
+"""Errors a client should see; ``code`` becomes the Wyoming ``error`` event's code.
+
+Their messages name no absolute server paths, and client-supplied strings go in through
+``quoted`` (escaped, so a newline cannot forge a log line; truncated, so a 100 kB name is not
+logged whole).
+"""
+
+MAX_QUOTED = 60
+
+
+def quoted(text: object) -> str:
+    """A client-supplied string as it may appear in errors and logs."""
+    shown = repr(text)
+    return shown if len(shown) <= MAX_QUOTED else shown[: MAX_QUOTED - 1] + "…"
 
 
 class TtsError(Exception):

@@ -28,8 +28,8 @@ from wyoming.tts import (
 
 from . import __version__
 from .contract import TextStream, TtsEngine
-from .errors import SynthesisCancelled, TtsError
-from .protocol import STATUS_EVENT, ProtocolError, read_event
+from .errors import SynthesisCancelled, TtsError, quoted
+from .protocol import STATUS_EVENT, ConnectionLimits, IdleTimeout, ProtocolError, read_event
 from .text import clean_text
 
 _LOGGER = logging.getLogger(__name__)
@@ -98,39 +98,66 @@ class BarkEventHandler(AsyncEventHandler):
     """
 
     def __init__(
-        self, reader, writer, engine: TtsEngine, streaming: bool = True, max_chars: int = DEFAULT_MAX_CHARS
+        self,
+        reader,
+        writer,
+        engine: TtsEngine,
+        streaming: bool = True,
+        max_chars: int = DEFAULT_MAX_CHARS,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(reader, writer)
         self.engine = engine
         self.streaming = streaming
         self.max_chars = max_chars
+        self.limits = limits  # shared by all connections; None: no limits (tests, bench)
         self._stream: _Stream | None = None  # the open streaming request, if any
         self._jobs: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
     async def run(self) -> None:
-        """wyoming's loop, with a reader that bounds what a client can make us buffer."""
+        """wyoming's loop, with a reader that bounds what a client can make us buffer and wait for."""
+        limits = self.limits
+        if limits is not None and limits.connections >= limits.max_connections:
+            await self._error(
+                f"Too many connections ({limits.max_connections}, --max-connections); try again later", "busy"
+            )
+            self.writer.close()
+            return
+        if limits is not None:
+            limits.connections += 1
         self._is_running = True
         try:
             while self._is_running:
                 try:
-                    event = await read_event(self.reader)
+                    event = await read_event(self.reader, limits, limits.idle_timeout if limits else None)
                 except ProtocolError as err:
-                    await self._error(f"Bad event: {err}; closing the connection", "bad-event")
+                    await self._error(f"Bad event: {err}; closing the connection", err.code)
+                    break
+                except IdleTimeout:
+                    if self._in_flight():  # text may still come, audio is going out: keep waiting
+                        continue
+                    _LOGGER.debug("Closing a connection idle for %s s", limits and limits.idle_timeout)
                     break
                 if event is None or not await self.handle_event(event):
                     break
         except ConnectionError:
             pass
         finally:
+            if limits is not None:
+                limits.connections -= 1
             await self.disconnect()
             self.writer.close()
+
+    def _in_flight(self) -> bool:
+        """A request is open or being answered (then silence from the client is no idleness)."""
+        return self._stream is not None or (self._worker is not None and not self._worker.done())
 
     async def handle_event(self, event: Event) -> bool:
         try:
             await self._dispatch(event)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            await self._error(f"Malformed {event.type} event: {err!r}", "bad-event")
+            await self._error(f"Malformed {quoted(event.type)} event: {quoted(str(err))}", "bad-event")
         return True
 
     async def _dispatch(self, event: Event) -> None:
@@ -192,7 +219,7 @@ class BarkEventHandler(AsyncEventHandler):
             }
             await self.write_event(Event(STATUS_EVENT, data=status))
         else:  # the wyoming spec: events a program does not know are ignored
-            _LOGGER.debug("Ignoring event of type %s", event.type)
+            _LOGGER.debug("Ignoring event of type %s", quoted(event.type))
 
     def _too_long(self, text: object, so_far: int) -> Error | None:
         """The error for text beyond --max-chars (``so_far``: what the request sent before)."""

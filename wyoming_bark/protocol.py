@@ -1,25 +1,58 @@
 """Reading Wyoming events from untrusted clients, with bounds.
 
 wyoming's own reader trusts the header: it will wait for, and buffer, whatever ``data_length`` or
-``payload_length`` a client claims. A server on a home network must not: this reader parses the
-same wire format (a JSON header line, then optional JSON data and a binary payload) but refuses
-oversized or malformed events with a ``ProtocolError`` that says what was wrong.
+``payload_length`` a client claims, for as long as the client likes. A server on a home network
+must not: this reader parses the same wire format (a JSON header line, then optional JSON data and
+a binary payload) but refuses oversized, malformed or slow events with a ``ProtocolError`` that
+says what was wrong, and ``ConnectionLimits`` bounds what all connections together may hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 
 from wyoming.event import Event
+
+from .errors import quoted
 
 STATUS_EVENT = "bark-status"  # our extension: ask for (and receive) the engine's status
 MAX_DATA_BYTES = 1 << 20  # synthesize text lives here; --max-chars bounds it further
 MAX_PAYLOAD_BYTES = 1 << 20  # a TTS server receives no audio
+EVENT_TIMEOUT = 10.0  # seconds from an event's first byte to its last
+BUFFER_BUDGET = 16 << 20  # bytes of large events being read, all connections together
+SMALL_EVENT = 64 << 10  # data and payload up to this always pass (their sum is bounded by the
+# connection cap); only larger ones draw on the budget, so half-sent large events cannot lock
+# ordinary requests out
 
 
 class ProtocolError(ValueError):
     """The client sent something that is not a well-formed, acceptable Wyoming event."""
+
+    code = "bad-event"
+
+
+class Overloaded(ProtocolError):
+    """All connections together are reading as much as the server allows; try again later."""
+
+    code = "busy"
+
+
+class IdleTimeout(Exception):
+    """No event began within the idle timeout."""
+
+
+@dataclass
+class ConnectionLimits:
+    """Bounds shared by every connection of one server."""
+
+    max_connections: int = 64
+    idle_timeout: float = 120.0  # no request in flight and no event begun
+    event_timeout: float = EVENT_TIMEOUT
+    buffer_budget: int = BUFFER_BUDGET
+    connections: int = 0  # open now
+    buffered: int = 0  # bytes of data and payload being read now
 
 
 def _length(header: dict, key: str, limit: int) -> int:
@@ -27,7 +60,7 @@ def _length(header: dict, key: str, limit: int) -> int:
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"{key} must be a non-negative integer, got {value!r}")
+        raise ProtocolError(f"{key} must be a non-negative integer, got {quoted(value)}")
     if value > limit:
         raise ProtocolError(f"{key} {value} exceeds the limit of {limit} bytes")
     return value
@@ -40,16 +73,37 @@ def _json(raw: bytes, what: str):
         raise ProtocolError(f"{what} is not valid UTF-8") from err
     except ValueError as err:
         raise ProtocolError(f"{what} is not valid JSON: {err}") from err
+    except RecursionError as err:  # json nests by recursion: 5,000 levels fit in 64 KiB
+        raise ProtocolError(f"{what} is nested too deeply") from err
 
 
-async def read_event(reader: asyncio.StreamReader) -> Event | None:
-    """The next event, ``None`` at a clean end of stream; raises ``ProtocolError`` on bad input."""
+async def read_event(
+    reader: asyncio.StreamReader, limits: ConnectionLimits | None = None, idle_timeout: float | None = None
+) -> Event | None:
+    """The next event, ``None`` at a clean end of stream.
+
+    Raises ``IdleTimeout`` when no event begins within ``idle_timeout`` (None: wait forever) and
+    ``ProtocolError`` on bad input, including an event not complete within ``limits.event_timeout``.
+    """
     try:
-        line = await reader.readline()
+        first = await asyncio.wait_for(reader.read(1), idle_timeout)
+    except asyncio.TimeoutError as err:
+        raise IdleTimeout from err
+    if not first:
+        return None
+    if limits is None:
+        return await _read_rest(reader, first, None)
+    try:
+        return await asyncio.wait_for(_read_rest(reader, first, limits), limits.event_timeout)
+    except asyncio.TimeoutError as err:
+        raise ProtocolError(f"event not complete within {limits.event_timeout:g} s") from err
+
+
+async def _read_rest(reader: asyncio.StreamReader, first: bytes, limits: ConnectionLimits | None) -> Event:
+    try:
+        line = first + (await reader.readline() if first != b"\n" else b"")
     except ValueError as err:  # longer than the stream's limit (64 KiB) without a newline
         raise ProtocolError("event header line too long") from err
-    if not line:
-        return None
     if not line.endswith(b"\n"):
         raise ProtocolError("connection closed in the middle of an event header")
     header = _json(line, "event header")
@@ -60,6 +114,11 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
         raise ProtocolError('event "data" must be a JSON object')
     data_length = _length(header, "data_length", MAX_DATA_BYTES)
     payload_length = _length(header, "payload_length", MAX_PAYLOAD_BYTES)
+    claimed = data_length + payload_length
+    if limits is not None and claimed > SMALL_EVENT:
+        if limits.buffered + claimed > limits.buffer_budget:
+            raise Overloaded("the server is reading as much as it allows from all clients; try again")
+        limits.buffered += claimed
     try:
         if data_length:
             extra = _json(await reader.readexactly(data_length), "event data")
@@ -69,4 +128,7 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
         payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError as err:
         raise ProtocolError("connection closed in the middle of an event") from err
+    finally:
+        if limits is not None and claimed > SMALL_EVENT:
+            limits.buffered -= claimed
     return Event(type=header["type"], data=data, payload=payload)

@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import re
+import stat
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UnknownVoice, VoiceError
+from .errors import UnknownVoice, VoiceError, quoted
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ _CUSTOM_LANGUAGE_RE = re.compile(rf"^(?P<name>.+)\.(?P<lang>{'|'.join(LANGUAGES)
 EMBEDDINGS_INDEX = "speaker_embeddings_path.json"
 
 PROMPT_KEYS = ("semantic_prompt", "coarse_prompt", "fine_prompt")
+# Bark's prompts are tens of kilobytes; these bounds keep a hostile file from costing more.
+MAX_VOICE_FILE_BYTES = 1 << 20
+MAX_VOICE_ARRAY_BYTES = 8 << 20  # all arrays of one prompt, uncompressed
 SEMANTIC_VOCAB = 10_000
 CODEBOOK_SIZE = 1024
 N_COARSE, N_FINE = 2, 8
@@ -125,13 +129,22 @@ def validate_prompt(arrays: dict[str, np.ndarray], source: str) -> Prompt:
 
 
 def load_npz(path: Path) -> Prompt:
-    """Load a custom voice file (Bark's ``.npz`` history-prompt format)."""
+    """Load a custom voice file (Bark's ``.npz`` history-prompt format); blocking, bounded."""
+    name = path.name
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the reader forever
+            raise VoiceError(f"Voice file {name} is not a regular file")
+        if info.st_size > MAX_VOICE_FILE_BYTES:
+            raise VoiceError(f"Voice file {name} is larger than {MAX_VOICE_FILE_BYTES >> 20} MiB")
+        with zipfile.ZipFile(path) as archive:  # sizes before inflating anything
+            if sum(member.file_size for member in archive.infolist()) > MAX_VOICE_ARRAY_BYTES:
+                raise VoiceError(f"Voice file {name} expands beyond {MAX_VOICE_ARRAY_BYTES >> 20} MiB")
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise VoiceError(f"Voice file {path} is not a readable .npz: {err}") from err
-    return validate_prompt(arrays, str(path))
+        raise VoiceError(f"Voice file {name} is not a readable .npz: {err}") from err
+    return validate_prompt(arrays, name)
 
 
 class VoiceLibrary:
@@ -144,6 +157,7 @@ class VoiceLibrary:
         self.voices_dir = voices_dir
         self._builtin = {voice.name: voice for voice in builtin_voices()}
         self._cache: dict[tuple[str, float], Prompt] = {}
+        self._warned: set[str] = set()  # files already reported as skipped
         self.defaults = builtin_defaults()
         for language, name in (defaults or {}).items():
             self.set_default(language, name)
@@ -165,11 +179,24 @@ class VoiceLibrary:
             # file name says which one (NAME.LANG.npz).
             match = _CUSTOM_LANGUAGE_RE.match(path.stem)
             name, languages = (match["name"], (match["lang"],)) if match else (path.stem, tuple(LANGUAGES))
-            if name in self._builtin or name in voices:
-                _LOGGER.warning("Custom voice %s has the name of another voice (%s); ignored", path, name)
-                continue
-            voices[name] = Voice(name, languages, f"Custom voice {name}", path)
+            if not _is_utf8(name):
+                self._skip(path, "its name is not valid UTF-8")
+            elif self._is_builtin(name) or name in voices:
+                self._skip(path, f"voice {name} already exists (built-in names win)")
+            elif not path.is_file():
+                self._skip(path, "it is not a regular file")
+            else:
+                voices[name] = Voice(name, languages, f"Custom voice {name}", path)
         return list(voices.values())
+
+    def _skip(self, path: Path, why: str) -> None:
+        """Leave a custom voice file out, saying so once (describe lists the folder every time)."""
+        if str(path) not in self._warned:
+            self._warned.add(str(path))
+            _LOGGER.warning("Custom voice file %r ignored: %s", path.name, why)
+
+    def _is_builtin(self, name: str) -> bool:
+        return name in self._builtin or f"v2/{name}" in self._builtin
 
     def list(self) -> list[Voice]:
         """Every voice; the default of a language has DEFAULT_MARK before its description."""
@@ -192,7 +219,7 @@ class VoiceLibrary:
         for voice in self.custom_voices():
             if voice.name == name:
                 return voice
-        raise UnknownVoice(f"Unknown voice '{name}'. Send describe to list the available voices.")
+        raise UnknownVoice(f"Unknown voice {quoted(name)}. Send describe to list the available voices.")
 
     def load(self, voice: Voice, model_dir: Path) -> Prompt:
         """Return the voice's prompt, from the model repo (built-in) or its file (custom)."""
@@ -200,7 +227,7 @@ class VoiceLibrary:
         try:
             key = (str(source) + "#" + voice.name, source.stat().st_mtime)
         except OSError as err:
-            raise VoiceError(f"Voice '{voice.name}' is unavailable: {source} is missing") from err
+            raise VoiceError(f"Voice '{voice.name}' is unavailable: {source.name} is missing") from err
         if key not in self._cache:
             if voice.path is not None:
                 prompt = load_npz(voice.path)
@@ -211,11 +238,20 @@ class VoiceLibrary:
         return self._cache[key]
 
 
+def _is_utf8(name: str) -> bool:
+    """False for file names with bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _load_builtin(model_dir: Path, name: str) -> Prompt:
     index = json.loads((model_dir / EMBEDDINGS_INDEX).read_text(encoding="utf-8"))
     entry = index.get(name)
     if not isinstance(entry, dict):
-        raise VoiceError(f"Voice '{name}' is not in this model's speaker embeddings ({model_dir})")
+        raise VoiceError(f"Voice '{name}' is not in this model's speaker embeddings")
     arrays = {}
     for key in PROMPT_KEYS:
         # Lexical containment check only: hub snapshots are symlinks into a blobs/ folder.

@@ -1,0 +1,101 @@
+"""Connections a hostile or broken client holds: idle, slow, too many, or half-sent and large."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from conftest import describe
+from test_robustness import rss_mib
+from test_server import assert_stream, synthesize
+from wyoming.client import AsyncClient
+from wyoming.event import async_read_event
+from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
+from wyoming_client import read_until
+
+
+def port_of(server) -> int:
+    return int(server.uri.rsplit(":", 1)[1])
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> list:
+    """Events until the server closes the connection; fails if it is still open after ``seconds``."""
+    events = []
+    async with asyncio.timeout(seconds):
+        while (event := await async_read_event(reader)) is not None:
+            events.append(event)
+    return events
+
+
+async def test_idle_connections_are_closed_but_open_requests_wait(server_factory, tiny_model):
+    server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20", "--idle-timeout", "2")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    started = time.monotonic()
+    assert await closed_within(reader, 10) == []
+    assert 1.5 < time.monotonic() - started < 10, "closed by the idle timeout, quietly"
+    writer.close()
+    # A streaming request whose text pauses longer (an LLM calling a tool) is not idle.
+    async with AsyncClient.from_uri(server.uri) as client:
+        await client.write_event(SynthesizeStart().event())
+        await asyncio.sleep(5)
+        await client.write_event(SynthesizeChunk("Still here after a pause.").event())
+        await client.write_event(SynthesizeStop().event())
+        result = await read_until(client, "synthesize-stopped")
+    assert result.types[-2:] == ["audio-stop", "synthesize-stopped"]
+
+
+async def test_a_slow_event_is_refused(bark_server):
+    """An event sent a byte a second is cut off after the event timeout (10 s), with a reason."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(bark_server))
+
+    async def trickle() -> None:
+        for byte in b'{"type": "describe", "data": {"padding": "' + b"x" * 100:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(1)
+
+    sender = asyncio.create_task(trickle())
+    events = await closed_within(reader, 20)
+    sender.cancel()
+    writer.close()
+    assert [e.data["code"] for e in events] == ["bad-event"] and "not complete within" in events[0].data[
+        "text"
+    ]
+
+
+async def test_connections_beyond_the_cap_are_refused(server_factory, tiny_model):
+    server = server_factory("--model", str(tiny_model), "--max-connections", "3")
+    held = [await asyncio.open_connection("127.0.0.1", port_of(server)) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    events = await closed_within(reader, 10)
+    assert [e.data["code"] for e in events] == ["busy"] and "--max-connections" in events[0].data["text"]
+    writer.close()
+    held.pop()[1].close()
+    await asyncio.sleep(0.5)
+    assert (await describe(server.uri)).type == "info", "served again once a place is free"
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_half_sent_large_events_are_bounded_in_memory(server_factory, tiny_model):
+    """100 connections each claiming 1 MiB + 1 MiB and sending most of it: bounded, others served."""
+    server = server_factory(
+        "--model", str(tiny_model), "--max-semantic-tokens", "20", "--max-connections", "200"
+    )
+    assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)
+    before = rss_mib(server.process.pid)
+    header = json.dumps({"type": "synthesize", "data_length": 1 << 20, "payload_length": 1 << 20}).encode()
+    connections = []
+    for _ in range(100):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(header + b"\n" + b" " * ((1 << 20) - 1))
+        connections.append((reader, writer))
+    # Beyond the server's budget for large events, connections are refused (busy) and reset.
+    await asyncio.gather(*(writer.drain() for _, writer in connections), return_exceptions=True)
+    await asyncio.sleep(2)
+    grown = rss_mib(server.process.pid) - before
+    assert grown < 64, f"{grown:.0f} MiB for half-sent events"
+    assert_stream(await synthesize(server.uri, "Others are fine."), sentences=1)
+    for _, writer in connections:
+        writer.close()
