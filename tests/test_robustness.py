@@ -9,6 +9,8 @@ import random
 import shutil
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 from wyoming_client import read_until, status
 
 from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
+from wyoming_bark.errors import ModelLoadError
 from wyoming_bark.fast import FastBark
+from wyoming_bark.model import model_directory
 from wyoming_bark.voices import VoiceLibrary
 
 # BARK_SOAK_REQUESTS=20 runs the full soak (8 clients x 20 requests); CI runs a short one.
@@ -269,8 +273,31 @@ async def test_model_appears_later_and_the_server_recovers(server_factory, tiny_
     first = await synthesize(server.uri, "Anyone there?")
     assert first.types == ["error"] and str(later) in first.events[0].data["text"]
     shutil.copytree(tiny_model, later)
-    assert_stream(await synthesize(server.uri, "Now I am."), sentences=1)
+    deadline = time.monotonic() + 15  # the next attempt comes after the back-off (2 s at first)
+    while (result := await synthesize(server.uri, "Now I am.")).error() is not None:
+        assert time.monotonic() < deadline, result.error()
+        await asyncio.sleep(0.5)
+    assert_stream(result, sentences=1)
     assert (await status(server.uri))["last_error"] is None
+
+
+async def test_requests_during_a_failing_load_share_one_attempt(server_factory, tmp_path):
+    missing = tmp_path / "no-model-here"
+    server = server_factory("--model", str(missing), "--max-semantic-tokens", "20")
+    results = await asyncio.gather(*(synthesize(server.uri, f"Request {i}.") for i in range(6)))
+    assert all(r.error() is not None and r.error().data["code"] == "model-not-loaded" for r in results)
+    assert server.log_text().count("Model not loaded") == 1, "one attempt for six requests"
+
+
+@pytest.mark.parametrize(
+    ("device", "message"), [("gpu", "Invalid --device 'gpu'"), ("cuda:x", "Invalid --device 'cuda:x'")]
+)
+def test_a_device_that_can_never_work_stops_the_server_at_start(tmp_path, device, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "wyoming_bark", "--device", device, "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
 async def test_sigterm_mid_synthesis_exits_cleanly(server_factory, tiny_model):
@@ -315,3 +342,8 @@ async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, mo
     audio = b"".join([chunk async for chunk in engine.speak("Second.")])
     assert len(audio) == 2 * SAMPLES_PER_SENTENCE
     engine.close()
+
+
+def test_a_model_name_that_is_neither_directory_nor_hub_id_says_so(tmp_path):
+    with pytest.raises(ModelLoadError, match="neither a directory nor a hub id"):
+        model_directory("bark-small", tmp_path)

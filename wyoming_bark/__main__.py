@@ -407,6 +407,10 @@ def main() -> None:
         # transformers' deprecation chatter on every generate call is noise for users.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
+        resolve_device(args.device)  # a device that can never work stops the server here
+    except ModelLoadError as err:
+        raise SystemExit(f"wyoming-bark: {err}") from err
+    try:
         engine = build_engine(args)
     except TtsError as err:
         raise SystemExit(f"wyoming-bark: --voice/--language-voices: {err}") from err

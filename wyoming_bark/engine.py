@@ -34,6 +34,9 @@ from .voices import Prompt, Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 
+# After a failed model load, no new attempt for this long (doubling while it keeps failing).
+LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0
+
 SAMPLE_RATE = TtsEngine.sample_rate
 SAMPLE_WIDTH = TtsEngine.sample_width
 HEALTH_PHRASE = "Test."
@@ -133,35 +136,53 @@ class BarkEngine(TtsEngine):
         self._bark: LoadedBark | None = None
         self._scheduler: Scheduler | None = None
         self._load_lock = asyncio.Lock()
+        self._load_failure: ModelLoadError | None = None  # the last attempt's, during the back-off
+        self._retry_at = 0.0  # monotonic time before which no new attempt is made
+        self._backoff = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-load")
 
     async def load(self) -> LoadedBark:
-        """Load the model once; after a failure the next call tries again."""
+        """Load the model once. After a failure, calls within a back-off (2 s, doubling up to
+        60 s while it keeps failing) get the same error: requests that arrived together cause one
+        attempt, not one each."""
         async with self._load_lock:
             if self._bark is None:
-                started = time.monotonic()
-                loop = asyncio.get_running_loop()
+                if self._load_failure is not None and time.monotonic() < self._retry_at:
+                    raise ModelLoadError(str(self._load_failure))
                 try:
-                    self._bark = await loop.run_in_executor(
-                        self._executor,
-                        load_bark,
-                        self.model,
-                        self.data_dir,
-                        self.device,
-                        self.core,
-                        self.max_batch,
-                    )
+                    self._bark = await self._load_now()
                 except ModelLoadError as err:
-                    self.last_error = str(err)
-                    _LOGGER.error("Model not loaded: %s", err)
+                    self._backoff = min(LOAD_BACKOFF_MAX, max(LOAD_BACKOFF_MIN, 2 * self._backoff))
+                    self._load_failure, self._retry_at = err, time.monotonic() + self._backoff
                     raise
-                except Exception as err:
-                    self.last_error = f"Loading Bark model '{self.model}' failed: {err}"
-                    _LOGGER.exception("Model not loaded")
-                    raise ModelLoadError(self.last_error) from err
-                self.last_error = None
-                _LOGGER.info("Loaded %s in %.1f s", self.model, time.monotonic() - started)
+                self._load_failure, self._backoff = None, 0.0
             return self._bark
+
+    async def _load_now(self) -> LoadedBark:
+        """One attempt, on the loader thread; failures become ``ModelLoadError`` (logged)."""
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            bark = await loop.run_in_executor(
+                self._executor,
+                load_bark,
+                self.model,
+                self.data_dir,
+                self.device,
+                self.core,
+                self.max_batch,
+            )
+        except ModelLoadError as err:
+            self.last_error = str(err)
+            _LOGGER.error("Model not loaded: %s", err)
+            raise
+        except Exception as err:
+            self.last_error = f"Loading Bark model '{self.model}' failed: {err}"
+            _LOGGER.exception("Model not loaded")
+            raise ModelLoadError(self.last_error) from err
+        self.last_error = None
+        _LOGGER.info("Loaded %s in %.1f s", self.model, time.monotonic() - started)
+        return bark
 
     # --- the contract -------------------------------------------------------------------
 

@@ -53,10 +53,15 @@ def resolve_device(spec: str) -> torch.device:
         raise ModelLoadError(f"Invalid --device '{spec}': use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
+            missing = (
+                "this torch is a CUDA build, so the NVIDIA driver or a visible GPU is missing "
+                "(check nvidia-smi; in Docker, the GPU reservation and the NVIDIA Container Toolkit)"
+                if torch.version.cuda
+                else "this torch is a CPU build: install a CUDA build of torch"
+            )
             raise ModelLoadError(
-                f"--device {spec} was requested but PyTorch sees no CUDA GPU "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
-                "Install a CUDA build of torch and the NVIDIA driver, or use --device cpu."
+                f"--device {spec} was requested but PyTorch sees no CUDA GPU (torch {torch.__version__}): "
+                f"{missing}; or use --device cpu."
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ModelLoadError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) found")
@@ -71,6 +76,10 @@ def _is_local(model: str) -> bool:
 
 def model_directory(model: str, data_dir: Path) -> Path:
     """Local directory holding the model: ``model`` itself, or its hub snapshot (downloaded if needed)."""
+    if not _is_local(model) and model.count("/") != 1:
+        raise ModelLoadError(
+            f"Model {model!r} is neither a directory nor a hub id (owner/name, e.g. suno/bark-small)"
+        )
     if _is_local(model):
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
