@@ -302,3 +302,30 @@ def test_a_sentence_cancelled_while_waiting_for_a_row_hears_so(batched):
             assert len(listener.audio()) > 0
     finally:
         scheduler.close()
+
+
+def test_cancel_after_the_program_ended_but_before_its_audio_went_out_is_heard(batched):
+    """The race: the scheduler has finished the program (DONE queued behind its last audio) when
+    the listener goes away; the listener must hear Cancelled, not DONE."""
+    _, fast, _ = batched
+    making, release = threading.Event(), threading.Event()
+
+    def slow_audio() -> np.ndarray:
+        making.set()
+        release.wait(30)
+        return np.zeros(10, dtype=np.float32)
+
+    def program():
+        yield Audio(slow_audio)
+
+    scheduler = Scheduler(fast)
+    try:
+        listener = Listener()
+        job = Job(program(), listener)
+        scheduler.submit(job)
+        assert making.wait(30), "the program has ended; its audio is being made"
+        job.cancel.set()
+        release.set()
+        assert listener.done.wait(30) and isinstance(listener.outcome, Cancelled), listener.outcome
+    finally:
+        scheduler.close()

@@ -236,6 +236,14 @@ async def test_soak_concurrent_clients(bark_server):
     pid = bark_server.process.pid
     await synthesize(bark_server.uri, "Warm.")
     rss_before = rss_mib(pid)
+    unloaded = []
+    for _ in range(10):
+        started = time.monotonic()
+        await describe(bark_server.uri)
+        unloaded.append(time.monotonic() - started)
+    # A margin that holds on a busy machine: relative to describe without load, in this run. A
+    # loop blocked by generation would show whole sentences (hundreds of ms each) in the tail.
+    bound = max(0.1, 40 * statistics.median(unloaded))
     voices = ["v2/en_speaker_1", "v2/de_speaker_4", "announcer", "grandpa"]
     done = asyncio.Event()
     latencies: list[float] = []
@@ -261,8 +269,9 @@ async def test_soak_concurrent_clients(bark_server):
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     assert len(latencies) >= 10
-    assert p99 < 0.1, (
-        f"describe p99 {p99 * 1000:.0f} ms (median {statistics.median(latencies) * 1000:.0f} ms)"
+    assert p99 < bound, (
+        f"describe p99 {p99 * 1000:.0f} ms (median {statistics.median(latencies) * 1000:.0f} ms, "
+        f"unloaded {statistics.median(unloaded) * 1000:.1f} ms)"
     )
     assert rss_mib(pid) - rss_before < 100
 

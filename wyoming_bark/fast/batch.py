@@ -79,8 +79,13 @@ class _Releaser:
         with torch.inference_mode():
             while (entry := self._queue.get()) is not None:
                 job, item, ready = entry
-                if job.failed or (isinstance(item, Audio) and job.cancel.is_set()):
+                if job.failed:
                     continue
+                if job.cancel.is_set():
+                    if isinstance(item, Audio):
+                        continue
+                    if item is DONE:  # cancelled while its last audio was still to go out
+                        item = Cancelled()
                 if isinstance(item, Audio):
                     try:
                         item = self._make(item, ready)
