@@ -325,6 +325,14 @@ async def test_sigterm_mid_synthesis_exits_cleanly(server_factory, tiny_model):
     assert "Stopped" in server.log_text()
 
 
+async def test_sighup_stops_cleanly(server_factory, tiny_model):
+    """A closed terminal stops the server as SIGTERM does (cleanup runs, exit code 0)."""
+    server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")
+    server.process.send_signal(signal.SIGHUP)
+    assert await asyncio.to_thread(server.process.wait, 30) == 0
+    assert "Stopped" in server.log_text()
+
+
 async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, monkeypatch):
     """No GPU here: the OOM is raised by a stand-in for the first batched decode step only."""
     engine = BarkEngine(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -327,3 +328,47 @@ async def test_interleaved_streams_and_a_disconnect(streaming_server):
     state = await status(streaming_server.uri)
     assert state["queue_depth"] == 0 and state["batch"]["running"] == 0
     assert state["batch"]["mean_size"] > 1.5, "the clients' sentences were decoded in shared steps"
+
+
+async def test_health_check_against_hostile_or_broken_peers():
+    """Whatever the peer does, the check ends within --timeout with one 'unhealthy:' line."""
+
+    async def chatty(reader, writer):  # never sends info, never stops talking
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b'{"type": "ping"}\n')
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+    async def malformed(reader, writer):  # an info event whose data is not what info holds
+        await reader.readline()
+        writer.write(b'{"type": "info", "data": {"tts": "not a list"}}\n')
+        await writer.drain()
+
+    async def silent(reader, writer):
+        await asyncio.sleep(30)
+
+    for peer, reason in (
+        (chatty, "no answer within"),
+        (malformed, "malformed answer"),
+        (silent, "no answer within"),
+    ):
+        server = await asyncio.start_server(peer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        started = time.monotonic()
+        result = await asyncio.to_thread(_health, "--uri", f"tcp://127.0.0.1:{port}", "--timeout", "2")
+        server.close()
+        assert result.returncode == 1 and result.stdout.startswith("unhealthy: "), (
+            result.stdout + result.stderr
+        )
+        assert reason in result.stdout and "Traceback" not in result.stderr, (peer.__name__, result.stdout)
+        assert time.monotonic() - started < 10, peer.__name__
+
+
+async def test_health_is_the_engines_verdict(server_factory):
+    broken = server_factory("--model", "/nonexistent/bark")
+    await synthesize(broken.uri, "Load, please.")  # the load fails
+    state = await status(broken.uri)
+    assert state["healthy"] is False and "--model" in state["health"]
+    result = await asyncio.to_thread(_health, "--uri", broken.uri)
+    assert result.returncode == 1 and result.stdout.startswith("unhealthy: ")

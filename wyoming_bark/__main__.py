@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from functools import partial
@@ -360,6 +361,10 @@ async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
         len(engine.get_available_voices()),
         custom_voices_dir(args),
     )
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+        # A closed terminal (SIGHUP) stops the server as SIGTERM does: cleanly, with the
+        # zeroconf goodbye, through wyoming's own SIGTERM handling.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, signal.raise_signal, signal.SIGTERM)
     try:
         limits = ConnectionLimits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
         handler = partial(

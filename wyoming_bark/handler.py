@@ -212,8 +212,11 @@ class BarkEventHandler(AsyncEventHandler):
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif event.type == STATUS_EVENT:
+            verdict = await self.engine.health_check()
             status = {
-                **self.engine.get_status(),
+                **verdict.details,
+                "healthy": verdict.healthy,
+                "health": verdict.message,
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
             }

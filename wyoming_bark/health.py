@@ -1,7 +1,9 @@
 """Health check for containers: ``python -m wyoming_bark.health --uri tcp://HOST:PORT``.
 
-Sends describe (and, with ``--synthesize``, a short phrase), prints one status line and exits
-0 when the server answered as it should, 1 otherwise.
+Sends describe and asks for ``bark-status`` (and, with ``--synthesize``, speaks a short phrase),
+prints one status line and exits 0 when the server is healthy, 1 otherwise. Healthy is the
+engine's own verdict (``healthy`` in ``bark-status``), the one definition the Docker images use;
+the whole check ends within ``--timeout``, whatever the peer sends.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         )
         await client.write_event(Event(STATUS_EVENT))
         event = await asyncio.wait_for(client.read_event(), timeout)
+        healthy = True
         if event is not None and event.type == STATUS_EVENT:
             state = event.data
             model = f"loaded on {state['device']}" if state.get("loaded") else "not loaded yet"
             status += f", model {state.get('model')} {model}, {state.get('sentences', 0)} sentences served"
             status += f", last error: {state.get('last_error') or 'none'}"
-        if phrase is None:
-            return True, status
+            healthy = bool(state.get("healthy", True))
+        if phrase is None or not healthy:
+            return healthy, status
         started = time.monotonic()
         await client.write_event(Synthesize(phrase).event())
         samples = 0
@@ -66,12 +70,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m wyoming_bark.health", description=__doc__)
     parser.add_argument("--uri", default="tcp://127.0.0.1:10200")
     parser.add_argument("--synthesize", nargs="?", const="Test.", metavar="TEXT", help="also speak TEXT")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per answer")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds for the whole check")
     args = parser.parse_args()
     try:
-        healthy, message = asyncio.run(check(args.uri, args.synthesize, args.timeout))
+        healthy, message = asyncio.run(
+            asyncio.wait_for(check(args.uri, args.synthesize, args.timeout), args.timeout)
+        )
     except (OSError, asyncio.TimeoutError) as err:
-        healthy, message = False, f"cannot reach {args.uri}: {err or type(err).__name__}"
+        healthy, message = (
+            False,
+            f"cannot reach {args.uri}: {str(err) or 'no answer within ' + str(args.timeout) + ' s'}",
+        )
+    except Exception as err:  # noqa: BLE001 - a malformed answer is an unhealthy server, not a traceback
+        healthy, message = False, f"malformed answer from {args.uri}: {type(err).__name__}: {err}"
     print(("healthy: " if healthy else "unhealthy: ") + message)
     sys.exit(0 if healthy else 1)
 
