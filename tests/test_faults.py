@@ -4,8 +4,10 @@ cache entries, deeply nested JSON, odd voice files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -143,3 +145,53 @@ async def test_client_strings_are_quoted_and_truncated(bark_server):
         "\\n2026-01-01 00:00:00 ERROR forged", ""
     )
     assert "x" * 1000 not in log
+
+
+async def test_soak_with_hostile_clients_beside_home_assistant_traffic(
+    server_factory, tiny_model, small_disk
+):
+    """Idle sockets, a slow header and a full cache disk beside normal traffic: every normal request
+    is answered and describe stays fast (a margin relative to an unloaded describe in this run)."""
+    server = server_factory(
+        "--model", str(tiny_model), "--max-semantic-tokens", "20", "--cache", "--data-dir", str(small_disk),
+        "--idle-timeout", "5",
+    )  # fmt: skip
+    port = int(server.uri.rsplit(":", 1)[1])
+    assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)  # the model loads first
+    unloaded = []
+    for _ in range(10):
+        started = time.monotonic()
+        await describe(server.uri)
+        unloaded.append(time.monotonic() - started)
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
+    _slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
+    done = asyncio.Event()
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            for byte in b'{"type": "describe"' * 10:
+                slow.write(bytes([byte]))
+                await slow.drain()
+                await asyncio.sleep(0.5)
+
+    async def probe() -> list[float]:
+        latencies = []
+        while not done.is_set():
+            started = time.monotonic()
+            await describe(server.uri)
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)
+        return latencies
+
+    trickler, prober = asyncio.create_task(trickle()), asyncio.create_task(probe())
+    for i in range(12):  # fills the 96 KiB cache disk after a few sentences
+        assert_stream(await synthesize(server.uri, f"Announcement number {i}."), sentences=1)
+    done.set()
+    latencies = sorted(await prober)
+    trickler.cancel()
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    assert p99 < max(0.1, 40 * statistics.median(unloaded)), (
+        f"describe p99 {p99 * 1000:.0f} ms, median {statistics.median(latencies) * 1000:.0f} ms"
+    )
+    for _, writer in [*idle, (None, slow)]:
+        writer.close()
