@@ -124,18 +124,23 @@ async def get_tts_audio(host: str, port: int, message: str, voice: str | None = 
     wav = _WavAssembler(result)
     async with AsyncTcpClient(host, port) as client:
         await client.write_event(Synthesize(text=message, voice=_voice(voice, None)).event())
-        while True:
-            event = await client.read_event()
-            if event is None:
-                raise HaError("connection lost")
-            result.events.append(event.type)
-            if Error.is_type(event.type):
-                raise HaError(Error.from_event(event).text)
-            if AudioStop.is_type(event.type):
-                break
-            if AudioChunk.is_type(event.type):
-                wav.add(AudioChunk.from_event(event))
+        await _receive(client, wav, until=AudioStop)
     return wav.close()
+
+
+async def _receive(client: AsyncTcpClient, wav: _WavAssembler, until: type) -> None:
+    """Audio into ``wav`` until an event of type ``until``; an error or a lost connection fails."""
+    while True:
+        event = await client.read_event()
+        if event is None:
+            raise HaError("connection lost")
+        wav.result.events.append(event.type)
+        if Error.is_type(event.type):
+            raise HaError(Error.from_event(event).text)
+        if AudioChunk.is_type(event.type):
+            wav.add(AudioChunk.from_event(event))
+        elif until.is_type(event.type):
+            return
 
 
 async def stream_tts_audio(
@@ -160,17 +165,7 @@ async def stream_tts_audio(
 
         writer = asyncio.create_task(write_text())
         try:
-            while True:
-                event = await client.read_event()
-                if event is None:
-                    raise HaError("connection lost")
-                result.events.append(event.type)
-                if Error.is_type(event.type):
-                    raise HaError(Error.from_event(event).text)
-                if AudioChunk.is_type(event.type):
-                    wav.add(AudioChunk.from_event(event))
-                elif SynthesizeStopped.is_type(event.type):
-                    break  # Home Assistant disconnects here
+            await _receive(client, wav, until=SynthesizeStopped)  # Home Assistant disconnects here
         finally:
             if not writer.done():
                 writer.cancel()
