@@ -325,6 +325,36 @@ async def test_sigterm_mid_synthesis_exits_cleanly(server_factory, tiny_model):
     assert "Stopped" in server.log_text()
 
 
+async def test_sigterm_during_a_stalled_model_download_exits(tmp_path, monkeypatch):
+    """The first download hangs (a hub that accepts and never answers): SIGTERM still exits."""
+    stalled = await asyncio.start_server(lambda reader, writer: asyncio.sleep(120), "127.0.0.1", 0)
+    hub = f"http://127.0.0.1:{stalled.sockets[0].getsockname()[1]}"
+    env = {**os.environ, "HF_ENDPOINT": hub, "HF_HUB_ETAG_TIMEOUT": "600", "HF_HUB_DOWNLOAD_TIMEOUT": "600"}
+    env.pop("HF_HUB_OFFLINE", None)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wyoming_bark", "--uri", "tcp://127.0.0.1:0", "--device", "cpu",
+            "--model", "suno/bark-small", "--preload", "--data-dir", str(tmp_path / "data"),
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        for _ in range(100):
+            if "Fetching suno/bark-small" in log.read_text():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 20)
+        assert code == 0, log.read_text()
+        assert "Stopped" in log.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        stalled.close()
+
+
 async def test_sighup_stops_cleanly(server_factory, tiny_model):
     """A closed terminal stops the server as SIGTERM does (cleanup runs, exit code 0)."""
     server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")

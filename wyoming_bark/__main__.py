@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -421,6 +422,12 @@ def main() -> None:
         raise SystemExit(f"wyoming-bark: --voice/--language-voices: {err}") from err
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args, engine))
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        # A model download or load still runs on the loader thread, which Python would wait for
+        # (minutes, or forever on a stalled network): leave now; the download resumes next start.
+        _LOGGER.info("Leaving the model load unfinished")
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":
