@@ -20,6 +20,7 @@ from wyoming.event import async_read_event
 from wyoming.info import Info
 
 from wyoming_bark.cache import AudioCache
+from wyoming_bark.errors import for_client
 from wyoming_bark.voices import builtin_voices
 
 
@@ -195,3 +196,12 @@ async def test_soak_with_hostile_clients_beside_home_assistant_traffic(
     )
     for _, writer in [*idle, (None, slow)]:
         writer.close()
+
+
+def test_messages_for_clients_hold_no_server_paths():
+    assert for_client("Model directory /srv/models/bark-small has no config.json") == (
+        "Model directory .../bark-small has no config.json"
+    )
+    assert for_client("not in the cache (/data/models) yet") == "not in the cache (.../models) yet"
+    kept = "see https://github.com/suno-ai/bark, tcp://127.0.0.1:10200, suno/bark-small"
+    assert for_client(kept) == kept, "URLs, addresses and hub ids are not paths"

@@ -280,7 +280,9 @@ async def test_model_appears_later_and_the_server_recovers(server_factory, tiny_
     later = tmp_path / "model-arrives-later"
     server = server_factory("--model", str(later), "--max-semantic-tokens", "20")
     first = await synthesize(server.uri, "Anyone there?")
-    assert first.types == ["error"] and str(later) in first.events[0].data["text"]
+    assert first.types == ["error"] and ".../model-arrives-later" in first.events[0].data["text"]
+    assert str(tmp_path) not in first.events[0].data["text"], "no server paths to clients"
+    assert str(later) in server.log_text(), "the log has the whole path"
     shutil.copytree(tiny_model, later)
     deadline = time.monotonic() + 15  # the next attempt comes after the back-off (2 s at first)
     while (result := await synthesize(server.uri, "Now I am.")).error() is not None:

@@ -208,12 +208,12 @@ async def test_no_streaming_flag(server_factory, tiny_model):
     "model, expected",
     [
         ("/nonexistent/bark", "--model"),
-        ("suno/bark-small", "--model /path/to/local/copy"),
+        ("suno/bark-small", "--model with the directory of that copy"),
     ],
 )
 async def test_missing_model_gives_an_error_and_the_server_stays_up(server_factory, model, expected):
     server = server_factory("--model", model)
-    for _ in range(2):  # every request retries the load and gets a clear error
+    for _ in range(2):  # every request gets a clear error (a retry after the back-off, or the same)
         result = await synthesize(server.uri, "Hello.")
         assert result.types == ["error"]
         assert expected in result.events[0].data["text"]

@@ -5,7 +5,11 @@ Their messages name no absolute server paths, and client-supplied strings go in 
 logged whole).
 """
 
+import re
+
 MAX_QUOTED = 60
+# An absolute path (two or more components) as it appears in a message.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"(),]+/)+([^\s/'\"(),]+)")
 
 
 def quoted(text: object) -> str:
@@ -44,3 +48,9 @@ class SynthesisCancelled(TtsError):
     """The requester went away or ``stop()`` was called; the generation ended early."""
 
     code = "cancelled"
+
+
+def for_client(text: str) -> str:
+    """A message as a client may see it: absolute server paths shortened to their last part
+    (the server's log keeps the whole message)."""
+    return _ABSOLUTE_PATH.sub(r".../\1", text)

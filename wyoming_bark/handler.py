@@ -28,7 +28,7 @@ from wyoming.tts import (
 
 from . import __version__
 from .contract import TextStream, TtsEngine
-from .errors import SynthesisCancelled, TtsError, quoted
+from .errors import SynthesisCancelled, TtsError, for_client, quoted
 from .protocol import STATUS_EVENT, ConnectionLimits, IdleTimeout, ProtocolError, read_event
 from .text import clean_text
 
@@ -215,8 +215,9 @@ class BarkEventHandler(AsyncEventHandler):
             verdict = await self.engine.health_check()
             status = {
                 **verdict.details,
+                "last_error": for_client(verdict.details["last_error"] or "") or None,
                 "healthy": verdict.healthy,
-                "health": verdict.message,
+                "health": for_client(verdict.message),
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
             }
@@ -318,7 +319,7 @@ class BarkEventHandler(AsyncEventHandler):
     async def _send_error(self, error: Error) -> None:
         _LOGGER.warning("Error sent to client: %s", error.text)
         with contextlib.suppress(ConnectionError):
-            await self.write_event(error.event())
+            await self.write_event(Error(text=for_client(error.text), code=error.code).event())
 
     async def disconnect(self) -> None:
         """Stop this connection's synthesis; the engine's cancel flag ends its generation early."""

@@ -112,7 +112,7 @@ def model_directory(model: str, data_dir: Path) -> Path:
             f"Model '{model}' is not in the cache ({cache_dir}) and could not be downloaded "
             f"({type(err).__name__}). Connect this machine to the internet for the first run "
             "(and unset HF_HUB_OFFLINE), or copy the model's files here and pass "
-            "--model /path/to/local/copy."
+            "--model with the directory of that copy."
         ) from err
     return path
 
