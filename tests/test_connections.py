@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import resource
+import subprocess
+import sys
 import time
 
-from conftest import describe
+from conftest import describe, free_port
 from test_robustness import rss_mib
 from test_server import assert_stream, synthesize
 from wyoming.client import AsyncClient
@@ -99,3 +103,44 @@ async def test_half_sent_large_events_are_bounded_in_memory(server_factory, tiny
     assert_stream(await synthesize(server.uri, "Others are fine."), sentences=1)
     for _, writer in connections:
         writer.close()
+
+
+async def test_at_the_open_file_limit_the_log_stays_short_and_describe_recovers(tiny_model, tmp_path):
+    """With the process out of file descriptors, asyncio's accept() errors are logged once per
+    30 s, and once idle connections time out a describe is answered again."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wyoming_bark", "--uri", f"tcp://127.0.0.1:{port}", "--device", "cpu",
+            "--model", str(tiny_model), "--data-dir", str(tmp_path / "data"),
+            "--max-connections", "1000", "--idle-timeout", "3",
+            stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)),
+        )  # fmt: skip
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                await describe(f"tcp://127.0.0.1:{port}")
+                break
+            await asyncio.sleep(0.1)
+        held = []
+        for _ in range(200):  # more than the server can accept
+            with contextlib.suppress(OSError):
+                held.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(4)
+        for _, writer in held:
+            writer.close()
+        started = time.monotonic()
+        while True:
+            try:
+                await describe(f"tcp://127.0.0.1:{port}")
+                break
+            except (OSError, asyncio.TimeoutError):
+                assert time.monotonic() - started < 30, "describe is answered again"
+                await asyncio.sleep(0.5)
+        text = log.read_text(errors="replace")
+        assert text.count("out of system resource") <= 2, text.count("out of system resource")
+    finally:
+        process.terminate()
+        await process.wait()
