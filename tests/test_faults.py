@@ -205,3 +205,12 @@ def test_messages_for_clients_hold_no_server_paths():
     assert for_client("not in the cache (/data/models) yet") == "not in the cache (.../models) yet"
     kept = "see https://github.com/suno-ai/bark, tcp://127.0.0.1:10200, suno/bark-small"
     assert for_client(kept) == kept, "URLs, addresses and hub ids are not paths"
+
+
+def test_a_file_where_the_cache_folder_should_be_is_no_cache(tmp_path, caplog):
+    blocker = tmp_path / "cache"
+    blocker.write_bytes(b"not a folder")
+    cache = AudioCache(blocker, 1 << 20)  # no traceback at start
+    cache.put("key", b"\x00\x01" * 10)
+    assert cache.get("key") is None and cache.stats()["cache_files"] == 0
+    assert "Sentence cache: cannot" in caplog.text
