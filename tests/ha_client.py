@@ -2,11 +2,13 @@
 
 Written from reading its ``data.py`` and ``tts.py`` (``wyoming==1.10.2``): describe with retries
 and a timeout per attempt; voices grouped per language and sorted by description, a new pipeline
-taking the first; one-shot synthesis assembled into a WAV from the first chunk's format; and
-streaming synthesis while an LLM writes: ``synthesize-start``, one ``synthesize-chunk`` per delta,
-the full text again as ``synthesize`` (for servers without streaming), ``synthesize-stop``, with
-audio read at the same time until ``synthesize-stopped``. It sends ``voice.name`` (and
-``speaker`` only when configured), never ``language``.
+taking the first; one-shot synthesis assembled into a WAV from the first chunk's format, until
+``audio-stop``; and streaming synthesis while an LLM writes: ``synthesize-start``, one
+``synthesize-chunk`` per delta, the full text again as ``synthesize`` (for servers without
+streaming), ``synthesize-stop``, with audio read at the same time — a WAV header from
+``audio-start``, then PCM — until ``synthesize-stopped``. It sends ``voice.name`` (and
+``speaker`` only when configured), never ``language``. Stricter than Home Assistant in one way:
+an ``error`` event fails here, where Home Assistant logs nothing and keeps reading.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from wyoming.audio import AudioChunk, AudioStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.info import Describe, Info
@@ -90,20 +92,33 @@ class WavResult:
 
 
 class _WavAssembler:
-    """The WAV is opened at the first chunk, with that chunk's format."""
+    """One-shot: the WAV is opened at the first chunk, with that chunk's format. Streaming: at
+    audio-start, with its format, and chunks before it are dropped (Home Assistant yields PCM only
+    after the header it makes from audio-start)."""
 
-    def __init__(self, result: WavResult) -> None:
+    def __init__(self, result: WavResult, header_from_start: bool) -> None:
         self.result = result
+        self.header_from_start = header_from_start
         self.buffer = io.BytesIO()
         self.writer: wave.Wave_write | None = None
 
+    def _open(self, rate: int, width: int, channels: int) -> None:
+        self.writer = wave.open(self.buffer, "wb")  # noqa: SIM115 - closed in close()
+        self.writer.setframerate(rate)
+        self.writer.setsampwidth(width)
+        self.writer.setnchannels(channels)
+
+    def start(self, start: AudioStart) -> None:
+        if self.header_from_start and self.writer is None:
+            self._open(start.rate, start.width, start.channels)
+
     def add(self, chunk: AudioChunk) -> None:
         if self.writer is None:
+            if self.header_from_start:
+                return
+            self._open(chunk.rate, chunk.width, chunk.channels)
+        if self.result.first_audio is None:
             self.result.first_audio = time.monotonic()
-            self.writer = wave.open(self.buffer, "wb")  # noqa: SIM115 - closed in close()
-            self.writer.setframerate(chunk.rate)
-            self.writer.setsampwidth(chunk.width)
-            self.writer.setnchannels(chunk.channels)
         self.writer.writeframes(chunk.audio)
         self.result.chunks += 1
 
@@ -121,7 +136,7 @@ def _voice(name: str | None, speaker: str | None) -> SynthesizeVoice | None:
 async def get_tts_audio(host: str, port: int, message: str, voice: str | None = None) -> WavResult:
     """One-shot synthesis (no timeout: Home Assistant sets none on synthesis connections)."""
     result = WavResult()
-    wav = _WavAssembler(result)
+    wav = _WavAssembler(result, header_from_start=False)
     async with AsyncTcpClient(host, port) as client:
         await client.write_event(Synthesize(text=message, voice=_voice(voice, None)).event())
         await _receive(client, wav, until=AudioStop)
@@ -137,7 +152,9 @@ async def _receive(client: AsyncTcpClient, wav: _WavAssembler, until: type) -> N
         wav.result.events.append(event.type)
         if Error.is_type(event.type):
             raise HaError(Error.from_event(event).text)
-        if AudioChunk.is_type(event.type):
+        if AudioStart.is_type(event.type):
+            wav.start(AudioStart.from_event(event))
+        elif AudioChunk.is_type(event.type):
             wav.add(AudioChunk.from_event(event))
         elif until.is_type(event.type):
             return
@@ -148,7 +165,7 @@ async def stream_tts_audio(
 ) -> tuple[WavResult, float]:
     """Streaming synthesis of an LLM answer; also returns when the last delta was sent."""
     result = WavResult()
-    wav = _WavAssembler(result)
+    wav = _WavAssembler(result, header_from_start=True)
     last_delta = 0.0
     async with AsyncTcpClient(host, port) as client:
 
