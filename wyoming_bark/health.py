@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import os
+import threading
 import time
 
 from wyoming.audio import AudioChunk
@@ -28,6 +29,7 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         await client.write_event(Describe().event())
         while True:
             event = await asyncio.wait_for(client.read_event(), timeout)
+            await asyncio.sleep(0)  # buffered events are read without a pause: let the deadline fire
             if event is None:
                 return False, "connection closed before info"
             if Info.is_type(event.type):
@@ -55,6 +57,7 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         samples = 0
         while True:
             event = await asyncio.wait_for(client.read_event(), timeout)
+            await asyncio.sleep(0)
             if event is None:
                 return False, f"{status}; connection closed during synthesis"
             if event.type == "error":
@@ -66,25 +69,34 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
                 return True, f"{status}; {audio:.2f} s of audio in {time.monotonic() - started:.1f} s"
 
 
+def _verdict(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str]:
+    try:
+        return asyncio.run(asyncio.wait_for(check(uri, phrase, timeout), timeout))
+    except (OSError, asyncio.TimeoutError) as err:
+        return False, f"cannot reach {uri}: {str(err) or f'no answer within {timeout:g} s'}"
+    except Exception as err:  # noqa: BLE001 - a malformed answer is an unhealthy server, not a traceback
+        return False, f"malformed answer from {uri}: {type(err).__name__}: {err}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m wyoming_bark.health", description=__doc__)
     parser.add_argument("--uri", default="tcp://127.0.0.1:10200")
     parser.add_argument("--synthesize", nargs="?", const="Test.", metavar="TEXT", help="also speak TEXT")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds for the whole check")
     args = parser.parse_args()
-    try:
-        healthy, message = asyncio.run(
-            asyncio.wait_for(check(args.uri, args.synthesize, args.timeout), args.timeout)
-        )
-    except (OSError, asyncio.TimeoutError) as err:
-        healthy, message = (
-            False,
-            f"cannot reach {args.uri}: {str(err) or 'no answer within ' + str(args.timeout) + ' s'}",
-        )
-    except Exception as err:  # noqa: BLE001 - a malformed answer is an unhealthy server, not a traceback
-        healthy, message = False, f"malformed answer from {args.uri}: {type(err).__name__}: {err}"
-    print(("healthy: " if healthy else "unhealthy: ") + message)
-    sys.exit(0 if healthy else 1)
+    # On a thread, with a hard deadline: closing a connection whose peer keeps talking can hold
+    # asyncio's own cleanup past any timeout inside the loop.
+    outcome: list[tuple[bool, str]] = []
+    worker = threading.Thread(
+        target=lambda: outcome.append(_verdict(args.uri, args.synthesize, args.timeout)), daemon=True
+    )
+    worker.start()
+    worker.join(args.timeout + 1)
+    healthy, message = (
+        outcome[0] if outcome else (False, f"cannot reach {args.uri}: no answer within {args.timeout:g} s")
+    )
+    print(("healthy: " if healthy else "unhealthy: ") + message, flush=True)
+    os._exit(0 if healthy else 1)  # a worker still stuck in cleanup must not hold the exit
 
 
 if __name__ == "__main__":
