@@ -349,11 +349,7 @@ async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
     if advertiser is not None:
         # Registration probes the network for a second or so: don't delay listening for it.
         background.append(asyncio.create_task(announce(advertiser)))
-    try:
-        device = device_summary(resolve_device(args.device))
-    except ModelLoadError as err:
-        device = "no usable device (see the error above)"
-        _LOGGER.error("%s", err)
+    device = device_summary(resolve_device(args.device))  # main() has refused devices that cannot work
     _LOGGER.info(
         "Serving Bark on %s (model %s on %s; %d voices, custom voices in %s)",
         args.uri,

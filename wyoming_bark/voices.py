@@ -150,17 +150,15 @@ def load_npz(path: Path) -> Prompt:
 class VoiceLibrary:
     """Lists voices without touching the model, and loads their prompts on demand.
 
-    ``defaults`` (language code -> voice name) replace the built-in per-language defaults.
+    ``defaults`` maps each language code to its default voice (``set_default`` changes one).
     """
 
-    def __init__(self, voices_dir: Path | None = None, defaults: dict[str, str] | None = None) -> None:
+    def __init__(self, voices_dir: Path | None = None) -> None:
         self.voices_dir = voices_dir
         self._builtin = {voice.name: voice for voice in builtin_voices()}
         self._cache: dict[tuple[str, float], Prompt] = {}
         self._warned: set[str] = set()  # files already reported as skipped
         self.defaults = builtin_defaults()
-        for language, name in (defaults or {}).items():
-            self.set_default(language, name)
 
     def set_default(self, language: str, name: str) -> None:
         """Make voice ``name`` the default of ``language``; raises UnknownVoice."""
@@ -181,7 +179,7 @@ class VoiceLibrary:
             name, languages = (match["name"], (match["lang"],)) if match else (path.stem, tuple(LANGUAGES))
             if not _is_utf8(name):
                 self._skip(path, "its name is not valid UTF-8")
-            elif self._is_builtin(name) or name in voices:
+            elif self._builtin_named(name) is not None or name in voices:
                 self._skip(path, f"voice {name} already exists (built-in names win)")
             elif not path.is_file():
                 self._skip(path, "it is not a regular file")
@@ -195,8 +193,9 @@ class VoiceLibrary:
             self._warned.add(str(path))
             _LOGGER.warning("Custom voice file %r ignored: %s", path.name, why)
 
-    def _is_builtin(self, name: str) -> bool:
-        return name in self._builtin or f"v2/{name}" in self._builtin
+    def _builtin_named(self, name: str) -> Voice | None:
+        """The built-in voice ``name``; ``en_speaker_6`` is accepted for ``v2/en_speaker_6``."""
+        return self._builtin.get(name) or self._builtin.get(f"v2/{name}")
 
     def list(self) -> list[Voice]:
         """Every voice; the default of a language has DEFAULT_MARK before its description."""
@@ -212,10 +211,10 @@ class VoiceLibrary:
         return self.resolve(name) if name is not None else None
 
     def resolve(self, name: str) -> Voice:
-        """Find a voice by name; ``en_speaker_6`` is accepted for ``v2/en_speaker_6``."""
-        for candidate in (name, f"v2/{name}"):
-            if candidate in self._builtin:
-                return self._builtin[candidate]
+        """Find a voice by name (built-in names win over custom ones)."""
+        builtin = self._builtin_named(name)
+        if builtin is not None:
+            return builtin
         for voice in self.custom_voices():
             if voice.name == name:
                 return voice
