@@ -23,12 +23,21 @@ def test_defaults_serve_home_assistant(monkeypatch):
     assert not args.no_streaming and not args.preload and not args.debug
 
 
+def engine_self_check(args) -> str:
+    engine = build_engine(args)
+    try:
+        return engine.self_check
+    finally:
+        engine.close()
+
+
 def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     env = {
         "BARK_URI": "tcp://127.0.0.1:1234",
         "BARK_MODEL": "suno/bark",
         "BARK_DEVICE": "cuda:1",
         "BARK_CORE": "transformers",
+        "BARK_SELF_CHECK": "strict",
         "BARK_VOICE": "v2/de_speaker_2",
         "BARK_LANGUAGE_VOICES": "fr=v2/fr_speaker_4, en-US=announcer",
         "BARK_DATA_DIR": str(tmp_path),
@@ -78,6 +87,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert args.max_batch == 4 and args.lookahead == 1
     assert (args.max_connections, args.idle_timeout) == (10, 30.0)
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
+    assert args.self_check == "strict" and engine_self_check(args) == "strict"
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
     assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")

@@ -225,13 +225,15 @@ def test_benchmark_runs_and_reports_everything():
         "fine_ms",
         "codec_ms",
         "first_call_s",
+        "self_check",
     } <= set(result["ours"])
+    assert result["ours"]["self_check"].startswith("passed"), result["ours"]["self_check"]
     assert result["reference"]["audio_seconds"] == pytest.approx(result["audio_seconds"], abs=0.03)
     # as shipped on a CPU: whole sentences (audio streaming is for GPUs), batched
     for server, streaming, batch in ((result["server"], "off", 8), (result["server_serial"], "off", 1)):
         assert (server["audio_streaming"], server["max_batch"]) == (streaming, batch)
         assert server["first_audio"]["first_audio_s"] > 0 and server["clients"]["requests"] == 2
-        assert server["clients"]["audio_seconds_per_second"] > 0
+        assert server["clients"]["audio_seconds_per_second"] > 0 and server["clients"]["ms_per_step"] > 0
         stream = server["stream"]  # an answer in Home Assistant's deltas, heard in real time
         assert stream["audio_s"] == pytest.approx(1.0, abs=0.06) and stream["first_audio_s"] > 0
         assert {"pauses", "paused_s", "longest_pause_s", "last_delta_s"} <= set(stream)

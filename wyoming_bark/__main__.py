@@ -29,6 +29,7 @@ from .errors import ModelLoadError, TtsError
 from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
 from .model import device_summary, resolve_device
 from .protocol import ConnectionLimits
+from .self_check import MODES as SELF_CHECK_MODES
 from .voices import DEFAULT_VOICE, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
@@ -152,6 +153,13 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "fast",
         "fast (static KV cache, CUDA graphs) or transformers (BarkModel.generate)",
         choices=CORES,
+    )
+    add(
+        "self-check",
+        "on",
+        "Check the fast core on its device at load and fall back (eager steps, then the transformers "
+        "core) on a failure: on, off, or strict (fail the load instead)",
+        choices=SELF_CHECK_MODES,
     )
     add("voice", DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
     add(
@@ -309,6 +317,7 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         audio_streaming=args.audio_streaming,
         max_batch=args.max_batch,
         lookahead=args.lookahead,
+        self_check=args.self_check,
     )
 
 

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from .bench_stream import stream_answer
 from .contract import TtsEngine
 from .fast import FastBark, SamplingSettings
+from .self_check import MODES as SELF_CHECK_MODES
 
 ARCHS = {  # layers, hidden size, heads: Bark's checkpoints ("tiny" is for quick checks)
     "full": (24, 1024, 16),
@@ -174,11 +176,18 @@ def benchmark(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
 
     def load_core() -> FastBark:
-        fast = FastBark(model)
-        if device.type == "cuda":
-            fast.warmup()
-        return fast
+        import tempfile
 
+        from .self_check import prepare
+
+        with tempfile.TemporaryDirectory() as markers:
+            outcome = prepare(FastBark(model), args.self_check, Path(markers), f"random {args.arch}")
+        if outcome.fast is None:
+            raise SystemExit(f"the self-check turned our core off: {outcome.summary}")
+        checked.append(outcome.summary)
+        return outcome.fast
+
+    checked: list[str] = []
     fast, warmup_s = _timed(device, load_core)
     first = run_ours(fast, device, inputs, settings)
     runs = [run_ours(fast, device, inputs, settings) for _ in range(args.reps)]
@@ -205,6 +214,7 @@ def benchmark(args: argparse.Namespace) -> dict:
             "codec_ms": round(1000 * median("codec_s"), 2),
             "first_call_s": round(first.wall, 4),
             "warmup_s": round(warmup_s, 3),
+            "self_check": checked[0],
             "peak_gpu_mib": round(peak, 1) if peak is not None else None,
         },
         "model_build_s": round(load_s, 2),
@@ -226,6 +236,18 @@ def benchmark(args: argparse.Namespace) -> dict:
         # server with both turned off: whole sentences, one at a time.
         result["server"] = asyncio.run(serve_and_measure(model, device, args, "auto", args.max_batch))
         result["server_serial"] = asyncio.run(serve_and_measure(model, device, args, "off", 1))
+        if device.type == "cuda" and args.clients:  # as shipped, but with Python's default GIL switching
+            from .fast import batch
+
+            shipped, batch.GIL_SWITCH_S = batch.GIL_SWITCH_S, 0.005
+            sys.setswitchinterval(0.005)
+            try:
+                variant = argparse.Namespace(**{**vars(args), "first_audio": False, "stream_sentences": 0})
+                result["server_gil_5ms"] = asyncio.run(
+                    serve_and_measure(model, device, variant, "auto", args.max_batch)
+                )
+            finally:
+                batch.GIL_SWITCH_S = shipped
     return result
 
 
@@ -330,6 +352,7 @@ async def serve_and_measure(
                 wall = time.perf_counter() - started
                 firsts = [r[0] for r in runs]
                 result["clients"] = {
+                    "ms_per_step": engine.get_status()["batch"].get("ms_per_step"),
                     "clients": args.clients,
                     "requests": len(runs),
                     "audio_seconds_per_second": round(sum(r[2] for r in runs) / wall, 3),
@@ -368,7 +391,9 @@ def print_table(result: dict) -> None:
         print(f"{name:22}{'-' if mine is None else mine:>12}{'-' if theirs is None else theirs:>14}")
     if "speedup" in result:
         print(f"speed-up over transformers: {result['speedup']}x")
-    for key, name in (("server", "server"), ("server_serial", "serial server")):
+    print(f"self-check: {ours['self_check']}")
+    names = (("server", "server"), ("server_serial", "serial server"), ("server_gil_5ms", "server, 5 ms GIL switch"))
+    for key, name in names:
         if key not in result:
             continue
         server = result[key]
@@ -384,7 +409,7 @@ def print_table(result: dict) -> None:
             print(
                 f"{label}, {load['clients']} clients x {load['requests'] // load['clients']} requests: "
                 f"{load['audio_seconds_per_second']} audio-s/s, first audio p50 {load['first_audio_p50_s']} s, "
-                f"p99 {load['first_audio_p99_s']} s"
+                f"p99 {load['first_audio_p99_s']} s, {load['ms_per_step']} ms per decode iteration"
             )
         if "stream" in server:
             stream = server["stream"]
@@ -416,6 +441,9 @@ def main() -> None:
         type=int,
         default=0,
         help="stream an answer of N sentences as Home Assistant's LLM deltas; report pauses in playback",
+    )
+    parser.add_argument(
+        "--self-check", choices=SELF_CHECK_MODES, default="on", help="the server's --self-check"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .discovery import default_service_name
+from .self_check import MODES as SELF_CHECK_MODES
 
 # key -> expected type(s) or allowed values; flag keys use the flag's name with underscores.
 SCHEMA: dict[str, Any] = {
@@ -26,6 +27,7 @@ SCHEMA: dict[str, Any] = {
     "model": str,
     "engine": str,
     "core": ("fast", "transformers"),
+    "self_check": SELF_CHECK_MODES,
     "uri": str,
     "data_dir": str,
     "voices_dir": str,

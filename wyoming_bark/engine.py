@@ -25,10 +25,10 @@ import torch
 
 from .cache import AudioCache, cache_key
 from .contract import HealthCheckResult, TtsEngine
-from .errors import ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
+from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
 from .fast.batch import DONE, Job, Scheduler
-from .fast.ops import Audio, Program
+from .fast.ops import Audio, NonFiniteLogits, Program
 from .model import LoadedBark, load_bark
 from .voices import Prompt, Voice, VoiceLibrary
 
@@ -114,9 +114,11 @@ class BarkEngine(TtsEngine):
         audio_streaming: str = "auto",
         max_batch: int = 8,
         lookahead: int | None = None,
+        self_check: str = "on",
     ) -> None:
         self.model = model
         self.core = core
+        self.self_check = self_check  # on | off | strict
         self.audio_streaming = audio_streaming  # auto | on | off
         self.max_batch = max_batch  # sentences decoded together (fast core)
         self._lookahead = lookahead  # None: auto
@@ -171,6 +173,7 @@ class BarkEngine(TtsEngine):
                 self.device,
                 self.core,
                 self.max_batch,
+                self.self_check,
             )
         except ModelLoadError as err:
             self.last_error = str(err)
@@ -253,7 +256,7 @@ class BarkEngine(TtsEngine):
             "engine": self.name,
             "model": self.model,
             "loaded": bark is not None,
-            "core": self.core,
+            "core": self._core(),
             "device": str(bark.device) if bark else self.device,
             "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
             "voices": len(self.voices.list()),
@@ -269,6 +272,9 @@ class BarkEngine(TtsEngine):
         }
         if self.cache is not None:
             status.update(self.cache.stats())
+        if bark is not None:
+            status["decode"] = bark.fast.decode_paths() if bark.fast else "transformers"
+            status["self_check"] = bark.self_check
         if bark is not None and bark.device.type == "cuda":
             status["gpu_memory_mib"] = round(torch.cuda.memory_allocated(bark.device) / 2**20, 1)
             status["gpu_reserved_mib"] = round(torch.cuda.memory_reserved(bark.device) / 2**20, 1)
@@ -278,13 +284,14 @@ class BarkEngine(TtsEngine):
         """Rows in use and how full the batched decode steps have been."""
         scheduler = self._scheduler
         if scheduler is None:
-            return {"max": self.max_batch if self.core == "fast" else 1, "running": 0, "waiting": 0}
+            return {"max": self._capacity(), "running": 0, "waiting": 0}
         return {
             "max": scheduler.capacity,
             "running": scheduler.running,
             "waiting": scheduler.waiting,
             "steps": scheduler.steps,
             "mean_size": round(scheduler.batched_tokens / max(scheduler.steps, 1), 2),
+            "ms_per_step": round(1000 * scheduler.busy_s / max(scheduler.steps, 1), 2),
         }
 
     def close(self) -> None:
@@ -306,7 +313,7 @@ class BarkEngine(TtsEngine):
             voice.name,
             fingerprint,
             self.model,
-            self.core,
+            self._core(),
             self.streams_audio(),  # streamed sentences take their fine codes from partial context
             s.max_semantic_tokens,
             s.min_eos_p,
@@ -323,10 +330,24 @@ class BarkEngine(TtsEngine):
         With batching the next sentences ride along in the batch of the one playing; two at most
         by default, so one long text cannot take every row from other clients.
         """
-        if self.core != "fast":
+        if self._core() != "fast":
             return 0
         wanted = 2 if self._lookahead is None else self._lookahead
-        return min(wanted, self.max_batch - 1)
+        return min(wanted, self._capacity() - 1)
+
+    def _core(self) -> str:
+        """The core in use: the configured one until loaded; transformers' if ours fell back."""
+        bark = self._bark
+        if bark is None:
+            return self.core
+        return "fast" if bark.fast is not None else "transformers"
+
+    def _capacity(self) -> int:
+        """Sentences decoded together: ``--max-batch``, or fewer where GPU memory held fewer."""
+        bark = self._bark
+        if self._core() != "fast":
+            return 1
+        return bark.fast.max_batch if bark is not None else self.max_batch
 
     def streams_audio(self) -> bool:
         """Release audio inside a sentence? ``auto``: on a GPU, where generation outruns playback."""
@@ -364,6 +385,11 @@ class BarkEngine(TtsEngine):
                     raise SynthesisCancelled("Synthesis was cancelled")
                 if isinstance(item, torch.cuda.OutOfMemoryError):
                     raise self._out_of_memory(item) from item
+                if isinstance(item, NonFiniteLogits):
+                    raise BadModelOutput(
+                        f"Bark produced invalid values for this sentence ({item}), so it was not "
+                        "spoken; the server log says more"
+                    ) from item
                 if isinstance(item, BaseException):
                     raise item
                 samples += len(item)
@@ -404,7 +430,9 @@ class BarkEngine(TtsEngine):
 
     def _out_of_memory(self, err: torch.cuda.OutOfMemoryError) -> OutOfMemory:
         """Free what the failed sentence held, so the next one starts clean; say what to do."""
-        torch.cuda.empty_cache()
+        if self._bark is not None and self._bark.device.type == "cuda":
+            with torch.cuda.device(self._bark.device):  # the cache of the GPU that ran out
+                torch.cuda.empty_cache()
         self.last_error = f"GPU out of memory while speaking: {err}"
         _LOGGER.error("%s", self.last_error)
         return OutOfMemory(

@@ -44,6 +44,12 @@ class OutOfMemory(TtsError, RuntimeError):
     code = "out-of-memory"
 
 
+class BadModelOutput(TtsError, RuntimeError):
+    """The model produced non-finite values for one sentence (a fault of the weights or the GPU)."""
+
+    code = "bad-model-output"
+
+
 class SynthesisCancelled(TtsError):
     """The requester went away or ``stop()`` was called; the generation ended early."""
 

@@ -7,6 +7,7 @@ dir) for a hub id such as ``suno/bark-small``. Tests load a tiny checkpoint thro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from .errors import ModelLoadError
 from .fast import FastBark
+from .self_check import prepare
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ class LoadedBark:
     model_dir: Path
     device: torch.device
     dtype: torch.dtype
-    fast: FastBark | None = None  # our inference core, unless --core transformers
+    fast: FastBark | None = None  # our inference core, unless --core transformers (or it fell back)
+    self_check: str = "not run"  # the self-check's verdict, for status
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -118,36 +121,65 @@ def model_directory(model: str, data_dir: Path) -> Path:
 
 
 def load_bark(
-    model: str, data_dir: Path, device_spec: str, core: str = "fast", max_batch: int = 1
+    model: str,
+    data_dir: Path,
+    device_spec: str,
+    core: str = "fast",
+    max_batch: int = 1,
+    self_check: str = "on",
 ) -> LoadedBark:
-    """Load Bark (half precision on CUDA) and set up the chosen core. Slow: run it off the event loop."""
+    """Load Bark (half precision on CUDA), set up the chosen core and check it (``self_check.py``).
+
+    Slow: run it off the event loop."""
     from transformers import BarkModel, BarkProcessor
 
     device = resolve_device(device_spec)
     model_dir = model_directory(model, data_dir)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
-        bark = BarkModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
-        bark = bark.to(device).eval()
-    except torch.cuda.OutOfMemoryError as err:
-        raise ModelLoadError(
-            f"Not enough GPU memory to load {model} on {device}. "
-            "Use --model suno/bark-small, free the GPU, or use --device cpu."
-        ) from err
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
-    if not hasattr(bark.generation_config, "semantic_config"):
-        raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
-    loaded = LoadedBark(bark, processor, model_dir, device, dtype)
-    if core == "fast":
-        loaded.fast = FastBark(bark, max_batch)
-        if device.type == "cuda":
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        try:
+            processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
+            bark = BarkModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+            bark = bark.to(device).eval()
+        except torch.cuda.OutOfMemoryError as err:
+            raise ModelLoadError(
+                f"Not enough GPU memory to load {model} on {device}. "
+                "Use --model suno/bark-small, free the GPU, or use --device cpu."
+            ) from err
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
+        if not hasattr(bark.generation_config, "semantic_config"):
+            raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
+        loaded = LoadedBark(bark, processor, model_dir, device, dtype)
+        if core == "fast":
             started = time.monotonic()
-            loaded.fast.warmup()  # graph capture and first-call costs, paid now, not by a user
-            _LOGGER.info("Captured CUDA graphs and warmed up in %.1f s", time.monotonic() - started)
-    _LOGGER.info("Bark runs on %s with the %s core", device_summary(device), core)
+            outcome = prepare(_fast_core(bark, max_batch, model), self_check, data_dir / "self-check", model)
+            loaded.fast, loaded.self_check = outcome.fast, outcome.summary
+            _LOGGER.info("Core set up and checked in %.1f s", time.monotonic() - started)
+    _LOGGER.info(
+        "Bark runs on %s with the %s core", device_summary(device), "fast" if loaded.fast else "transformers"
+    )
     return loaded
+
+
+def _fast_core(bark, max_batch: int, model: str) -> FastBark:
+    """Our core with KV-cache rows for ``max_batch`` sentences, or as many as GPU memory holds."""
+    while True:
+        try:
+            return FastBark(bark, max_batch)
+        except torch.cuda.OutOfMemoryError as err:
+            if max_batch == 1:
+                raise ModelLoadError(
+                    f"Not enough GPU memory for {model}'s decode cache even for one sentence; "
+                    "use --model suno/bark-small, free the GPU, or use --device cpu"
+                ) from err
+            torch.cuda.empty_cache()
+            _LOGGER.warning(
+                "Not enough GPU memory for --max-batch %d (each row holds a KV cache); using %d",
+                max_batch,
+                max_batch // 2,
+            )
+            max_batch //= 2
 
 
 def device_summary(device: torch.device) -> str:

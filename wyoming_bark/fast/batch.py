@@ -14,7 +14,9 @@ from __future__ import annotations
 import heapq
 import logging
 import queue
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +25,12 @@ from typing import Any
 import torch
 
 from .generate import FastBark
-from .ops import Audio, Cancelled, Prefill, Program, Step, reply, requests
+from .ops import Audio, Cancelled, NonFiniteLogits, Prefill, Program, Step, reply, requests
 
 _LOGGER = logging.getLogger(__name__)
 
 DONE = None  # what ``emit`` gets after a program's last audio
+GIL_SWITCH_S = 0.0005  # Python's thread switch interval while a GPU scheduler runs
 
 
 @dataclass(eq=False)
@@ -57,6 +60,7 @@ class _Releaser:
 
     def __init__(self, device: torch.device | None, name: str) -> None:
         cuda = device is not None and device.type == "cuda"
+        self._device = device
         self._stream = torch.cuda.Stream(device) if cuda else None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"{name}-audio", daemon=True)
@@ -66,7 +70,7 @@ class _Releaser:
         ready = None
         if self._stream is not None and isinstance(item, Audio):
             ready = torch.cuda.Event()
-            ready.record()  # the decode loop's work so far, which made the codes
+            ready.record(torch.cuda.current_stream(self._device))  # the work that made the codes
         self._queue.put((job, item, ready))
 
     def close(self) -> None:
@@ -76,6 +80,7 @@ class _Releaser:
         self._thread.join(timeout)
 
     def _loop(self) -> None:
+        _use_device(self._device)
         with torch.inference_mode():
             while (entry := self._queue.get()) is not None:
                 job, item, ready = entry
@@ -118,6 +123,11 @@ class Scheduler:
         self._releaser = _Releaser(device, name)
         self.steps = 0  # batched decode iterations, for status
         self.batched_tokens = 0
+        self.busy_s = 0.0  # wall time of iterations that decoded, for status (ms per iteration)
+        if device is not None and device.type == "cuda":
+            # The decode loop waits on the GPU every iteration and then needs the GIL back at
+            # once; by default Python makes it wait up to 5 ms for a busy audio or asyncio thread.
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
         self._thread.start()
 
@@ -150,6 +160,7 @@ class Scheduler:
     # --- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
+        _use_device(self.fast.device if self.fast is not None else None)
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -159,9 +170,11 @@ class Scheduler:
                         break
                     self._admit()
                 try:
+                    started = time.perf_counter()
                     for job in list(self._running):
                         self._advance(job)
-                    self._answer([job for job in self._running if job.op is not None])
+                    if self._answer([job for job in self._running if job.op is not None]):
+                        self.busy_s += time.perf_counter() - started
                 except Exception as err:  # a bug here must not leave listeners hanging
                     _LOGGER.exception("Scheduler iteration failed; failing the sentences it ran")
                     for job in list(self._running):
@@ -210,9 +223,10 @@ class Scheduler:
             job.op = op
             return
 
-    def _answer(self, jobs: list[Job]) -> None:
+    def _answer(self, jobs: list[Job]) -> bool:
+        """Answer the jobs' model requests in one batched call; False if there were none."""
         if not jobs:
-            return
+            return False
         work = [(job.row, op) for job in jobs for op in requests(job.op)]
         try:
             tokens = self.fast.run(work)
@@ -220,20 +234,31 @@ class Scheduler:
             _LOGGER.warning("Batched step for %d sentences failed: %s", len(jobs), err)
             for job in jobs:
                 job.op, job.error = None, err
-            return
+            return True
         self.steps += 1
         self.batched_tokens += len(work)
         start = 0
         for job in jobs:
             count = len(requests(job.op))
-            job.answer, job.op = reply(job.op, tokens[start : start + count]), None
+            try:
+                job.answer = reply(job.op, tokens[start : start + count])
+            except NonFiniteLogits as err:  # this sentence's tokens would be noise: it fails
+                job.answer, job.error = None, err
+            job.op = None
             start += count
+        return True
 
     def _finish(self, job: Job, outcome: Any) -> None:
         self._running.remove(job)
         heapq.heappush(self._free, job.row)
         job.row = -1
         self._releaser.put(job, outcome)
+
+
+def _use_device(device: torch.device | None) -> None:
+    """Make ``device`` current for this thread: CUDA streams, events and graphs are per device."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def _emit(job: Job, item: Any) -> None:

@@ -66,13 +66,13 @@ class CoarseStage:
     def window(self) -> Program:
         """Decode the next window; returns the codes so far, shape (2, frames), values 0..1023."""
         fast, cfg = self.fast, self.fast.coarse_cfg
-        semantic = torch.tensor(self.history + self.semantic.tokens, dtype=torch.long, device=fast.device)
+        semantic = fast.to_device(self.history + self.semantic.tokens)
         window = semantic[self._start() :][: cfg.max_coarse_input_length]
         window = F.pad(
             window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
         )
         history = self.coarse[len(self.coarse) - min(len(self.coarse), cfg.max_coarse_history) :]
-        infer = torch.tensor([cfg.coarse_infer_token], device=fast.device)
+        infer = fast.to_device([cfg.coarse_infer_token])
         prompt = torch.cat([window, infer, history])
         # Not yet done: ready() made sure that the sentence has room for a whole window.
         n_new = (
@@ -86,7 +86,7 @@ class CoarseStage:
             tokens.append(
                 (yield Step("coarse", tokens[-1], len(prompt) + i - 1, self._ints(i % 2), self.floats))
             )
-        self.coarse = torch.cat([self.coarse, torch.tensor(tokens, dtype=torch.long, device=fast.device)])
+        self.coarse = torch.cat([self.coarse, fast.to_device(tokens)])
         self.generated += n_new
         flat = self.coarse[self.n_history :]
         return torch.remainder(

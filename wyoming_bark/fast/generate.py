@@ -11,6 +11,7 @@ A sentence is a program (see ``ops.py``): ``FastBark.generate`` runs one alone;
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -29,6 +30,7 @@ from .ops import (
     FINE_DRAWS,
     Audio,
     Cancelled,
+    NonFiniteLogits,
     Prefill,
     Program,
     SamplingSettings,
@@ -97,25 +99,46 @@ class FastBark:
 
     # --- set-up -------------------------------------------------------------------------
 
-    def warmup(self) -> None:
-        """Capture the decode graphs and run one short generation, so the first request is fast."""
-        with torch.inference_mode():
+    def on_device(self) -> contextlib.AbstractContextManager:
+        """Make this core's GPU current for the calling thread (streams, events and graphs are
+        per device: without it, work for ``cuda:1`` lands on ``cuda:0``)."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def capture(self) -> dict[str, str]:
+        """Capture each model's decode graphs (CUDA); a model whose capture fails decodes eagerly.
+
+        Returns what failed, by model."""
+        failed = {}
+        with self.on_device(), torch.inference_mode():
             for name, step in self.steps.items():
                 try:
                     step.capture()
-                except RuntimeError as err:  # e.g. an op this torch build cannot capture: run eagerly
-                    step.graphs.clear()
-                    _LOGGER.warning("No CUDA graph for %s decode steps (%s); running them eagerly", name, err)
+                except Exception as err:  # noqa: BLE001 - any capture failure: run this model eagerly
+                    failed[name] = str(err)
+                    step.use_eager(f"capture failed: {err}")
+        return failed
+
+    def warmup(self) -> None:
+        """Capture the decode graphs and run one short generation, so the first request is fast."""
+        for name, err in self.capture().items():
+            _LOGGER.warning("No CUDA graph for %s decode steps (%s); running them eagerly", name, err)
         ids = torch.zeros(1, 8, dtype=torch.long, device=self.device)
-        self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
+        with self.on_device():
+            self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
+
+    def decode_paths(self) -> dict[str, str]:
+        """How each model's decode steps run (for status): ``cuda graphs`` or ``eager``."""
+        return {name: step.path for name, step in self.steps.items()}
 
     # --- answering programs -------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, work: Sequence[tuple[int, Prefill | Step]]) -> list[int]:
+    def run(self, work: Sequence[tuple[int, Prefill | Step]]) -> list[int | NonFiniteLogits]:
         """Answer (cache row, op) pairs: steps of one model in one batched step, equal prefills together.
 
-        Every group is launched before any result is read, so the GPU runs them back to back.
+        Every group is launched before any result is read, so the GPU runs them back to back. A
+        row whose logits were not finite gets a ``NonFiniteLogits`` instead of a token, and that
+        model stops replaying graphs (the guard is an output of every step).
         """
         groups: dict[tuple[str, int], list[int]] = {}
         for i, (_, op) in enumerate(work):
@@ -130,22 +153,40 @@ class FastBark:
                 out = step.launch(
                     rows, [(op.token, op.pos, *op.ints) for op in ops], [op.floats for op in ops]
                 )
-                launched.append((members, step.read, out, rows))
+                launched.append((name, members, step.read, out, rows))
                 continue
-            logits = step.gpt.prefill(
-                torch.cat([op.embeds for op in ops]), torch.tensor(rows, device=self.device)
-            )
-            ints = torch.tensor([op.ints for op in ops], device=self.device)
-            floats = torch.tensor([op.floats for op in ops], dtype=torch.float32, device=self.device)
-            launched.append(
-                (members, torch.Tensor.tolist, step.head(logits, ints, floats), range(len(members)))
-            )
-        answers = [0] * len(work)
-        for members, read, out, picks in launched:
-            tokens = read(out)
+            logits = step.gpt.prefill(torch.cat([op.embeds for op in ops]), self.to_device(rows))
+            ints = self.to_device([op.ints for op in ops])
+            floats = self.to_device([op.floats for op in ops], torch.float32)
+            packed = torch.stack([step.head(logits, ints, floats), torch.isfinite(logits).all(-1).long()])
+            launched.append((name, members, torch.Tensor.tolist, packed, range(len(members))))
+        answers: list[int | NonFiniteLogits] = [0] * len(work)
+        for name, members, read, out, picks in launched:
+            tokens, finite = read(out)
             for i, pick in zip(members, picks):
-                answers[i] = tokens[pick]
+                answers[i] = tokens[pick] if finite[pick] else NonFiniteLogits(
+                    f"the {name} model produced non-finite logits"
+                )
+            if not all(finite[pick] for pick in picks):
+                self._non_finite(name)
         return answers
+
+    def to_device(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """Small host lists to the GPU without waiting for the stream (a plain copy would sync)."""
+        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+
+    def _non_finite(self, name: str) -> None:
+        step = self.steps[name]
+        if step.graphs:
+            step.use_eager("a replayed step produced non-finite logits")
+            _LOGGER.error(
+                "The %s model produced non-finite logits in a replayed CUDA graph: that sentence "
+                "fails, and %s steps run eagerly from now on",
+                name,
+                name,
+            )
+        else:
+            _LOGGER.error("The %s model produced non-finite logits: that sentence fails", name)
 
     def solo(
         self, program: Program, cancel: threading.Event | None = None
@@ -258,7 +299,7 @@ class FastBark:
         window, hop = cfg.max_fine_input_length, cfg.max_fine_history_length
         n_loops = max(0, math.ceil((frames - (window - n_history)) / hop)) + 1
         temperature = s.fine_temperature
-        key = torch.tensor([[random_seed() if seed is None else seed]], device=self.device)
+        key = self.to_device([[random_seed() if seed is None else seed]])
         for n in range(n_loops):
             start = min(n * hop, codes.shape[1] - window)
             fill = min(n_history + n * hop, codes.shape[1] - hop)
@@ -269,7 +310,7 @@ class FastBark:
                 if not temperature:
                     preds = logits.argmax(-1)
                 else:
-                    counter = torch.tensor([[(draw * 64 + n) * 8 + book]], device=self.device)
+                    counter = self.to_device([[(draw * 64 + n) * 8 + book]])
                     noise = race_noise(key, counter, logits.numel()).view(logits.shape)
                     preds = (F.softmax(logits / temperature, dim=-1) / noise).argmax(-1)
                 buffer[0, rel:, book] = preds

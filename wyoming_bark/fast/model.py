@@ -9,6 +9,7 @@ so ``BatchedStep`` captures one CUDA graph per batch-size bucket and replays it 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -144,6 +145,12 @@ def fine_logits(hf_fine: nn.Module, codebook: int, codes: torch.Tensor) -> torch
 
 Head = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
+EMPTY_GRAPH_WARNING = "CUDA Graph is empty"  # PyTorch's warning for a capture on the wrong device
+
+
+class GraphCaptureError(RuntimeError):
+    """A decode graph could not be captured, or captured nothing."""
+
 
 class BatchedStep:
     """One decode step for many streams, embedding -> ``CausalGPT`` -> ``head`` -> next tokens.
@@ -154,56 +161,95 @@ class BatchedStep:
     captured too. On CUDA one graph per bucket of ``BUCKETS`` is captured over the first ``b``
     rows: a 24-layer step is one launch instead of hundreds (8 ms -> 1.5 ms), and eight streams
     cost little more than one. On the CPU the same code runs eagerly.
+
+    A step's output is ``(packed, logits)``: ``packed`` (2, b) holds each row's next token and
+    whether its logits were all finite (the guard costs one small kernel inside the graph), and
+    ``logits`` (b, V) stays for the self-check to compare.
     """
 
     def __init__(self, gpt: CausalGPT, head: Head, n_ints: int, n_floats: int) -> None:
         self.gpt = gpt
         self.head = head
-        device = gpt.embed.weight.device
+        self.device = device = gpt.embed.weight.device
         self.ints = torch.zeros(gpt.batch, 2 + n_ints, dtype=torch.long, device=device)
         self.floats = torch.zeros(gpt.batch, n_floats, dtype=torch.float32, device=device)
         self.padding = [0, gpt.scratch] + [0] * n_ints, [0.0] * n_floats
         self.buckets = [b for b in BUCKETS if b < gpt.batch] + [gpt.batch]
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        pinned = device.type == "cuda"
-        # Its own CUDA stream, so the semantic and the coarse step of one iteration overlap: a
-        # graph-replayed step leaves the GPU mostly idle between its small kernels.
-        self.stream = torch.cuda.Stream(device) if pinned else None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.eager_reason: str | None = None  # why this model decodes eagerly on CUDA
+        cuda = device.type == "cuda"
+        # Its own high-priority CUDA stream, so the semantic and the coarse step of one iteration
+        # overlap (a replayed step leaves the GPU mostly idle between its small kernels) and the
+        # audio thread's fine passes do not delay them. Capture gets a stream of its own too: the
+        # kernels captured on a stream use that stream's cuBLAS workspace, so two models captured
+        # on one stream would share a workspace while replaying concurrently.
+        self.stream = torch.cuda.Stream(device, priority=-1) if cuda else None
+        self.capture_stream = torch.cuda.Stream(device) if cuda else None
         self.staging = (
-            torch.zeros(self.ints.shape, dtype=torch.long, pin_memory=pinned),
-            torch.zeros(self.floats.shape, dtype=torch.float32, pin_memory=pinned),
+            torch.zeros(self.ints.shape, dtype=torch.long, pin_memory=cuda),
+            torch.zeros(self.floats.shape, dtype=torch.float32, pin_memory=cuda),
         )
 
-    def _run(self, b: int) -> torch.Tensor:
+    @property
+    def path(self) -> str:
+        """How steps run: ``cuda graphs`` or ``eager``."""
+        return "cuda graphs" if self.graphs else "eager"
+
+    def run_eager(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step over the first ``b`` rows' current inputs, without graphs: ``(packed, logits)``."""
         ints, floats = self.ints[:b], self.floats[:b]
         logits = self.gpt.step(ints[:, :1], ints[:, 1])
-        return self.head(logits, ints[:, 2:], floats)
+        tokens = self.head(logits, ints[:, 2:], floats)
+        return torch.stack([tokens, torch.isfinite(logits).all(-1).long()]), logits
 
     def capture(self) -> None:
-        """Record one graph per bucket (CUDA only); every row writes only its scratch position."""
-        if self.ints.device.type != "cuda" or self.graphs:
+        """Record one graph per bucket (CUDA only); every row writes only its scratch position.
+
+        Raises ``GraphCaptureError`` (graphs left empty) if a bucket cannot be captured."""
+        if self.capture_stream is None or self.graphs:
             return
+        try:
+            with torch.cuda.device(self.device):
+                self._capture(self.capture_stream)
+        except GraphCaptureError:
+            self.graphs.clear()
+            raise
+        except Exception as err:  # e.g. an op this torch build cannot capture
+            self.graphs.clear()
+            raise GraphCaptureError(f"{type(err).__name__}: {err}") from err
+
+    def _capture(self, stream: torch.cuda.Stream) -> None:
         self.ints.copy_(torch.tensor([self.padding[0]] * len(self.ints)))
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for b in self.buckets:  # warm up the allocator and kernels outside the graphs
                 for _ in range(2):
-                    self._run(b)
-        torch.cuda.current_stream().wait_stream(stream)
+                    self.run_eager(b)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         pool = None
         for b in reversed(self.buckets):  # largest first, so the smaller ones reuse its memory
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self._run(b)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    out = self.run_eager(b)
+            for warning in caught:
+                if EMPTY_GRAPH_WARNING in str(warning.message):
+                    raise GraphCaptureError(f"the batch-{b} graph captured nothing ({warning.message})")
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             pool = graph.pool()
             self.graphs[b] = graph, out
 
+    def use_eager(self, reason: str) -> None:
+        """Stop replaying graphs for this model (after a failed check or a non-finite step)."""
+        self.graphs.clear()
+        self.eager_reason = reason
+
     def launch(
         self, rows: Sequence[int], ints: Sequence[Sequence[int]], floats: Sequence[Sequence[float]]
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Start advancing cache ``rows`` by one token each; ``ints[i]`` starts with row i's token
-        and position. Returns the next tokens of the bucket's rows: pass them to ``read``."""
+        and position. Returns the bucket's output: pass it to ``read``."""
         b = next(size for size in self.buckets if size > max(rows))
         host_ints = [self.padding[0]] * b
         host_floats = [self.padding[1]] * b
@@ -214,21 +260,23 @@ class BatchedStep:
         self.staging[1][:b] = torch.tensor(host_floats)
         if self.stream is None:
             return self._launch(b)
-        self.stream.wait_stream(torch.cuda.current_stream())  # after prefills into the same cache
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # after prefills into the cache
         with torch.cuda.stream(self.stream):
             return self._launch(b)
 
-    def _launch(self, b: int) -> torch.Tensor:
+    def _launch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.ints[:b].copy_(self.staging[0][:b], non_blocking=True)
         self.floats[:b].copy_(self.staging[1][:b], non_blocking=True)
         if b in self.graphs:
             graph, out = self.graphs[b]
             graph.replay()
             return out
-        return self._run(b)
+        return self.run_eager(b)
 
-    def read(self, out: torch.Tensor) -> list[int]:
-        """The tokens ``launch`` returned, once the step is done (valid until the next launch)."""
+    def read(self, out: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[int], list[int]]:
+        """Tokens and finite-flags of the step ``launch`` started, once it is done (valid until
+        the next launch)."""
         if self.stream is not None:
-            torch.cuda.current_stream().wait_stream(self.stream)
-        return out.tolist()
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        tokens, finite = out[0].tolist()
+        return tokens, finite

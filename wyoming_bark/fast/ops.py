@@ -71,8 +71,12 @@ def requests(op: Request | tuple[Request, ...]) -> tuple[Request, ...]:
     return op if isinstance(op, tuple) else (op,)
 
 
-def reply(op: Request | tuple[Request, ...], tokens: list[int]) -> int | tuple[int, ...]:
-    """What to send back for ``op``, given the tokens answering ``requests(op)`` in order."""
+def reply(op: Request | tuple[Request, ...], tokens: list[int | Exception]) -> int | tuple[int, ...]:
+    """What to send back for ``op``, given the tokens answering ``requests(op)`` in order; raises
+    the error a request got instead of a token (see ``NonFiniteLogits``)."""
+    for token in tokens:
+        if isinstance(token, Exception):
+            raise token
     return tuple(tokens) if isinstance(op, tuple) else tokens[0]
 
 
@@ -83,6 +87,10 @@ SEMANTIC_DRAWS, COARSE_DRAWS, FINE_DRAWS = 0, 1 << 16, 1 << 20
 
 class Cancelled(Exception):
     """Generation was stopped through the cancel event."""
+
+
+class NonFiniteLogits(RuntimeError):
+    """A model produced NaN or infinite logits for a sentence: its tokens would be noise."""
 
 
 def random_seed() -> int:

@@ -33,7 +33,7 @@ class SemanticStage:
             prompt = history["semantic_prompt"][-length:].to(fast.device)
             hist[0, : len(prompt)] = prompt
         embed = fast.semantic.embed
-        infer = torch.tensor([[sem.semantic_infer_token]], device=fast.device)
+        infer = fast.to_device([[sem.semantic_infer_token]])
         self.embeds = torch.cat([embed(ids) + embed(hist), embed(infer)], dim=1)
         self.tokens: list[int] = []
         self.done = False
@@ -55,4 +55,4 @@ class SemanticStage:
             if i + 1 < limit:
                 token = yield Step("semantic", token, prefix + i, (self.seed, next(draws), may_stop), floats)
         self.done = True
-        return torch.tensor(self.tokens, dtype=torch.long, device=fast.device)
+        return fast.to_device(self.tokens)

@@ -1,0 +1,192 @@
+"""The self-check at load and its fallback ladder (``--self-check on|off|strict``).
+
+The fast core proves itself on the device it will serve from (see ``fast/check.py``), and each
+failure moves one step down the ladder, with one log line that says what was found and what runs
+instead:
+
+1. decode graphs that fail to capture or disagree with the eager step -> that model decodes eagerly;
+2. our networks disagree with transformers' modules -> the transformers core;
+3. a test sentence through the scheduler fails -> eager steps, then the transformers core.
+
+Some GPU faults end the process instead of raising (a sticky CUDA error cannot be recovered
+in-process). So before each check a marker naming it is written under the data dir, keyed by a
+fingerprint of what could make it crash (package, torch, CUDA, driver, GPU, model); the next start
+with the same fingerprint finds the marker and skips the check that crashed, and what it guards.
+``strict`` fails the load instead of falling back (for GPU CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import ModelLoadError
+from .fast import FastBark
+from .fast.check import check_against_transformers, check_graphs, check_sentence
+
+_LOGGER = logging.getLogger(__name__)
+
+MODES = ("on", "off", "strict")
+STEPS = ("graphs", "core", "sentence")  # in order; a crash in one skips it next time
+
+
+@dataclass
+class Outcome:
+    """The core to serve with (None: transformers') and the one-line verdict for status."""
+
+    fast: FastBark | None
+    summary: str
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def fingerprint(fast: FastBark, model: str) -> dict[str, str]:
+    """What decides whether a check that crashed once would crash again."""
+    device = fast.device
+    driver = getattr(torch._C, "_cuda_getDriverVersion", None)
+    return {
+        "wyoming_bark": __version__,
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "driver": str(driver()) if device.type == "cuda" and driver else "",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "model": model,
+        "dtype": str(fast.semantic.embed.weight.dtype),
+        "max_batch": str(fast.max_batch),
+    }
+
+
+class _Markers:
+    """The marker file of one fingerprint: which check is running, which to skip."""
+
+    def __init__(self, folder: Path, print_: dict[str, str]) -> None:
+        digest = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = folder / f"{digest}.json"
+        self.record: dict = {"fingerprint": print_, "running": None, "skip": []}
+        with contextlib.suppress(OSError, ValueError):
+            stored = json.loads(self.path.read_text())
+            if isinstance(stored, dict) and stored.get("fingerprint") == print_:
+                self.record.update(stored)
+        self._warned = False
+
+    @property
+    def crashed_in(self) -> str | None:
+        running = self.record.get("running")
+        return running if running in STEPS else None
+
+    def skipped(self) -> set[str]:
+        return {step for step in self.record.get("skip", []) if step in STEPS}
+
+    def write(self, **changes) -> None:
+        """Durably: the next thing may be a crash."""
+        self.record.update(changes)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w") as handle:
+                json.dump(self.record, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except OSError as err:
+            if not self._warned:
+                self._warned = True
+                _LOGGER.warning("Self-check: cannot keep its marker in %s (%s)", self.path.parent, err)
+
+
+def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str) -> Outcome:
+    """Capture the decode graphs and run the self-check with its fallback ladder."""
+    if mode == "off":
+        failed = fast.capture()
+        for name, err in failed.items():
+            _LOGGER.warning("No CUDA graph for %s decode steps (%s); running them eagerly", name, err)
+        if fast.device.type == "cuda":
+            check_sentence(fast)  # the warm-up: first-call costs paid now, not by a user
+        return Outcome(fast, "off")
+    started = time.monotonic()
+    markers = _Markers(marker_dir, fingerprint(fast, model))
+    skip = markers.skipped()
+    fallbacks: list[str] = []
+
+    def fall_back(found: str, instead: str) -> None:
+        line = f"Self-check: {found}; {instead}"
+        fallbacks.append(line)
+        _LOGGER.warning("%s", line)
+        if mode == "strict":
+            markers.write(running=None)
+            raise ModelLoadError(f"{line} (--self-check strict: not serving)")
+
+    if (crashed := markers.crashed_in) is not None:
+        skip.add(crashed)
+        markers.write(running=None, skip=sorted(skip))
+    for step in (step for step in STEPS if step in skip):
+        fall_back(
+            f"the {step} check crashed {'the last' if step == crashed else 'an earlier'} start with this "
+            f"GPU, driver, torch and model, so it is skipped (delete {markers.path} to try it again)",
+            _CONSEQUENCE[step],
+        )
+
+    fast = _graphs(fast, markers, skip, fall_back)
+    if "core" in skip or "sentence" in skip:
+        return _verdict(Outcome(None, "", fallbacks), markers, started)
+    markers.write(running="core")
+    if problems := check_against_transformers(fast):
+        fall_back(f"our core disagrees with transformers ({_join(problems)})", "using the transformers core")
+        return _verdict(Outcome(None, "", fallbacks), markers, started)
+    markers.write(running="sentence")
+    if problems := check_sentence(fast):
+        if any(step.graphs for step in fast.steps.values()):
+            fall_back(f"a test sentence failed ({_join(problems)})", "decoding eagerly and trying again")
+            for step in fast.steps.values():
+                step.use_eager("a test sentence failed with graphs")
+            problems = check_sentence(fast)
+        if problems:
+            fall_back(f"a test sentence failed ({_join(problems)})", "using the transformers core")
+            return _verdict(Outcome(None, "", fallbacks), markers, started)
+    return _verdict(Outcome(fast, "", fallbacks), markers, started)
+
+
+_CONSEQUENCE = {
+    "graphs": "decoding eagerly, without CUDA graphs",
+    "core": "using the transformers core",
+    "sentence": "using the transformers core",
+}
+
+
+def _graphs(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> FastBark:
+    """Rung 1: capture and compare the decode graphs; a model that fails decodes eagerly."""
+    if "graphs" in skip:
+        for step in fast.steps.values():
+            step.use_eager("its check crashed on an earlier start")
+        return fast
+    markers.write(running="graphs")
+    for name, err in fast.capture().items():
+        fall_back(f"no CUDA graph for {name} decode steps ({err})", f"{name} decodes eagerly")
+    for name, problem in check_graphs(fast).items():
+        fast.steps[name].use_eager(problem)
+        fall_back(f"{name} decode graphs disagree with eager steps ({problem})", f"{name} decodes eagerly")
+    return fast
+
+
+def _verdict(outcome: Outcome, markers: _Markers, started: float) -> Outcome:
+    seconds = time.monotonic() - started
+    if outcome.fallbacks:
+        outcome.summary = f"fell back after {seconds:.1f} s: " + " | ".join(outcome.fallbacks)
+    else:
+        paths = ", ".join(f"{name} {path}" for name, path in outcome.fast.decode_paths().items())
+        outcome.summary = f"passed in {seconds:.1f} s ({paths})"
+        _LOGGER.info("Self-check %s", outcome.summary)
+    markers.write(running=None, result=outcome.summary)
+    return outcome
+
+
+def _join(problems: dict[str, str]) -> str:
+    return "; ".join(f"{part}: {problem}" for part, problem in problems.items())
