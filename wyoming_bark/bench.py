@@ -392,7 +392,11 @@ def print_table(result: dict) -> None:
     if "speedup" in result:
         print(f"speed-up over transformers: {result['speedup']}x")
     print(f"self-check: {ours['self_check']}")
-    names = (("server", "server"), ("server_serial", "serial server"), ("server_gil_5ms", "server, 5 ms GIL switch"))
+    names = (
+        ("server", "server"),
+        ("server_serial", "serial server"),
+        ("server_gil_5ms", "server, 5 ms GIL switch"),
+    )
     for key, name in names:
         if key not in result:
             continue

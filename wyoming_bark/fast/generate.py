@@ -164,8 +164,10 @@ class FastBark:
         for name, members, read, out, picks in launched:
             tokens, finite = read(out)
             for i, pick in zip(members, picks):
-                answers[i] = tokens[pick] if finite[pick] else NonFiniteLogits(
-                    f"the {name} model produced non-finite logits"
+                answers[i] = (
+                    tokens[pick]
+                    if finite[pick]
+                    else NonFiniteLogits(f"the {name} model produced non-finite logits")
                 )
             if not all(finite[pick] for pick in picks):
                 self._non_finite(name)
