@@ -75,11 +75,32 @@ def test_a_frozen_graph_is_found_and_that_model_decodes_eagerly(fast, tmp_path, 
     with caplog.at_level(logging.WARNING):
         outcome = self_check.prepare(fast, "on", tmp_path, "tiny")
     assert outcome.fast is fast
-    assert fast.decode_paths() == {"semantic": "cuda graphs", "coarse": "eager"}
+    assert fast.decode_paths() == {"semantic": "cuda graphs", "coarse": "eager", "fine": "eager"}
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Self-check:")]
-    assert len(lines) == 1 and "coarse decode graphs disagree with eager steps" in lines[0], lines
-    assert "coarse decodes eagerly" in lines[0] and outcome.summary.startswith("fell back")
+    assert len(lines) == 1 and "the coarse graphs disagree with the eager code" in lines[0], lines
+    assert "coarse runs eagerly" in lines[0] and outcome.summary.startswith("fell back")
     np.testing.assert_allclose(speak(fast), expected, atol=1e-5)  # correct audio after the fallback
+
+
+class FinePassGraph:
+    """A captured fine pass on the CPU: replays the eager pass, or, ``frozen``, nothing."""
+
+    def __init__(self, fine, frozen: bool) -> None:
+        self.fine, self.frozen = fine, frozen
+
+    def replay(self) -> None:
+        if not self.frozen:
+            self.fine.run_eager()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_fine_pass_graph_is_checked_too(fast, tmp_path, frozen):
+    expected = speak(fast)
+    fast.fine.graph = FinePassGraph(fast.fine, frozen)
+    outcome = self_check.prepare(fast, "on", tmp_path, "tiny")
+    assert fast.decode_paths()["fine"] == ("eager" if frozen else "cuda graphs")
+    assert ("the fine graphs disagree with the eager code" in outcome.summary) == frozen, outcome.summary
+    np.testing.assert_allclose(speak(fast), expected, atol=1e-5)
 
 
 def test_a_graph_captured_on_the_wrong_device_is_caught_at_capture(fast, monkeypatch):
@@ -123,7 +144,7 @@ def test_a_failed_capture_is_one_log_line_and_eager_steps(fast, tmp_path, monkey
     with caplog.at_level(logging.WARNING):
         outcome = self_check.prepare(fast, "on", tmp_path, "tiny")
     assert outcome.fast is fast and len(outcome.fallbacks) == 2
-    assert "no CUDA graph for semantic decode steps" in caplog.text
+    assert "no CUDA graph for the semantic model" in caplog.text
     assert len(speak(fast)) > 0
 
 
@@ -248,11 +269,13 @@ def test_a_failing_test_sentence_tries_eager_steps_then_transformers(fast, tmp_p
         return {"sentence": "no audio within 120 s"} if len(calls) == 1 else {}
 
     monkeypatch.setattr(self_check, "check_sentence", sentence)
-    outcome = self_check.prepare(fast, "on", tmp_path, "tiny")
-    assert outcome.fast is fast and fast.decode_paths() == {"semantic": "eager", "coarse": "eager"}
-    assert "decoding eagerly and trying again" in outcome.summary
+    assert self_check.prepare(fast, "on", tmp_path / "cpu", "tiny").summary.startswith("passed")
+    assert not calls, "on a CPU the test sentence is left out unless asked for"
+    outcome = self_check.prepare(fast, "on", tmp_path, "tiny", sentence=True)
+    assert outcome.fast is fast and set(fast.decode_paths().values()) == {"eager"}
+    assert "running without graphs and trying again" in outcome.summary
     monkeypatch.setattr(self_check, "check_sentence", lambda core: {"sentence": "NaN audio"})
-    assert self_check.prepare(fast, "on", tmp_path / "b", "tiny").fast is None
+    assert self_check.prepare(fast, "on", tmp_path / "b", "tiny", sentence=True).fast is None
 
 
 def test_off_checks_nothing(fast, tmp_path):
@@ -276,7 +299,7 @@ def test_on_cuda_the_strict_self_check_passes_in_half_precision(tiny_model, tmp_
         outcome = self_check.prepare(FastBark(model, max_batch=4), "strict", tmp_path, "tiny")
         fast = outcome.fast
         assert outcome.summary.startswith("passed"), outcome.summary
-        assert fast.decode_paths() == {"semantic": "cuda graphs", "coarse": "cuda graphs"}
+        assert set(fast.decode_paths().values()) == {"cuda graphs"}
         ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(3)).to(device)
         audio = fast.generate(ids, torch.ones_like(ids), None, SETTINGS, seed=3)
     assert np.isfinite(audio).all() and len(audio) == int(20 * 75 / 49.9) * fast.hop

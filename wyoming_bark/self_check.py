@@ -102,8 +102,12 @@ class _Markers:
                 _LOGGER.warning("Self-check: cannot keep its marker in %s (%s)", self.path.parent, err)
 
 
-def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str) -> Outcome:
-    """Capture the decode graphs and run the self-check with its fallback ladder."""
+def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str, sentence: bool | None = None) -> Outcome:
+    """Capture the graphs and run the self-check with its fallback ladder.
+
+    The test sentence (``sentence``) runs on CUDA by default, where it is also the warm-up; on a
+    CPU it would cost a fine pass (seconds) and exercise nothing the other checks have not."""
+    sentence = fast.device.type == "cuda" if sentence is None else sentence
     if mode == "off":
         failed = fast.capture()
         for name, err in failed.items():
@@ -141,12 +145,16 @@ def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str) -> Outcome:
     if problems := check_against_transformers(fast):
         fall_back(f"our core disagrees with transformers ({_join(problems)})", "using the transformers core")
         return _verdict(Outcome(None, "", fallbacks), markers, started)
+    if not sentence:
+        return _verdict(Outcome(fast, "", fallbacks), markers, started)
     markers.write(running="sentence")
     if problems := check_sentence(fast):
-        if any(step.graphs for step in fast.steps.values()):
-            fall_back(f"a test sentence failed ({_join(problems)})", "decoding eagerly and trying again")
-            for step in fast.steps.values():
-                step.use_eager("a test sentence failed with graphs")
+        if any(part.path == "cuda graphs" for part in fast.graphed().values()):
+            fall_back(
+                f"a test sentence failed ({_join(problems)})", "running without graphs and trying again"
+            )
+            for part in fast.graphed().values():
+                part.use_eager("a test sentence failed with graphs")
             problems = check_sentence(fast)
         if problems:
             fall_back(f"a test sentence failed ({_join(problems)})", "using the transformers core")
@@ -155,7 +163,7 @@ def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str) -> Outcome:
 
 
 _CONSEQUENCE = {
-    "graphs": "decoding eagerly, without CUDA graphs",
+    "graphs": "running eagerly, without CUDA graphs",
     "core": "using the transformers core",
     "sentence": "using the transformers core",
 }
@@ -164,15 +172,15 @@ _CONSEQUENCE = {
 def _graphs(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> FastBark:
     """Rung 1: capture and compare the decode graphs; a model that fails decodes eagerly."""
     if "graphs" in skip:
-        for step in fast.steps.values():
-            step.use_eager("its check crashed on an earlier start")
+        for part in fast.graphed().values():
+            part.use_eager("its check crashed on an earlier start")
         return fast
     markers.write(running="graphs")
     for name, err in fast.capture().items():
-        fall_back(f"no CUDA graph for {name} decode steps ({err})", f"{name} decodes eagerly")
+        fall_back(f"no CUDA graph for the {name} model ({err})", f"{name} runs eagerly")
     for name, problem in check_graphs(fast).items():
-        fast.steps[name].use_eager(problem)
-        fall_back(f"{name} decode graphs disagree with eager steps ({problem})", f"{name} decodes eagerly")
+        fast.graphed()[name].use_eager(problem)
+        fall_back(f"the {name} graphs disagree with the eager code ({problem})", f"{name} runs eagerly")
     return fast
 
 

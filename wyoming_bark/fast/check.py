@@ -4,8 +4,8 @@ Three checks, each returning what it found wrong by part (an empty dict is a pas
 
 - ``check_graphs``: every captured decode graph against the eager step on the same inputs and
   cache state, rows at staggered positions, both models launched together through the real
-  ``launch``/``read`` path. Catches a graph captured on the wrong device (it replays nothing), a
-  shared workspace, a frozen output.
+  ``launch``/``read`` path, and the fine pass's graph against the eager pass. Catches a graph
+  captured on the wrong device (it replays nothing), a shared workspace, a frozen output.
 - ``check_against_transformers``: our networks against transformers' own modules on the same
   weights, teacher-forced (same inputs at every position), so the comparison is of logits, not of
   free-running tokens that fp16 rounding may send elsewhere at a near tie.
@@ -53,7 +53,7 @@ def _dtype(fast) -> torch.dtype:
 def check_graphs(fast) -> dict[str, str]:
     """Replayed graphs against eager steps, every bucket, both models launched together."""
     steps = {name: step for name, step in fast.steps.items() if step.graphs}
-    if not steps:
+    if not steps and fast.fine.graph is None:
         return {}
     problems: dict[str, str] = {}
     generator = torch.Generator().manual_seed(CHECK_SEED)
@@ -85,7 +85,25 @@ def check_graphs(fast) -> dict[str, str]:
                         problem = "tokens differ from the eager step's on equal logits"
                 if problem is not None:
                     problems[name] = f"batch-{b} graph: {problem}"
+        if fast.fine.graph is not None and (problem := _check_fine_graph(fast.fine, generator)):
+            problems["fine"] = problem
     return problems
+
+
+def _check_fine_graph(fine, generator: torch.Generator) -> str | None:
+    """The fine pass replayed against the eager pass on the same random window."""
+    codes = torch.randint(0, fine.size, fine.codes.shape, generator=generator).to(fine.codes)
+    fine.rel.fill_(fine.window // 4)
+    fine.key.fill_(CHECK_SEED)
+    fine.counter.fill_(8)
+    fine.temperature.fill_(0.5)
+    fine.codes.copy_(codes)
+    fine.graph.replay()
+    replayed = fine.codes.clone()
+    fine.codes.copy_(codes)
+    fine.run_eager()
+    agree = float((replayed == fine.codes).float().mean())
+    return None if agree >= 0.99 else f"{agree:.1%} of the replayed codes equal the eager pass's"
 
 
 def _row_ints(step, row: int, generator: torch.Generator) -> list[int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from types import SimpleNamespace
@@ -22,10 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .coarse import CoarseStage
-from .model import BatchedStep, CausalGPT, fine_logits
+from .fine import FineStage
+from .model import BatchedStep, CausalGPT
 from .ops import (
     FINE_DRAWS,
     Audio,
@@ -38,8 +37,9 @@ from .ops import (
     random_seed,
     reply,
     requests,
+    temperature,
 )
-from .sample import CoarseHead, SemanticHead, race_noise
+from .sample import CoarseHead, SemanticHead
 from .semantic import SemanticStage
 
 _LOGGER = logging.getLogger(__name__)
@@ -96,6 +96,9 @@ class FastBark:
             self.coarse_cfg.coarse_rate_hz / sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
         )
         self.hop = int(np.prod(bark.codec_model.config.upsampling_ratios))  # samples per frame
+        self.fine = FineStage(
+            bark, self.fine_cfg, self.coarse_cfg.n_coarse_codebooks, self.codebook_size, self.device
+        )
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -110,13 +113,17 @@ class FastBark:
         Returns what failed, by model."""
         failed = {}
         with self.on_device(), torch.inference_mode():
-            for name, step in self.steps.items():
+            for name, part in self.graphed().items():
                 try:
-                    step.capture()
-                except Exception as err:  # noqa: BLE001 - any capture failure: run this model eagerly
+                    part.capture()
+                except Exception as err:  # noqa: BLE001 - any capture failure: run this part eagerly
                     failed[name] = str(err)
-                    step.use_eager(f"capture failed: {err}")
+                    part.use_eager(f"capture failed: {err}")
         return failed
+
+    def graphed(self) -> dict[str, BatchedStep | FineStage]:
+        """The parts that replay CUDA graphs, by name: the two decode steps and the fine pass."""
+        return {**self.steps, "fine": self.fine}
 
     def warmup(self) -> None:
         """Capture the decode graphs and run one short generation, so the first request is fast."""
@@ -127,8 +134,8 @@ class FastBark:
             self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
 
     def decode_paths(self) -> dict[str, str]:
-        """How each model's decode steps run (for status): ``cuda graphs`` or ``eager``."""
-        return {name: step.path for name, step in self.steps.items()}
+        """How each part runs (for status): ``cuda graphs`` or ``eager``."""
+        return {name: part.path for name, part in self.graphed().items()}
 
     # --- answering programs -------------------------------------------------------------
 
@@ -283,40 +290,13 @@ class FastBark:
             codes = _value(self.solo(coarse.window(), cancel))
         return codes
 
-    @torch.inference_mode()
     def fine_tokens(
         self, coarse: torch.Tensor, history, s: SamplingSettings, seed: int | None = None, draw: int = 0
     ) -> torch.Tensor:
         """Two coarse codebooks -> all eight, shape (8, frames), in 1024-frame windows as transformers."""
-        cfg, size = self.fine_cfg, self.codebook_size
-        fine_model = self.bark.fine_acoustics
-        n_coarse, frames = coarse.shape[0], coarse.shape[1]
-        codes = F.pad(coarse.T.long(), (0, cfg.n_fine_codebooks - n_coarse), value=size)
-        n_history = 0
-        if history is not None:
-            past = history["fine_prompt"].to(self.device).long().T[-cfg.max_fine_history_length :]
-            codes, n_history = torch.cat([past, codes]), len(past)
-        n_pad = max(0, cfg.max_fine_input_length - len(codes))
-        codes = F.pad(codes, (0, 0, 0, n_pad), value=size)[None]
-        window, hop = cfg.max_fine_input_length, cfg.max_fine_history_length
-        n_loops = max(0, math.ceil((frames - (window - n_history)) / hop)) + 1
-        temperature = s.fine_temperature
-        key = self.to_device([[random_seed() if seed is None else seed]])
-        for n in range(n_loops):
-            start = min(n * hop, codes.shape[1] - window)
-            fill = min(n_history + n * hop, codes.shape[1] - hop)
-            rel = fill - start
-            buffer = codes[:, start : start + window]  # a view: predictions land in codes
-            for book in range(n_coarse, cfg.n_fine_codebooks):
-                logits = fine_logits(fine_model, book, buffer)[0, rel:, :size].float()
-                if not temperature:
-                    preds = logits.argmax(-1)
-                else:
-                    counter = self.to_device([[(draw * 64 + n) * 8 + book]])
-                    noise = race_noise(key, counter, logits.numel()).view(logits.shape)
-                    preds = (F.softmax(logits / temperature, dim=-1) / noise).argmax(-1)
-                buffer[0, rel:, book] = preds
-        return codes[0, n_history : n_history + frames].T
+        prompt = history["fine_prompt"] if history is not None else None
+        seed = random_seed() if seed is None else seed
+        return self.fine.tokens(coarse, prompt, temperature(s.fine_temperature), seed, draw)
 
     @torch.inference_mode()
     def decode(self, fine: torch.Tensor) -> np.ndarray:

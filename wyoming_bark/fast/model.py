@@ -152,6 +152,23 @@ class GraphCaptureError(RuntimeError):
     """A decode graph could not be captured, or captured nothing."""
 
 
+def capture_graph(fn: Callable, stream: torch.cuda.Stream, pool, what: str):
+    """Capture ``fn()`` as a CUDA graph on ``stream``: ``(graph, its static output)``.
+
+    PyTorch only warns when a capture records nothing (work issued to another device or stream):
+    that is an error here, since replaying such a graph would silently return stale outputs."""
+    graph = torch.cuda.CUDAGraph()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            out = fn()
+    for warning in caught:
+        if EMPTY_GRAPH_WARNING in str(warning.message):
+            raise GraphCaptureError(f"the {what} graph captured nothing ({warning.message})")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return graph, out
+
+
 class BatchedStep:
     """One decode step for many streams, embedding -> ``CausalGPT`` -> ``head`` -> next tokens.
 
@@ -228,15 +245,7 @@ class BatchedStep:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         pool = None
         for b in reversed(self.buckets):  # largest first, so the smaller ones reuse its memory
-            graph = torch.cuda.CUDAGraph()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    out = self.run_eager(b)
-            for warning in caught:
-                if EMPTY_GRAPH_WARNING in str(warning.message):
-                    raise GraphCaptureError(f"the batch-{b} graph captured nothing ({warning.message})")
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            graph, out = capture_graph(lambda b=b: self.run_eager(b), stream, pool, f"batch-{b} step")
             pool = graph.pool()
             self.graphs[b] = graph, out
 

@@ -24,10 +24,13 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def race_noise(seed: torch.Tensor, draw: torch.Tensor, n: int) -> torch.Tensor:
-    """Exp(1) noise (rows, n) that depends only on each row's ``seed`` and ``draw`` (both (rows, 1))."""
+def race_noise(
+    seed: torch.Tensor, draw: torch.Tensor, n: int, offset: torch.Tensor | int = 0
+) -> torch.Tensor:
+    """Exp(1) noise (rows, n) that depends only on each row's ``seed`` and ``draw`` (both (rows, 1))
+    and the index ``offset + i`` of each of its ``n`` values."""
     key = _mix((_mix(seed & _MASK32) + draw) & _MASK32)
-    index = torch.arange(n, device=seed.device)
+    index = torch.arange(n, device=seed.device) + offset
     bits = _mix(_mix((key + index) & _MASK32) ^ key) >> 8  # 24 bits: exact in float32
     return -torch.log((bits.float() + 0.5) * 2.0**-24)
 
