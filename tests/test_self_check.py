@@ -208,10 +208,10 @@ def test_out_of_memory_for_the_kv_cache_retries_with_fewer_rows(tiny_model, tmp_
     monkeypatch.setattr(KVCache, "__init__", limited)
     with caplog.at_level(logging.WARNING):
         loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=8)
-    assert loaded.fast.max_batch == 2
+    assert loaded.core.name == "fast" and loaded.core.max_batch == 2
     assert "Not enough GPU memory for --max-batch 8" in caplog.text
     assert "using 4" in caplog.text and "using 2" in caplog.text
-    assert len(speak(loaded.fast)) > 0
+    assert len(speak(loaded.core)) > 0
 
 
 def test_a_core_that_disagrees_with_transformers_falls_back_to_transformers(
@@ -225,7 +225,7 @@ def test_a_core_that_disagrees_with_transformers_falls_back_to_transformers(
     monkeypatch.setattr(networks, "_attention", skewed)
     with caplog.at_level(logging.WARNING):
         loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)
-    assert loaded.fast is None
+    assert loaded.core.name == "transformers"
     assert "Self-check: our core disagrees with transformers" in caplog.text
     assert "using the transformers core" in loaded.self_check
     with pytest.raises(ModelLoadError, match="strict"):
@@ -251,13 +251,13 @@ def test_a_crash_during_a_check_is_skipped_on_the_next_start(tiny_model, tmp_pat
     assert subprocess.run([sys.executable, "-c", script], check=False, timeout=300).returncode == 77
     with caplog.at_level(logging.WARNING):
         loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)
-    assert loaded.fast is None
+    assert loaded.core.name == "transformers"
     assert "Self-check: the core check crashed the last start" in caplog.text
     again = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)  # still skipped
-    assert again.fast is None and "the core check crashed an earlier start" in again.self_check
+    assert again.core.name == "transformers" and "the core check crashed an earlier start" in again.self_check
     with pytest.raises(ModelLoadError, match="strict"):
         load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2, self_check="strict")
-    assert load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=4).fast is not None  # new print
+    assert load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=4).core.name == "fast"  # new print
 
 
 def test_a_failing_test_sentence_tries_eager_steps_then_transformers(fast, tmp_path, monkeypatch, caplog):

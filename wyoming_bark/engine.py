@@ -10,7 +10,6 @@ while later ones are still being generated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -27,8 +26,8 @@ from .cache import AudioCache, cache_key
 from .contract import HealthCheckResult, TtsEngine
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
-from .fast.batch import DONE, Job, Scheduler
-from .fast.ops import Audio, NonFiniteLogits, Program
+from .fast.batch import Scheduler
+from .fast.ops import NonFiniteLogits, Program
 from .model import LoadedBark, load_bark
 from .voices import Prompt, Voice, VoiceLibrary
 
@@ -69,19 +68,6 @@ class GenerationSettings:
             max_semantic_tokens=self.max_semantic_tokens,
             allow_early_stop=self.allow_early_stop,
         )
-
-
-def _cancel_criteria(cancel: threading.Event):
-    """A transformers stopping criterion that ends generation once ``cancel`` is set."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _Cancelled(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-            return torch.full(
-                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
-            )
-
-    return StoppingCriteriaList([_Cancelled()])
 
 
 def to_pcm(audio: np.ndarray) -> bytes:
@@ -273,7 +259,7 @@ class BarkEngine(TtsEngine):
         if self.cache is not None:
             status.update(self.cache.stats())
         if bark is not None:
-            status["decode"] = bark.fast.decode_paths() if bark.fast else "transformers"
+            status["decode"] = bark.core.decode_paths()
             status["self_check"] = bark.self_check
         if bark is not None and bark.device.type == "cuda":
             status["gpu_memory_mib"] = round(torch.cuda.memory_allocated(bark.device) / 2**20, 1)
@@ -330,29 +316,21 @@ class BarkEngine(TtsEngine):
         With batching the next sentences ride along in the batch of the one playing; two at most
         by default, so one long text cannot take every row from other clients.
         """
-        if self._core() != "fast":
-            return 0
         wanted = 2 if self._lookahead is None else self._lookahead
-        return min(wanted, self._capacity() - 1)
+        return min(wanted, self._capacity() - 1)  # 0 where one sentence is decoded at a time
 
     def _core(self) -> str:
         """The core in use: the configured one until loaded; transformers' if ours fell back."""
-        bark = self._bark
-        if bark is None:
-            return self.core
-        return "fast" if bark.fast is not None else "transformers"
+        return self._bark.core.name if self._bark is not None else self.core
 
     def _capacity(self) -> int:
         """Sentences decoded together: ``--max-batch``, or fewer where GPU memory held fewer."""
-        bark = self._bark
-        if self._core() != "fast":
-            return 1
-        return bark.fast.max_batch if bark is not None else self.max_batch
+        return self._bark.core.max_batch if self._bark is not None else self.max_batch
 
     def streams_audio(self) -> bool:
         """Release audio inside a sentence? ``auto``: on a GPU, where generation outruns playback."""
         bark = self._bark
-        if bark is None or bark.fast is None or self.audio_streaming == "off":
+        if bark is None or not bark.core.streams_audio or self.audio_streaming == "off":
             return False
         return self.audio_streaming == "on" or bark.device.type == "cuda"
 
@@ -363,42 +341,32 @@ class BarkEngine(TtsEngine):
         prompt = await asyncio.get_running_loop().run_in_executor(
             self._executor, self.voices.load, voice, bark.model_dir
         )
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[Any] = asyncio.Queue()
-
-        def emit(item: Any) -> None:  # called on the scheduler thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
-                loop.call_soon_threadsafe(pieces.put_nowait, item)
-
         cancel = threading.Event()
         seed = self.settings.seed_for(voice.name)
-        job = Job(self._program(bark, sentence, prompt, seed, cancel), emit, cancel)
+        program = self._program(bark, sentence, prompt, seed, cancel)
         if self._scheduler is None:
-            self._scheduler = Scheduler(bark.fast)
+            self._scheduler = Scheduler(bark.core)
         started, samples = time.monotonic(), 0
         self._active.add(cancel)
         self.pending += 1
         try:
-            self._scheduler.submit(job)
-            while (item := await pieces.get()) is not DONE:
-                if isinstance(item, Cancelled):
-                    raise SynthesisCancelled("Synthesis was cancelled")
-                if isinstance(item, torch.cuda.OutOfMemoryError):
-                    raise self._out_of_memory(item) from item
-                if isinstance(item, NonFiniteLogits):
-                    raise BadModelOutput(
-                        f"Bark produced invalid values for this sentence ({item}), so it was not "
-                        "spoken; the server log says more"
-                    ) from item
-                if isinstance(item, BaseException):
-                    raise item
-                samples += len(item)
-                self.audio_seconds += len(item) / SAMPLE_RATE
-                yield item
+            async for audio in self._scheduler.stream(program, cancel):
+                samples += len(audio)
+                self.audio_seconds += len(audio) / SAMPLE_RATE
+                yield audio
             if cancel.is_set():  # stop() came after the scheduler was done with it: still stopped
                 raise SynthesisCancelled("Synthesis was cancelled")
             self.sentences += 1
             self._log_timing(sentence, samples, started)
+        except Cancelled as err:
+            raise SynthesisCancelled("Synthesis was cancelled") from err
+        except torch.cuda.OutOfMemoryError as err:
+            raise self._out_of_memory(err) from err
+        except NonFiniteLogits as err:
+            raise BadModelOutput(
+                f"Bark produced invalid values for this sentence ({err}), so it was not spoken; "
+                "the server log says more"
+            ) from err
         finally:  # also when the listener goes away: the scheduler drops the job
             cancel.set()
             self.pending -= 1
@@ -419,14 +387,9 @@ class BarkEngine(TtsEngine):
             return_token_type_ids=False,
         ).to(bark.device)
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        if bark.fast is not None:
-            s, stream = self.settings.sampling(), self.streams_audio()
-            yield from bark.fast.speech(inputs.input_ids, inputs.attention_mask, history, s, seed, stream)
-        else:
-            if seed is not None:
-                torch.manual_seed(seed)
-            audio = self._generate_transformers(bark, inputs, history, cancel)
-            yield Audio(lambda: audio)
+        s, stream = self.settings.sampling(), self.streams_audio()
+        ids, mask = inputs.input_ids, inputs.attention_mask
+        yield from bark.core.speech(ids, mask, history, s, seed, stream, cancel=cancel)
 
     def _out_of_memory(self, err: torch.cuda.OutOfMemoryError) -> OutOfMemory:
         """Free what the failed sentence held, so the next one starts clean; say what to do."""
@@ -451,25 +414,3 @@ class BarkEngine(TtsEngine):
             text,
         )
 
-    def _generate_transformers(
-        self, bark: LoadedBark, inputs, history, cancel: threading.Event
-    ) -> np.ndarray:
-        """The reference path: transformers' own ``BarkModel.generate``."""
-        s = self.settings
-        stop = _cancel_criteria(cancel)
-        with torch.inference_mode():
-            audio = bark.model.generate(
-                **inputs,
-                history_prompt=history,
-                do_sample=True,
-                min_eos_p=s.min_eos_p,
-                semantic_max_new_tokens=s.max_semantic_tokens,
-                semantic_temperature=s.text_temperature,
-                coarse_temperature=s.waveform_temperature,
-                fine_temperature=s.fine_temperature,
-                semantic_stopping_criteria=stop,
-                coarse_stopping_criteria=stop,
-            )
-        if cancel.is_set():
-            raise SynthesisCancelled("Synthesis was cancelled")
-        return audio[0].float().cpu().numpy()

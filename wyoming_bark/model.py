@@ -17,6 +17,7 @@ import torch
 
 from .errors import ModelLoadError
 from .fast import FastBark
+from .fast.reference import TransformersCore
 from .self_check import prepare
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class LoadedBark:
     model_dir: Path
     device: torch.device
     dtype: torch.dtype
-    fast: FastBark | None = None  # our inference core, unless --core transformers (or it fell back)
+    core: FastBark | TransformersCore  # ours, or transformers' (--core transformers, or a fallback)
     self_check: str = "not run"  # the self-check's verdict, for status
 
 
@@ -150,15 +151,14 @@ def load_bark(
             raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
         if not hasattr(bark.generation_config, "semantic_config"):
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
-        loaded = LoadedBark(bark, processor, model_dir, device, dtype)
-        if core == "fast":
+        loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark))
+        if core == "fast":  # the one place that picks the core
             started = time.monotonic()
             outcome = prepare(_fast_core(bark, max_batch, model), self_check, data_dir / "self-check", model)
-            loaded.fast, loaded.self_check = outcome.fast, outcome.summary
+            loaded.core = outcome.fast or loaded.core
+            loaded.self_check = outcome.summary
             _LOGGER.info("Core set up and checked in %.1f s", time.monotonic() - started)
-    _LOGGER.info(
-        "Bark runs on %s with the %s core", device_summary(device), "fast" if loaded.fast else "transformers"
-    )
+    _LOGGER.info("Bark runs on %s with the %s core", device_summary(device), loaded.core.name)
     return loaded
 
 

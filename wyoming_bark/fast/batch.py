@@ -11,6 +11,8 @@ to finish — only for a free row when ``max_batch`` sentences are already runni
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import logging
 import queue
@@ -18,10 +20,11 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .generate import FastBark
@@ -109,17 +112,20 @@ class _Releaser:
 
 
 class Scheduler:
-    """Runs jobs on one thread; with a ``FastBark``, their decode steps are batched."""
+    """Runs jobs on one thread; their model requests are answered by ``core.run``, batched.
 
-    def __init__(self, fast: FastBark | None, name: str = "bark") -> None:
-        self.fast = fast
-        self.capacity = fast.max_batch if fast is not None else 1
+    ``core`` is a ``FastBark`` or anything with its interface (``reference.TransformersCore``,
+    whose programs ask for nothing and so are simply run one at a time)."""
+
+    def __init__(self, core: FastBark, name: str = "bark") -> None:
+        self.core = core
+        self.capacity = core.max_batch
         self._free = list(range(self.capacity))  # a heap: the lowest rows, the smallest graphs
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
         self._wake = threading.Condition()
         self._closed = False
-        device = fast.device if fast is not None else None
+        device = core.device
         self._releaser = _Releaser(device, name)
         self.steps = 0  # batched decode iterations, for status
         self.batched_tokens = 0
@@ -130,6 +136,30 @@ class Scheduler:
             sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
         self._thread.start()
+
+    async def stream(self, program: Program, cancel: threading.Event) -> AsyncIterator[np.ndarray]:
+        """Run ``program`` as a job and yield its audio pieces on the calling event loop.
+
+        Raises what ended the program (``Cancelled`` once ``cancel`` is set); a caller that stops
+        iterating early cancels it."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:  # on the audio thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                loop.call_soon_threadsafe(items.put_nowait, item)
+
+        self.submit(Job(program, emit, cancel))
+        finished = False
+        try:
+            while (item := await items.get()) is not DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            finished = True
+        finally:
+            if not finished:
+                cancel.set()
 
     def submit(self, job: Job) -> None:
         with self._wake:
@@ -160,7 +190,7 @@ class Scheduler:
     # --- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        _use_device(self.fast.device if self.fast is not None else None)
+        _use_device(self.core.device)
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -229,7 +259,7 @@ class Scheduler:
             return False
         work = [(job.row, op) for job in jobs for op in requests(job.op)]
         try:
-            tokens = self.fast.run(work)
+            tokens = self.core.run(work)
         except Exception as err:  # noqa: BLE001 - e.g. out of memory: each program in the batch hears it
             _LOGGER.warning("Batched step for %d sentences failed: %s", len(jobs), err)
             for job in jobs:

@@ -52,7 +52,12 @@ class FastBark:
     """Bark generation over a loaded transformers ``BarkModel``'s weights.
 
     ``max_batch`` is how many sentences can be decoded together (one KV-cache row each).
+    ``reference.TransformersCore`` has the same interface (``name``, ``streams_audio``,
+    ``max_batch``, ``device``, ``speech``, ``run``, ``decode_paths``).
     """
+
+    name = "fast"
+    streams_audio = True  # can release audio inside a sentence
 
     def __init__(self, bark, max_batch: int = 1) -> None:
         from transformers.models.bark.generation_configuration_bark import (
@@ -225,10 +230,13 @@ class FastBark:
         s: SamplingSettings,
         seed: int | None = None,
         stream: bool = False,
+        cancel: threading.Event | None = None,
         chunk_frames: int = STREAM_CHUNK_FRAMES,
         holdback: int = STREAM_HOLDBACK_FRAMES,
     ) -> Program:
         """One sentence, tokenized text (1, T) and a voice prompt -> ``Audio``.
+
+        (``cancel`` is for the interface: whoever drives the program stops it between requests.)
 
         With ``stream``, audio comes in pieces while the coarse stage is still running: after each
         coarse window the fine stage runs over the codes so far (as Bark would for a sentence that
@@ -319,7 +327,9 @@ class FastBark:
         holdback: int = STREAM_HOLDBACK_FRAMES,
     ) -> Iterator[np.ndarray]:
         """Audio in pieces while the sentence is still being generated (see ``speech``)."""
-        program = self.speech(input_ids, attention_mask, history, s, seed, True, chunk_frames, holdback)
+        program = self.speech(
+            input_ids, attention_mask, history, s, seed, True, chunk_frames=chunk_frames, holdback=holdback
+        )
         yield from self.solo(program, cancel)
 
     def generate(
