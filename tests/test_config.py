@@ -136,3 +136,21 @@ async def test_server_with_config_file_caches_announcements(server_factory, tiny
     state = await status(server.uri)
     assert state["cache_hits"] == 1 and state["sentences"] == 1 and state["default_voice"] == "announcer"
     assert (await describe(server.uri)).type == "info"
+
+
+def test_the_file_takes_every_flag_with_the_flags_own_types():
+    """One definition per setting: the file's keys come from the command line's definitions."""
+    from wyoming_bark.__main__ import build_parser
+    from wyoming_bark.config import flag_keys
+    from wyoming_bark.model import CORES
+    from wyoming_bark.self_check import MODES
+
+    keys = flag_keys(build_parser())
+    assert (keys["core"], keys["self_check"], keys["audio_streaming"]) == (CORES, MODES, ("auto", "on", "off"))
+    assert (keys["max_batch"], keys["min_eos_p"], keys["preload"], keys["lookahead"]) == (
+        int,
+        (int, float),
+        bool,
+        (int, str),
+    )
+    assert keys["use_small_model"] is bool and keys["voice_seeds"] is dict

@@ -14,6 +14,7 @@ from wyoming_bark.cache import HEADER
 from wyoming_bark.contract import ENGINES, HealthCheckResult, TtsEngine, create_engine
 from wyoming_bark.engine import BarkEngine, GenerationSettings
 from wyoming_bark.errors import ModelLoadError, SynthesisCancelled, UnknownVoice
+from wyoming_bark.fast import SamplingSettings
 from wyoming_bark.voices import VoiceLibrary
 
 BYTES_PER_SENTENCE = 2 * SAMPLES_PER_SENTENCE
@@ -31,7 +32,7 @@ def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
         device="cpu",
         voices=voices,
         default_voice="v2/en_speaker_6",
-        settings=GenerationSettings(max_semantic_tokens=20, **settings),
+        settings=GenerationSettings(SamplingSettings(max_semantic_tokens=20), **settings),
         cache_size_mb=cache_mb,
         max_batch=max_batch,
         lookahead=lookahead,

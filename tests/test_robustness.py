@@ -25,7 +25,7 @@ from wyoming_client import read_until, status
 
 from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
 from wyoming_bark.errors import ModelLoadError
-from wyoming_bark.fast import FastBark
+from wyoming_bark.fast import FastBark, SamplingSettings
 from wyoming_bark.model import model_directory
 from wyoming_bark.voices import VoiceLibrary
 
@@ -373,7 +373,7 @@ async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, mo
         "cpu",
         VoiceLibrary(None),
         "v2/en_speaker_6",
-        GenerationSettings(max_semantic_tokens=20, seed=5),
+        GenerationSettings(SamplingSettings(max_semantic_tokens=20), seed=5),
     )
     await engine.load()  # the self-check's test sentence is not the request that fails
     real = FastBark.run

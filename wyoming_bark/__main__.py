@@ -21,13 +21,14 @@ from platformdirs import user_cache_path
 from wyoming.server import AsyncServer
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import ConfigError, flag_keys, load_config
 from .contract import ENGINES, TtsEngine, create_engine
 from .discovery import ZeroconfAdvertiser, default_service_name
 from .engine import GenerationSettings
 from .errors import ModelLoadError, TtsError
+from .fast import SamplingSettings
 from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
-from .model import device_summary, resolve_device
+from .model import CORES, device_summary, resolve_device
 from .protocol import ConnectionLimits
 from .self_check import MODES as SELF_CHECK_MODES
 from .voices import DEFAULT_VOICE, VoiceLibrary
@@ -36,7 +37,6 @@ _LOGGER = logging.getLogger(__name__)
 ENV_PREFIX = "BARK_"
 DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_ZEROCONF_NAME = default_service_name()
-CORES = ("fast", "transformers")
 
 
 def env_name(flag: str) -> str:
@@ -70,6 +70,7 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
         return number
 
     parse.__name__ = "integer"
+    parse.json_types = int  # what the --config file may hold for it
     return parse
 
 
@@ -84,12 +85,16 @@ def _number_in(low: float, high: float, above_low: bool = False) -> Callable[[st
         return number
 
     parse.__name__ = "number"
+    parse.json_types = (int, float)
     return parse
 
 
 def _lookahead(value: str) -> int | None:
     """``auto`` (None: the engine's choice) or a number of sentences."""
     return None if value == "auto" else _int_in(0, 7)(value)
+
+
+_lookahead.json_types = (int, str)
 
 
 def _log_format(value: str) -> str:
@@ -260,7 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     warnings: list[str] = []
     try:
         if config_path:
-            file_values, warnings = load_config(Path(config_path).expanduser())
+            file_values, warnings = load_config(Path(config_path).expanduser(), flag_keys(build_parser()))
         parser = build_parser(file_values)
     except ConfigError as err:
         early.error(str(err))
@@ -295,10 +300,12 @@ def voice_library(args: argparse.Namespace) -> VoiceLibrary:
 def build_engine(args: argparse.Namespace) -> TtsEngine:
     data_dir = Path(args.data_dir).expanduser()
     settings = GenerationSettings(
-        max_semantic_tokens=args.max_semantic_tokens,
-        min_eos_p=args.min_eos_p,
-        text_temperature=args.text_temp,
-        waveform_temperature=args.waveform_temp,
+        sampling=SamplingSettings(
+            max_semantic_tokens=args.max_semantic_tokens,
+            min_eos_p=args.min_eos_p,
+            text_temperature=args.text_temp,
+            waveform_temperature=args.waveform_temp,
+        ),
         seed=args.seed,
         voice_seeds=args.voice_seeds,
         sentence_silence=args.sentence_silence,

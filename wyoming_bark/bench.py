@@ -270,7 +270,7 @@ async def _serve(
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
-    settings = GenerationSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
+    settings = GenerationSettings(SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False))
     engine = BarkEngine(
         "random",
         folder,

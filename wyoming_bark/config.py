@@ -7,64 +7,52 @@ message naming the key.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from .discovery import default_service_name
-from .self_check import MODES as SELF_CHECK_MODES
 
-# key -> expected type(s) or allowed values; flag keys use the flag's name with underscores.
-SCHEMA: dict[str, Any] = {
-    # the original design's keys
+MODEL_SIZES = {"small": "suno/bark-small", "full": "suno/bark"}
+# Keys of the original design, and keys whose file form differs from their flag's; every other key
+# is a flag, with the types its command-line definition declares (see ``flag_keys``).
+FILE_ONLY: dict[str, Any] = {
     "use_small_model": bool,
-    "model_size": ("small", "full"),
-    "device": str,
+    "model_size": tuple(MODEL_SIZES),
     "use_cache": bool,
-    "voice": str,
     "np_load_scale": (int, float),
-    # ours
-    "model": str,
-    "engine": str,
-    "core": ("fast", "transformers"),
-    "self_check": SELF_CHECK_MODES,
-    "uri": str,
-    "data_dir": str,
-    "voices_dir": str,
-    "samples_per_chunk": int,
-    "max_chars": int,
-    "max_semantic_tokens": int,
-    "min_eos_p": (int, float),
-    "text_temp": (int, float),
-    "waveform_temp": (int, float),
-    "seed": int,
     "voice_seeds": dict,
     "language_voices": dict,
-    "sentence_silence": (int, float),
-    "cache_size_mb": (int, float),
-    "audio_streaming": ("auto", "on", "off"),
-    "max_batch": int,
-    "max_connections": int,
-    "idle_timeout": (int, float),
-    "lookahead": (int, str),
     "streaming": bool,
-    "preload": bool,
     "zeroconf": (str, bool),
-    "zeroconf_host": str,
-    "debug": bool,
-    "log_format": str,
 }
-MODEL_SIZES = {"small": "suno/bark-small", "full": "suno/bark"}
+
+
+def flag_keys(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Every key a file may hold, with its JSON type(s) or allowed values: each flag's, from the
+    parser (choices; switches are bool; a converter's ``json_types``; else str), and ``FILE_ONLY``."""
+    keys: dict[str, Any] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version", "config"):
+            continue
+        if action.choices is not None:
+            keys[action.dest] = tuple(action.choices)
+        elif isinstance(action, argparse._StoreTrueAction):
+            keys[action.dest] = bool
+        else:
+            keys[action.dest] = getattr(action.type, "json_types", str)
+    return {**keys, **FILE_ONLY}
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _check(path: Path, key: str, value: Any) -> None:
-    expected = SCHEMA.get(key)
+def _check(path: Path, key: str, value: Any, keys: dict[str, Any]) -> None:
+    expected = keys.get(key)
     if expected is None:
-        raise ConfigError(f"{path}: unknown key tts.bark.{key} (known: {', '.join(sorted(SCHEMA))})")
+        raise ConfigError(f"{path}: unknown key tts.bark.{key} (known: {', '.join(sorted(keys))})")
     if isinstance(expected, tuple) and all(isinstance(item, str) for item in expected):
         if value not in expected:
             raise ConfigError(f"{path}: tts.bark.{key} must be one of {', '.join(expected)}, got {value!r}")
@@ -75,8 +63,9 @@ def _check(path: Path, key: str, value: Any) -> None:
         raise ConfigError(f"{path}: tts.bark.{key} must be {names}, got {value!r}")
 
 
-def load_config(path: Path) -> tuple[dict[str, Any], list[str]]:
-    """Flag values (by argparse dest) from ``path``, and warnings to log."""
+def load_config(path: Path, keys: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Flag values (by argparse dest) from ``path``, checked against ``keys`` (see ``flag_keys``),
+    and warnings to log."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -93,7 +82,7 @@ def load_config(path: Path) -> tuple[dict[str, Any], list[str]]:
     values: dict[str, Any] = {}
     warnings: list[str] = []
     for key, value in section.items():
-        _check(path, key, value)
+        _check(path, key, value, keys)
         if key == "np_load_scale":
             warnings.append(f"{path}: tts.bark.np_load_scale has no meaning for this server and is ignored")
         elif key == "use_small_model":

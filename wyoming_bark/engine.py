@@ -10,6 +10,7 @@ while later ones are still being generated.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -43,31 +44,16 @@ HEALTH_PHRASE = "Test."
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampling settings; the defaults are Bark's own."""
+    """What shapes a sentence's audio besides its text and voice: Bark's sampling knobs
+    (``sampling``, Bark's own defaults), the seeds, and the silence between sentences."""
 
-    max_semantic_tokens: int = 768  # ~15 s of speech: Bark's limit per generation
-    min_eos_p: float = 0.05
-    text_temperature: float = 0.7
-    waveform_temperature: float = 0.7
-    fine_temperature: float = 0.5
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     seed: int | None = None
     voice_seeds: dict[str, int] = field(default_factory=dict)  # per-voice default seed
     sentence_silence: float = 0.0  # seconds of silence between sentences
-    allow_early_stop: bool = True  # False: every sentence runs to max_semantic_tokens (benchmarks)
 
     def seed_for(self, voice: str) -> int | None:
         return self.voice_seeds.get(voice, self.seed)
-
-    def sampling(self) -> SamplingSettings:
-        """The fast core's view of these settings."""
-        return SamplingSettings(
-            text_temperature=self.text_temperature,
-            waveform_temperature=self.waveform_temperature,
-            fine_temperature=self.fine_temperature,
-            min_eos_p=self.min_eos_p,
-            max_semantic_tokens=self.max_semantic_tokens,
-            allow_early_stop=self.allow_early_stop,
-        )
 
 
 def to_pcm(audio: np.ndarray) -> bytes:
@@ -301,11 +287,7 @@ class BarkEngine(TtsEngine):
             self.model,
             self._core(),
             self.streams_audio(),  # streamed sentences take their fine codes from partial context
-            s.max_semantic_tokens,
-            s.min_eos_p,
-            s.text_temperature,
-            s.waveform_temperature,
-            s.fine_temperature,
+            dataclasses.asdict(s.sampling),
             s.seed_for(voice.name),
         )
 
@@ -387,7 +369,7 @@ class BarkEngine(TtsEngine):
             return_token_type_ids=False,
         ).to(bark.device)
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        s, stream = self.settings.sampling(), self.streams_audio()
+        s, stream = self.settings.sampling, self.streams_audio()
         ids, mask = inputs.input_ids, inputs.attention_mask
         yield from bark.core.speech(ids, mask, history, s, seed, stream, cancel=cancel)
 

@@ -22,6 +22,8 @@ from .self_check import prepare
 
 _LOGGER = logging.getLogger(__name__)
 
+CORES = ("fast", "transformers")  # --core: ours, or transformers' BarkModel.generate
+
 # What BarkModel/BarkProcessor and the v2 presets need; the hub repos also carry the original
 # suno checkpoints (*.pt, several GB), which are never downloaded.
 _HUB_PATTERNS = [
