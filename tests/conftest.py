@@ -2,43 +2,47 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SEED, SEMANTIC_TOKENS, Server, start_server, stop_server, torch_version
+from platformdirs import user_cache_path
 from tiny_bark import build_tiny_bark, suno_wheel_prompts
-from wyoming.client import AsyncClient
-from wyoming.event import Event, read_event, write_event
-from wyoming.info import Describe
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-# The tiny random model almost never emits end-of-speech, so every sentence runs to this limit.
-SEMANTIC_TOKENS = 20
-SAMPLES_PER_SENTENCE = int(SEMANTIC_TOKENS * 75 / 49.9) * 320  # coarse frames x EnCodec hop
-SEED = 1234
-TIMEOUT = 60.0
-
 
 @pytest.fixture(scope="session")
-def bark_wheel(tmp_path_factory) -> Path:
-    """suno's ``bark`` 0.1.5 wheel, downloaded (never installed) for its 130 real voice presets."""
-    folder = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "bark==0.1.5", "-d", str(folder)],
-        check=True,
-    )
-    return next(folder.glob("bark-0.1.5-*.whl"))
+def bark_wheel() -> Path:
+    """suno's ``bark`` 0.1.5 wheel (never installed) for its 130 real voice presets: downloaded
+    once into the user's cache, so later runs need no network."""
+    folder = user_cache_path("wyoming-bark-tests")
+    cached = folder / "bark-0.1.5-py3-none-any.whl"
+    if not cached.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "bark==0.1.5",
+                "-d",
+                str(folder),
+            ],
+            check=True,
+        )
+    return cached
 
 
 @pytest.fixture(scope="session")
@@ -58,82 +62,6 @@ def voices_dir(tmp_path_factory, real_prompts) -> Path:
     np.savez(folder / "grandpa.npz", **real_prompts["v2/en_speaker_8"])
     (folder / "broken.npz").write_bytes(b"this is not a zip file")
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A real ``python -m wyoming_bark`` process."""
-
-    uri: str
-    process: subprocess.Popen
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-
-async def describe(uri: str) -> Event:
-    async with AsyncClient.from_uri(uri) as client:
-        await client.write_event(Describe().event())
-        return await asyncio.wait_for(client.read_event(), TIMEOUT)
-
-
-def start_server(tmp_path: Path, *args: str, python: str = sys.executable) -> Server:
-    """``python -m wyoming_bark`` (from ``python``'s environment), run in ``tmp_path``."""
-    port = free_port()
-    uri = f"tcp://127.0.0.1:{port}"
-    log = tmp_path / f"server-{port}.log"
-    cmd = [
-        python,
-        "-m",
-        "wyoming_bark",
-        "--uri",
-        uri,
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(tmp_path / "data"),
-        *args,
-    ]
-    if "--seed" not in args:
-        # The tiny random model may end a sentence early when sampling freely; a seed makes each
-        # sentence's length fixed, so tests can count samples.
-        cmd += ["--seed", str(SEED)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    server = Server(uri, process, log)
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_text()}")
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock,
-                sock.makefile("rwb") as io,
-            ):
-                write_event(Describe().event(), io)
-                if read_event(io) is not None:
-                    return server
-        except OSError:
-            time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"server did not answer describe within {TIMEOUT} s:\n{server.log_text()}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -195,13 +123,6 @@ def dist(tmp_path_factory) -> Dist:
         env=env,
     )
     return Dist(next(folder.glob("*.whl")), next(folder.glob("*.tar.gz")))
-
-
-def torch_version() -> str:
-    """The torch the tests run on (without a local label such as +cpu): the one images install."""
-    import torch
-
-    return torch.__version__.split("+")[0]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from test_fast import tokens
+from helpers import samples_for, tokens
 from transformers import BarkModel, BarkProcessor
 
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
@@ -84,7 +84,7 @@ def test_batched_sentences_match_their_solo_runs(batched):
         assert scheduler.batched_tokens > scheduler.steps, "steps were shared between sentences"
     finally:
         scheduler.close()
-    expected = int(60 * 75 / 49.9) * fast.hop
+    expected = samples_for(60, fast.hop)
     for (args, seed, stream), listener, audio in zip(requests, listeners, outputs):
         assert len(audio) == expected
         if stream:
@@ -158,7 +158,7 @@ def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch,
     assert "running them eagerly" in caplog.text
     assert all(not step.graphs for step in fast.steps.values())
     args, seed, _ = request(processor, fast, voices, 2, False)
-    assert len(fast.generate(*args, seed=seed)) == int(60 * 75 / 49.9) * fast.hop
+    assert len(fast.generate(*args, seed=seed)) == samples_for(60, fast.hop)
 
 
 def test_coarse_windows_start_while_semantic_tokens_still_come(batched):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import describe
-from test_server import assert_stream, synthesize
-from wyoming_client import status
+from helpers import assert_stream, describe, status, synthesize
 
 from wyoming_bark.__main__ import parse_args
 from wyoming_bark.discovery import default_service_name
@@ -146,7 +144,11 @@ def test_the_file_takes_every_flag_with_the_flags_own_types():
     from wyoming_bark.self_check import MODES
 
     keys = flag_keys(build_parser())
-    assert (keys["core"], keys["self_check"], keys["audio_streaming"]) == (CORES, MODES, ("auto", "on", "off"))
+    assert (keys["core"], keys["self_check"], keys["audio_streaming"]) == (
+        CORES,
+        MODES,
+        ("auto", "on", "off"),
+    )
     assert (keys["max_batch"], keys["min_eos_p"], keys["preload"], keys["lookahead"]) == (
         int,
         (int, float),

@@ -10,13 +10,10 @@ import subprocess
 import sys
 import time
 
-from conftest import describe, free_port
-from test_robustness import rss_mib
-from test_server import assert_stream, synthesize
+from helpers import assert_stream, describe, free_port, read_until, rss_mib, synthesize
 from wyoming.client import AsyncClient
 from wyoming.event import async_read_event
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
-from wyoming_client import read_until
 
 
 def port_of(server) -> int:

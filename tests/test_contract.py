@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLES_PER_SENTENCE
+from helpers import SAMPLES_PER_SENTENCE
 
 from wyoming_bark.cache import HEADER
 from wyoming_bark.contract import ENGINES, HealthCheckResult, TtsEngine, create_engine
@@ -64,7 +64,10 @@ def test_registry():
         def get_available_voices(self): ...
         def set_voice(self, name): ...
 
-    assert ENGINES["echo-test"] is Echo, "subclasses with a name register on definition"
+    try:
+        assert ENGINES["echo-test"] is Echo, "subclasses with a name register on definition"
+    finally:
+        del ENGINES["echo-test"]  # leave the registry as the other tests expect it
     with pytest.raises(ValueError, match="Unknown engine 'nope'"):
         create_engine("nope")
 

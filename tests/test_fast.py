@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import samples_for, tokens
 from transformers import BarkModel, BarkProcessor
 from transformers.models.bark.generation_configuration_bark import (
     BarkCoarseGenerationConfig,
@@ -33,17 +34,6 @@ def voice(tiny_model):
     library = VoiceLibrary(None)
     prompt = library.load(library.resolve("v2/en_speaker_6"), tiny_model)
     return {key: torch.from_numpy(value) for key, value in prompt.items()}
-
-
-def tokens(processor, text: str):
-    return processor.tokenizer(
-        text,
-        return_tensors="pt",
-        padding="max_length",
-        max_length=256,
-        add_special_tokens=False,
-        return_token_type_ids=False,
-    )
 
 
 def configs(model):
@@ -85,7 +75,7 @@ def test_stages_match_transformers_token_for_token(bark, voice):
             do_sample=False,
         )
         coarse = fast.coarse_tokens(semantic, voice, s)
-        assert coarse.shape == (2, int(60 * 75 / 49.9)), "two 60-step windows and a bit"
+        assert coarse.shape == (2, samples_for(60, hop=1)), "two 60-step windows and a bit"
         assert torch.equal(torch.remainder(ref_coarse.view(-1, 2) - 10_000, 1024).T, coarse)
 
         # transformers decodes the fine stage greedily when its temperature is 1.0
@@ -107,6 +97,7 @@ def test_stages_match_transformers_token_for_token(bark, voice):
 
 
 @pytest.mark.parametrize("with_voice", [True, False])
+@pytest.mark.slow
 def test_full_length_generation_matches(bark, voice, with_voice):
     """768 semantic tokens: the block-size limit, 13 coarse windows, two fine windows."""
     model, processor, fast = bark
@@ -122,7 +113,7 @@ def test_full_length_generation_matches(bark, voice, with_voice):
             fine_temperature=1.0,
         )[0].numpy()
     audio = fast.generate(inputs["input_ids"], inputs["attention_mask"], history, GREEDY)
-    assert len(audio) == len(reference) == int(768 * 75 / 49.9) * 320
+    assert len(audio) == len(reference) == samples_for(768)
     np.testing.assert_allclose(audio, reference, atol=1e-5)
 
 
@@ -196,6 +187,7 @@ def test_cancel_stops_generation(bark, voice):
         fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, SamplingSettings(), cancel)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_and_reports_everything():
     """Not a speed test: the benchmark's CPU path works end to end and reports every figure."""
     import json
@@ -250,7 +242,7 @@ def test_streamed_audio_matches_the_whole_sentence(bark, voice):
     whole = fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, s)
     streamed = np.concatenate(pieces)
     assert len(pieces) >= 4 and all(len(piece) % fast.hop == 0 for piece in pieces)
-    assert len(streamed) == len(whole) == int(200 * 75 / 49.9) * fast.hop
+    assert len(streamed) == len(whole) == samples_for(200, fast.hop)
     head = 30 * fast.hop  # the first 30 frames: identical coarse codes and full right context
     assert np.sqrt(np.mean((streamed - whole) ** 2)) < 0.05 * np.sqrt(np.mean(whole**2))
     assert np.abs(streamed[:head] - whole[:head]).max() < 0.05 * np.abs(whole).max()

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import describe
-from test_server import assert_stream, synthesize
+from helpers import assert_stream, describe, synthesize
 from wyoming.event import async_read_event
 from wyoming.info import Info
 

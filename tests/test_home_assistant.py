@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from conftest import SAMPLES_PER_SENTENCE
 from ha_client import (
     describe,
     get_tts_audio,
@@ -13,11 +12,11 @@ from ha_client import (
     stream_tts_audio,
     voices_by_language,
 )
+from helpers import SAMPLES_PER_SENTENCE, read_until
 from wyoming.client import AsyncClient
 from wyoming.event import Event
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeVoice
-from wyoming_client import read_until
 
 from wyoming_bark.voices import LANGUAGES
 

@@ -25,11 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SEED, SEMANTIC_TOKENS, describe, torch_version
-from test_server import assert_stream, synthesize
+from helpers import SEED, SEMANTIC_TOKENS, assert_stream, describe, status, synthesize, torch_version
 from tiny_bark import place_in_hub_cache
 from wyoming.info import Info
-from wyoming_client import status
 
 pytestmark = pytest.mark.images
 

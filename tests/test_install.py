@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SEMANTIC_TOKENS, start_server, stop_server
-from test_server import assert_stream, synthesize
+from helpers import SEMANTIC_TOKENS, assert_stream, start_server, stop_server, synthesize
 
 from wyoming_bark import __version__
 

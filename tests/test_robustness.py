@@ -12,16 +12,25 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLES_PER_SENTENCE, TIMEOUT, describe
-from test_server import assert_stream, synthesize
+from helpers import (
+    SAMPLES_PER_SENTENCE,
+    TIMEOUT,
+    assert_stream,
+    describe,
+    eventually,
+    header,
+    read_until,
+    rss_mib,
+    status,
+    synthesize,
+    thread_count,
+)
 from wyoming.client import AsyncClient
 from wyoming.event import Event, async_read_event
 from wyoming.tts import Synthesize, SynthesizeVoice
-from wyoming_client import read_until, status
 
 from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
 from wyoming_bark.errors import ModelLoadError
@@ -31,21 +40,6 @@ from wyoming_bark.voices import VoiceLibrary
 
 # BARK_SOAK_REQUESTS=20 runs the full soak (8 clients x 20 requests); CI runs a short one.
 SOAK_REQUESTS = int(os.environ.get("BARK_SOAK_REQUESTS", "3"))
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def header(**fields) -> bytes:
-    return json.dumps(fields).encode() + b"\n"
 
 
 def malformed_inputs(rng: random.Random) -> list[tuple[str, bytes]]:
@@ -184,8 +178,11 @@ async def test_disconnects_leak_no_threads_or_tasks(bark_server):
         await read_until(client, "audio-chunk")
         await client.disconnect()
     assert_stream(await synthesize(bark_server.uri, "Next please."), sentences=1)
-    await asyncio.sleep(0.2)
-    assert thread_count(pid) == threads
+
+    async def threads_back() -> bool:
+        return thread_count(pid) == threads
+
+    await eventually(threads_back, what=f"back to {threads} threads")
     after = await status(bark_server.uri)
     assert after["tasks"] <= tasks and after["queue_depth"] == 0
 

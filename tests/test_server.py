@@ -10,31 +10,22 @@ import sys
 import time
 
 import pytest
-from conftest import SAMPLES_PER_SENTENCE, describe
+from helpers import (
+    SAMPLES_PER_SENTENCE,
+    assert_stream,
+    describe,
+    eventually,
+    read_until,
+    samples_for,
+    status,
+    synthesize,
+)
 from wyoming.client import AsyncClient
 from wyoming.info import Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
-from wyoming_client import read_until, status
 
 from wyoming_bark import __version__
 from wyoming_bark.text import split_sentences
-
-
-async def synthesize(uri: str, text: str, voice: str | None = None):
-    async with AsyncClient.from_uri(uri) as client:
-        await client.write_event(Synthesize(text, voice=SynthesizeVoice(voice) if voice else None).event())
-        return await read_until(client, "audio-stop")
-
-
-def assert_stream(result, sentences: int, samples_per_chunk: int = 1024) -> None:
-    """One well-formed 24 kHz 16-bit mono stream of ``sentences`` full-length sentences."""
-    assert result.types[0] == "audio-start" and result.types[-1] == "audio-stop", result.types
-    assert result.types.count("audio-start") == 1 and result.types.count("audio-stop") == 1
-    start = result.start
-    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
-    assert all((c.rate, c.width, c.channels) == (24000, 2, 1) for c in result.chunks)
-    assert all(len(c.audio) <= 2 * samples_per_chunk for c in result.chunks)
-    assert result.samples == sentences * SAMPLES_PER_SENTENCE
 
 
 async def test_describe_lists_every_voice(bark_server):
@@ -190,9 +181,13 @@ async def test_disconnect_mid_synthesis_cancels_it(bark_server):
     await read_until(client, "audio-chunk")
     await client.disconnect()
     assert_stream(await synthesize(bark_server.uri, "After the hang up."), sentences=1)
-    await asyncio.sleep(1.0)
+
+    async def settled() -> bool:
+        state = await status(bark_server.uri)
+        return state["queue_depth"] == 0 and state["batch"]["running"] == 0
+
+    await eventually(settled, what="nothing left running")
     state = await status(bark_server.uri)
-    assert state["queue_depth"] == 0 and state["batch"]["running"] == 0, "nothing left running"
     # At most the sentence playing and the two made ahead of it (and perhaps the next one, started
     # as the first ended) were finished for the abandoned request, not all eight.
     assert state["sentences"] - before - 1 <= 4, state["sentences"] - before
@@ -298,7 +293,7 @@ def streaming_server(server_factory, tiny_model):
     )
 
 
-SAMPLES_100 = int(100 * 75 / 49.9) * 320
+SAMPLES_100 = samples_for(100)
 
 
 async def test_audio_inside_a_sentence(streaming_server):

@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import SAMPLES_PER_SENTENCE
-from test_robustness import header, rss_mib
-from test_server import assert_stream, synthesize
+from helpers import SAMPLES_PER_SENTENCE, assert_stream, header, read_until, rss_mib, status, synthesize
 from wyoming.client import AsyncClient
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
-from wyoming_client import read_until, status
 
 from wyoming_bark.handler import MAX_QUEUED_REQUESTS
 

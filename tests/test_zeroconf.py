@@ -8,7 +8,7 @@ import re
 import signal
 import uuid
 
-from conftest import TIMEOUT, describe, stop_server
+from helpers import TIMEOUT, describe, stop_server
 from wyoming.info import Info
 from zeroconf import ServiceListener, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
