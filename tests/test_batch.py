@@ -13,7 +13,7 @@ from transformers import BarkModel, BarkProcessor
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.batch import DONE, Job, Scheduler
 from wyoming_bark.fast.model import BatchedStep
-from wyoming_bark.fast.ops import FINE_DRAWS, Audio, reply, requests
+from wyoming_bark.fast.program import FINE_DRAWS, Audio, reply, requests
 from wyoming_bark.fast.semantic import SemanticStage
 from wyoming_bark.voices import VoiceLibrary
 

@@ -35,7 +35,7 @@ from wyoming.tts import Synthesize, SynthesizeVoice
 from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
 from wyoming_bark.errors import ModelLoadError
 from wyoming_bark.fast import FastBark, SamplingSettings
-from wyoming_bark.model import model_directory
+from wyoming_bark.hub import model_directory
 from wyoming_bark.voices import VoiceLibrary
 
 # BARK_SOAK_REQUESTS=20 runs the full soak (8 clients x 20 requests); CI runs a short one.

@@ -25,8 +25,8 @@ from wyoming_bark.fast import FastBark, SamplingSettings
 from wyoming_bark.fast import model as networks
 from wyoming_bark.fast.check import check_against_transformers, check_graphs, check_sentence
 from wyoming_bark.fast.model import BatchedStep, CausalGPT, GraphCaptureError, KVCache
-from wyoming_bark.fast.ops import NonFiniteLogits
-from wyoming_bark.model import load_bark
+from wyoming_bark.fast.program import NonFiniteLogits
+from wyoming_bark.hub import load_bark
 
 SETTINGS = SamplingSettings(max_semantic_tokens=20, allow_early_stop=False)
 
@@ -240,7 +240,7 @@ def test_a_crash_during_a_check_is_skipped_on_the_next_start(tiny_model, tmp_pat
         f"""
         import os
         from wyoming_bark import self_check
-        from wyoming_bark.model import load_bark
+        from wyoming_bark.hub import load_bark
 
         def crash(fast):
             os._exit(77)

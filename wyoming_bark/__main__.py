@@ -28,7 +28,7 @@ from .engine import GenerationSettings
 from .errors import ModelLoadError, TtsError
 from .fast import SamplingSettings
 from .handler import DEFAULT_MAX_CHARS, BarkEventHandler
-from .model import CORES, device_summary, resolve_device
+from .hub import CORES, device_summary, resolve_device
 from .protocol import ConnectionLimits
 from .self_check import MODES as SELF_CHECK_MODES
 from .voices import DEFAULT_VOICE, VoiceLibrary

@@ -28,8 +28,8 @@ from .contract import HealthCheckResult, TtsEngine
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
 from .fast.batch import Scheduler
-from .fast.ops import NonFiniteLogits, Program
-from .model import LoadedBark, load_bark
+from .fast.program import NonFiniteLogits, Program
+from .hub import LoadedBark, load_bark
 from .voices import Prompt, Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,7 +87,9 @@ class BarkEngine(TtsEngine):
         max_batch: int = 8,
         lookahead: int | None = None,
         self_check: str = "on",
+        loaded: LoadedBark | None = None,
     ) -> None:
+        """``loaded``: an already loaded model (the benchmark's in-memory one) instead of ``model``."""
         self.model = model
         self.core = core
         self.self_check = self_check  # on | off | strict
@@ -107,7 +109,7 @@ class BarkEngine(TtsEngine):
         self.audio_seconds = 0.0
         self.pending = 0  # sentences queued for or running on the scheduler
         self._active: set[threading.Event] = set()  # cancel flags of running generations
-        self._bark: LoadedBark | None = None
+        self._bark: LoadedBark | None = loaded
         self._scheduler: Scheduler | None = None
         self._load_lock = asyncio.Lock()
         self._load_failure: ModelLoadError | None = None  # the last attempt's, during the back-off
@@ -395,4 +397,3 @@ class BarkEngine(TtsEngine):
             elapsed / max(seconds, 1e-9),
             text,
         )
-

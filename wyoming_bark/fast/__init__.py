@@ -6,6 +6,6 @@ reproduces transformers' generation stage by stage; see ``model.py`` (the networ
 """
 
 from .generate import FastBark
-from .ops import Cancelled, SamplingSettings
+from .program import Cancelled, SamplingSettings
 
 __all__ = ["Cancelled", "FastBark", "SamplingSettings"]

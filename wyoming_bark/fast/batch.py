@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .generate import FastBark
-from .ops import Audio, Cancelled, NonFiniteLogits, Prefill, Program, Step, reply, requests
+from .program import Audio, Cancelled, NonFiniteLogits, Prefill, Program, Step, reply, requests
 
 _LOGGER = logging.getLogger(__name__)
 

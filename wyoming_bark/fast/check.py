@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .model import fine_logits
-from .ops import SamplingSettings
+from .program import SamplingSettings
 
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 CHECK_SEED = 1234

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .ops import COARSE_DRAWS, Prefill, Program, SamplingSettings, Step, temperature
+from .program import COARSE_DRAWS, Prefill, Program, SamplingSettings, Step, temperature
 
 if TYPE_CHECKING:
     from .generate import FastBark

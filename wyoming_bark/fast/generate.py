@@ -25,7 +25,7 @@ import torch
 from .coarse import CoarseStage
 from .fine import FineStage
 from .model import BatchedStep, CausalGPT
-from .ops import (
+from .program import (
     FINE_DRAWS,
     Audio,
     Cancelled,

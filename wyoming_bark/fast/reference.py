@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import torch
 
-from .ops import Audio, Cancelled, Program, SamplingSettings
+from .program import Audio, Cancelled, Program, SamplingSettings
 
 
 def _stop_when(cancel: threading.Event | None):
