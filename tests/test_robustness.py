@@ -21,6 +21,7 @@ from helpers import (
     assert_stream,
     describe,
     eventually,
+    free_port,
     header,
     read_until,
     rss_mib,
@@ -30,6 +31,7 @@ from helpers import (
 )
 from wyoming.client import AsyncClient
 from wyoming.event import Event, async_read_event
+from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeVoice
 
 from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
@@ -394,3 +396,47 @@ async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, mo
 def test_a_model_name_that_is_neither_directory_nor_hub_id_says_so(tmp_path):
     with pytest.raises(ModelLoadError, match="neither a directory nor a hub id"):
         model_directory("bark-small", tmp_path)
+
+
+async def test_a_bug_of_ours_is_not_reported_as_a_malformed_event(caplog):
+    """Only parsing is guarded as the client's fault; an error in our own code is logged whole,
+    reported as ours, and the connection stays usable."""
+    from wyoming.server import AsyncTcpServer
+
+    from wyoming_bark.contract import HealthCheckResult, TtsEngine
+    from wyoming_bark.handler import BarkEventHandler
+    from wyoming_bark.voices import VoiceLibrary
+
+    class Buggy(TtsEngine):
+        def resolve_voice(self, name, language=None):
+            return VoiceLibrary(None).resolve("v2/en_speaker_6")
+
+        def speak_sentence(self, sentence, voice=None): ...
+        def stop(self): ...
+
+        async def health_check(self, synthesize=False) -> HealthCheckResult:
+            return self.verdict  # no such attribute: a bug
+
+        def get_status(self):
+            return {}
+
+        def get_available_voices(self):
+            return []
+
+        def set_voice(self, name):
+            return False
+
+    port = free_port()
+    server = AsyncTcpServer("127.0.0.1", port)
+    await server.start(lambda reader, writer: BarkEventHandler(reader, writer, Buggy()))
+    try:
+        async with AsyncClient.from_uri(f"tcp://127.0.0.1:{port}") as client:
+            await client.write_event(Event("bark-status"))
+            error = await asyncio.wait_for(client.read_event(), TIMEOUT)
+            assert error.type == "error" and error.data["code"] == "internal-error", error
+            assert "Malformed" not in error.data["text"]
+            await client.write_event(Ping(text="still there?").event())
+            assert (await asyncio.wait_for(client.read_event(), TIMEOUT)).type == "pong"
+        assert "has no attribute 'verdict'" in caplog.text, "the log has the traceback"
+    finally:
+        await server.stop()

@@ -126,9 +126,8 @@ class BarkEventHandler(AsyncEventHandler):
             return
         if limits is not None:
             limits.connections += 1
-        self._is_running = True
         try:
-            while self._is_running:
+            while True:  # wyoming's stop() closes the connection: the next read ends the loop
                 try:
                     event = await read_event(self.reader, limits, limits.idle_timeout if limits else None)
                 except ProtocolError as err:
@@ -155,12 +154,23 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def handle_event(self, event: Event) -> bool:
         try:
-            await self._dispatch(event)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            message = _parse(event)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # the client's data, not our code
             await self._error(f"Malformed {quoted(event.type)} event: {quoted(str(err))}", "bad-event")
+            return True
+        try:
+            await self._dispatch(event, message)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:  # our bug, not the client's: say so, log it whole, keep the connection
+            _LOGGER.exception("Handling a %s event failed", quoted(event.type))
+            await self._error(
+                f"Internal error handling {quoted(event.type)}; see the server log", "internal-error"
+            )
         return True
 
-    async def _dispatch(self, event: Event) -> None:
+    async def _dispatch(self, event: Event, message: Any) -> None:
+        """Act on one event; ``message`` is its parsed form (see ``_parse``)."""
         if Describe.is_type(event.type):
             await self.write_event(build_info(self.engine, self.streaming).event())
         elif Synthesize.is_type(event.type):
@@ -168,7 +178,7 @@ class BarkEventHandler(AsyncEventHandler):
                 # Home Assistant repeats the whole text for older servers while streaming.
                 _LOGGER.debug("Ignoring synthesize during a streaming request")
             elif not await self._busy():
-                synthesize = Synthesize.from_event(event)
+                synthesize = message
                 refusal = self._too_long(synthesize.text, 0)
                 if refusal is not None:
                     self._submit(self._send_error(refusal))
@@ -180,14 +190,14 @@ class BarkEventHandler(AsyncEventHandler):
             elif await self._busy():
                 self._stream = _Stream(voice=None, failed=True)
             else:
-                stream = await self._open(SynthesizeStart.from_event(event).voice)
+                stream = await self._open(message.voice)
                 self._stream = stream or _Stream(voice=None, failed=True)
                 if stream is not None:
                     stream.text = self.engine.open_stream(stream.voice, quick_start=True)
                     stream.queued = True
                     self._submit(self._speak_streamed(stream, stream.text))
         elif SynthesizeChunk.is_type(event.type):
-            chunk = SynthesizeChunk.from_event(event)
+            chunk = message
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")
             elif self._stream.text is not None:
@@ -210,7 +220,7 @@ class BarkEventHandler(AsyncEventHandler):
                 if not stream.queued:  # refused at its start: nothing of it is waiting
                     await self.write_event(SynthesizeStopped().event())
         elif Ping.is_type(event.type):
-            await self.write_event(Pong(text=Ping.from_event(event).text).event())
+            await self.write_event(Pong(text=message.text).event())
         elif event.type == STATUS_EVENT:
             verdict = await self.engine.health_check()
             status = {
@@ -225,10 +235,8 @@ class BarkEventHandler(AsyncEventHandler):
         else:  # the wyoming spec: events a program does not know are ignored
             _LOGGER.debug("Ignoring event of type %s", quoted(event.type))
 
-    def _too_long(self, text: object, so_far: int) -> Error | None:
+    def _too_long(self, text: str, so_far: int) -> Error | None:
         """The error for text beyond --max-chars (``so_far``: what the request sent before)."""
-        if not isinstance(text, str):
-            raise TypeError("text must be a string")
         if so_far + len(text) <= self.max_chars:
             return None
         return Error(
@@ -327,3 +335,23 @@ class BarkEventHandler(AsyncEventHandler):
             self._worker.cancel()
         while not self._jobs.empty():
             self._jobs.get_nowait().close()
+
+
+def _parse(event: Event) -> Any:
+    """The typed form of an event we act on (None for the others), with the fields a client could
+    get wrong checked here, so that only the client's data, never our own code, can make an event
+    "malformed"."""
+    for kind in (Synthesize, SynthesizeStart, SynthesizeChunk, Ping):
+        if kind.is_type(event.type):
+            message = kind.from_event(event)
+            if kind in (Synthesize, SynthesizeChunk) and not isinstance(message.text, str):
+                raise TypeError("text must be a string")
+            if kind is Ping and not isinstance(message.text, (str, type(None))):
+                raise TypeError("text must be a string")
+            voice = getattr(message, "voice", None)
+            if voice is not None:
+                for field in ("name", "language", "speaker"):
+                    if not isinstance(getattr(voice, field), (str, type(None))):
+                        raise TypeError(f"voice {field} must be a string")
+            return message
+    return None
