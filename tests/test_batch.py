@@ -64,7 +64,7 @@ def request(processor, fast, voices, n: int, stream: bool):
 
 def solo(fast, args, seed, stream) -> np.ndarray:
     if stream:
-        return np.concatenate(list(fast.generate_stream(*args, seed=seed)))
+        return np.concatenate(list(fast.solo(fast.speech(*args, seed=seed, stream=True))))
     return fast.generate(*args, seed=seed)
 
 
@@ -122,7 +122,9 @@ def test_a_failing_program_fails_alone(batched):
     processor, fast, voices = batched
 
     def broken():
-        yield from SemanticStage(fast, *request(processor, fast, voices, 0, False)[0], seed=1).program()
+        yield from SemanticStage(
+            fast.shapes, *request(processor, fast, voices, 0, False)[0], seed=1
+        ).program()
         raise ValueError("boom")
 
     scheduler = Scheduler(fast)

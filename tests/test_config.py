@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import assert_stream, describe, status, synthesize
 
-from wyoming_bark.__main__ import parse_args
+from wyoming_bark.cli import parse_args
 from wyoming_bark.discovery import default_service_name
 
 FLAG_ENV = (
@@ -138,7 +138,7 @@ async def test_server_with_config_file_caches_announcements(server_factory, tiny
 
 def test_the_file_takes_every_flag_with_the_flags_own_types():
     """One definition per setting: the file's keys come from the command line's definitions."""
-    from wyoming_bark.__main__ import build_parser
+    from wyoming_bark.cli import build_parser
     from wyoming_bark.config import flag_keys
     from wyoming_bark.hub import CORES
     from wyoming_bark.self_check import MODES

@@ -238,7 +238,9 @@ def test_streamed_audio_matches_the_whole_sentence(bark, voice):
     s = SamplingSettings(
         text_temperature=None, waveform_temperature=None, fine_temperature=None, max_semantic_tokens=200
     )
-    pieces = list(fast.generate_stream(inputs["input_ids"], inputs["attention_mask"], voice, s))
+    pieces = list(
+        fast.solo(fast.speech(inputs["input_ids"], inputs["attention_mask"], voice, s, stream=True))
+    )
     whole = fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, s)
     streamed = np.concatenate(pieces)
     assert len(pieces) >= 4 and all(len(piece) % fast.hop == 0 for piece in pieces)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from wyoming_bark import __version__
-from wyoming_bark.__main__ import build_parser, env_name
+from wyoming_bark.cli import build_parser, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon"

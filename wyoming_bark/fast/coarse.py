@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .program import COARSE_DRAWS, Prefill, Program, SamplingSettings, Step, temperature
-
-if TYPE_CHECKING:
-    from .generate import FastBark
+from .shapes import BarkShapes
 
 
 class CoarseStage:
@@ -25,8 +22,8 @@ class CoarseStage:
     waits for all semantic tokens, so the first audio of a long sentence comes much sooner.
     """
 
-    def __init__(self, fast: FastBark, semantic, history, s: SamplingSettings, seed: int) -> None:
-        self.fast, self.semantic, self.seed = fast, semantic, seed
+    def __init__(self, shapes: BarkShapes, semantic, history, s: SamplingSettings, seed: int) -> None:
+        self.shapes, self.semantic, self.seed = shapes, semantic, seed
         self.draws = itertools.count(COARSE_DRAWS)
         semantic_history, self.coarse = self._histories(history)
         self.history = semantic_history.tolist()
@@ -36,8 +33,8 @@ class CoarseStage:
 
     def _n_out(self, n_semantic: int) -> int:
         """Coarse tokens for ``n_semantic`` semantic tokens (a whole number of frames)."""
-        n = self.fast.coarse_cfg.n_coarse_codebooks
-        return round(math.floor(n_semantic * self.fast.ratio / n) * n)
+        n = self.shapes.coarse_cfg.n_coarse_codebooks
+        return round(math.floor(n_semantic * self.shapes.ratio / n) * n)
 
     @property
     def n_out(self) -> int:
@@ -50,29 +47,29 @@ class CoarseStage:
 
     def _start(self) -> int:
         """Where the next window's semantic context starts, in history + tokens."""
-        max_semantic_history = math.floor(self.fast.coarse_cfg.max_coarse_history / self.fast.ratio)
-        index = len(self.history) + round(self.generated / self.fast.ratio)
+        max_semantic_history = math.floor(self.shapes.coarse_cfg.max_coarse_history / self.shapes.ratio)
+        index = len(self.history) + round(self.generated / self.shapes.ratio)
         return max(0, index - max_semantic_history)
 
     def ready(self) -> bool:
         """Can the next window start now?"""
         if self.semantic.done:
             return self.generated < self.n_out
-        cfg = self.fast.coarse_cfg
+        cfg = self.shapes.coarse_cfg
         have = len(self.semantic.tokens)
         reads = self._start() + cfg.max_coarse_input_length - len(self.history)
         return have >= reads and self._n_out(have) >= self.generated + cfg.sliding_window_len
 
     def window(self) -> Program:
         """Decode the next window; returns the codes so far, shape (2, frames), values 0..1023."""
-        fast, cfg = self.fast, self.fast.coarse_cfg
-        semantic = fast.to_device(self.history + self.semantic.tokens)
+        shapes, cfg = self.shapes, self.shapes.coarse_cfg
+        semantic = shapes.to_device(self.history + self.semantic.tokens)
         window = semantic[self._start() :][: cfg.max_coarse_input_length]
         window = F.pad(
             window, (0, cfg.max_coarse_input_length - len(window)), value=cfg.coarse_semantic_pad_token
         )
         history = self.coarse[len(self.coarse) - min(len(self.coarse), cfg.max_coarse_history) :]
-        infer = fast.to_device([cfg.coarse_infer_token])
+        infer = shapes.to_device([cfg.coarse_infer_token])
         prompt = torch.cat([window, infer, history])
         # Not yet done: ready() made sure that the sentence has room for a whole window.
         n_new = (
@@ -81,16 +78,16 @@ class CoarseStage:
             else cfg.sliding_window_len
         )
         # Each window re-reads a shifted semantic context, so its prefix is new: one prefill.
-        tokens = [(yield Prefill("coarse", fast.coarse.embed(prompt[None]), self._ints(0), self.floats))]
+        tokens = [(yield Prefill("coarse", shapes.coarse_embed(prompt[None]), self._ints(0), self.floats))]
         for i in range(1, n_new):
             tokens.append(
                 (yield Step("coarse", tokens[-1], len(prompt) + i - 1, self._ints(i % 2), self.floats))
             )
-        self.coarse = torch.cat([self.coarse, fast.to_device(tokens)])
+        self.coarse = torch.cat([self.coarse, shapes.to_device(tokens)])
         self.generated += n_new
         flat = self.coarse[self.n_history :]
         return torch.remainder(
-            flat.view(-1, cfg.n_coarse_codebooks) - fast.sem.semantic_vocab_size, fast.codebook_size
+            flat.view(-1, cfg.n_coarse_codebooks) - shapes.sem.semantic_vocab_size, shapes.codebook_size
         ).T
 
     def _ints(self, parity: int) -> tuple[int, int, int]:
@@ -98,17 +95,19 @@ class CoarseStage:
 
     def _histories(self, history) -> tuple[torch.Tensor, torch.Tensor]:
         """Voice prompt -> aligned semantic and flattened coarse histories, as transformers trims them."""
-        empty = torch.zeros(0, dtype=torch.long, device=self.fast.device)
+        empty = torch.zeros(0, dtype=torch.long, device=self.shapes.device)
         if history is None:
             return empty, empty
-        semantic = history["semantic_prompt"].to(self.fast.device).long()
-        coarse = history["coarse_prompt"].to(self.fast.device).long().clone()
+        semantic = history["semantic_prompt"].to(self.shapes.device).long()
+        coarse = history["coarse_prompt"].to(self.shapes.device).long().clone()
         for n in range(1, coarse.shape[0]):
-            coarse[n] += self.fast.codebook_size * n
-        coarse = coarse.T.reshape(-1) + self.fast.sem.semantic_vocab_size
-        max_semantic_history = math.floor(self.fast.coarse_cfg.max_coarse_history / self.fast.ratio)
+            coarse[n] += self.shapes.codebook_size * n
+        coarse = coarse.T.reshape(-1) + self.shapes.sem.semantic_vocab_size
+        max_semantic_history = math.floor(self.shapes.coarse_cfg.max_coarse_history / self.shapes.ratio)
         n_semantic = min(
-            max_semantic_history, len(semantic) - len(semantic) % 2, math.floor(len(coarse) / self.fast.ratio)
+            max_semantic_history,
+            len(semantic) - len(semantic) % 2,
+            math.floor(len(coarse) / self.shapes.ratio),
         )
-        n_coarse = round(n_semantic * self.fast.ratio)
+        n_coarse = round(n_semantic * self.shapes.ratio)
         return semantic[len(semantic) - n_semantic :], coarse[len(coarse) - n_coarse :][:-2]

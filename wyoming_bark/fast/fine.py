@@ -10,13 +10,17 @@ couple of milliseconds.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .model import capture_graph, fine_logits
+from .program import FINE_DRAWS, SamplingSettings, temperature
 from .sample import race_noise
 
 
@@ -98,3 +102,41 @@ class FineStage:
                 self._pass()
                 codes[:, start : start + window] = self.codes
         return codes[0, n_history : n_history + frames].T
+
+
+class FinePieces:
+    """A sentence's audio released in pieces: each piece's fine codes are kept, so the next piece
+    continues exactly the audio already sent (EnCodec's decoder is causal)."""
+
+    def __init__(
+        self,
+        fine: FineStage,
+        decode: Callable[[torch.Tensor], np.ndarray],
+        hop: int,
+        history: dict[str, torch.Tensor] | None,
+        s: SamplingSettings,
+        seed: int,
+    ) -> None:
+        self.fine, self.decode, self.hop, self.seed = fine, decode, hop, seed
+        self.prompt = history["fine_prompt"] if history is not None else None
+        self.temperature = temperature(s.fine_temperature)
+        self.draws = itertools.count(FINE_DRAWS)
+        self.kept: torch.Tensor | None = None
+        self.emitted = 0  # frames
+
+    def release(self, codes: torch.Tensor, upto: int) -> Callable[[], np.ndarray]:
+        """How to make the audio of frames ``emitted..upto`` of the coarse ``codes`` so far.
+
+        Pieces must be made in order (each continues the fine codes of the one before).
+        """
+        start, draw = self.emitted, next(self.draws)
+        self.emitted = upto
+
+        def make() -> np.ndarray:
+            fine = self.fine.tokens(codes, self.prompt, self.temperature, self.seed, draw).clone()
+            if self.kept is not None:
+                fine[:, :start] = self.kept[:, :start]
+            self.kept = fine
+            return self.decode(fine[:, :upto])[start * self.hop :]
+
+        return make

@@ -12,10 +12,9 @@ A sentence is a program (see ``ops.py``): ``FastBark.generate`` runs one alone;
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,10 +22,9 @@ import numpy as np
 import torch
 
 from .coarse import CoarseStage
-from .fine import FineStage
+from .fine import FinePieces, FineStage
 from .model import BatchedStep, CausalGPT
 from .program import (
-    FINE_DRAWS,
     Audio,
     Cancelled,
     NonFiniteLogits,
@@ -41,6 +39,7 @@ from .program import (
 )
 from .sample import CoarseHead, SemanticHead
 from .semantic import SemanticStage
+from .shapes import BarkShapes
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -101,6 +100,17 @@ class FastBark:
             self.coarse_cfg.coarse_rate_hz / sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
         )
         self.hop = int(np.prod(bark.codec_model.config.upsampling_ratios))  # samples per frame
+        self.shapes = BarkShapes(
+            self.sem,
+            self.coarse_cfg,
+            self.fine_cfg,
+            self.codebook_size,
+            self.ratio,
+            self.device,
+            self.semantic.block_size,
+            self.semantic.embed,
+            self.coarse.embed,
+        )
         self.fine = FineStage(
             bark, self.fine_cfg, self.coarse_cfg.n_coarse_codebooks, self.codebook_size, self.device
         )
@@ -186,8 +196,7 @@ class FastBark:
         return answers
 
     def to_device(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        """Small host lists to the GPU without waiting for the stream (a plain copy would sync)."""
-        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+        return self.shapes.to_device(values, dtype)
 
     def _non_finite(self, name: str) -> None:
         step = self.steps[name]
@@ -248,28 +257,39 @@ class FastBark:
         fine stage (a full 1024-frame pass each time) runs a few times per sentence, not per window.
         """
         seed = random_seed() if seed is None else seed
-        semantic = SemanticStage(self, input_ids, attention_mask, history, s, seed)
-        coarse = CoarseStage(self, semantic, history, s, seed)
-        pieces = _Pieces(self, history, s, seed)
-        stages: list[Program | None] = [semantic.program(), None]  # and the running coarse window
-        ops: list[Any] = [next(stages[0]), None]
-        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
+        semantic = SemanticStage(self.shapes, input_ids, attention_mask, history, s, seed)
+        coarse = CoarseStage(self.shapes, semantic, history, s, seed)
+        pieces = FinePieces(self.fine, self.decode, self.hop, history, s, seed)
+        # Two sub-programs run side by side: the semantic stage, and the coarse window running now
+        # (None between windows, and before the first can start). Each is waiting for the answer
+        # to the request it last yielded; a finished one has no request.
+        semantic_program: Program | None = semantic.program()
+        window: Program | None = None
+        semantic_request: Any = next(semantic_program)
+        window_request: Any = None
+        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)  # coarse codes so far
         while True:
-            if stages[1] is None and coarse.ready():
-                stages[1] = coarse.window()
-                ops[1] = next(stages[1])
-            wanted = tuple(op for op in ops if op is not None)
-            if not wanted:
+            if window is None and coarse.ready():
+                window = coarse.window()
+                window_request = next(window)
+            # One yield asks for both requests at once, so a driver can batch them; the answers
+            # come back as a tuple in the same order.
+            asked = [request for request in (semantic_request, window_request) if request is not None]
+            if not asked:
                 break
-            answers = iter((yield wanted))
+            answers = iter((yield tuple(asked)))
             window_done = False
-            for k, stage in enumerate(stages):
-                if ops[k] is not None:
-                    try:
-                        ops[k] = stage.send(next(answers))
-                    except StopIteration as finished:
-                        ops[k] = stages[k] = None
-                        codes, window_done = (finished.value, True) if k == 1 else (codes, False)
+            if semantic_request is not None:
+                try:
+                    semantic_request = semantic_program.send(next(answers))
+                except StopIteration:
+                    semantic_request = semantic_program = None
+            if window_request is not None:
+                try:
+                    window_request = window.send(next(answers))
+                except StopIteration as finished:  # the window's value: all coarse codes so far
+                    window_request = window = None
+                    codes, window_done = finished.value, True
             if stream and window_done and not coarse.done:  # the last piece goes out below
                 stable = codes.shape[1] - holdback
                 if stable - pieces.emitted >= max(chunk_frames, pieces.emitted):
@@ -284,7 +304,7 @@ class FastBark:
     ) -> torch.Tensor:
         """Text -> semantic tokens (1-D, without the EOS token)."""
         seed = random_seed() if seed is None else seed
-        stage = SemanticStage(self, input_ids, attention_mask, history, s, seed)
+        stage = SemanticStage(self.shapes, input_ids, attention_mask, history, s, seed)
         return _value(self.solo(stage.program(), cancel))
 
     def coarse_tokens(
@@ -292,7 +312,9 @@ class FastBark:
     ) -> torch.Tensor:
         """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
         seed = random_seed() if seed is None else seed
-        coarse = CoarseStage(self, SimpleNamespace(tokens=semantic.tolist(), done=True), history, s, seed)
+        coarse = CoarseStage(
+            self.shapes, SimpleNamespace(tokens=semantic.tolist(), done=True), history, s, seed
+        )
         codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
         while not coarse.done:
             codes = _value(self.solo(coarse.window(), cancel))
@@ -315,23 +337,6 @@ class FastBark:
 
     # --- whole sentences, one at a time -------------------------------------------------
 
-    def generate_stream(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        history: dict[str, torch.Tensor] | None,
-        s: SamplingSettings,
-        cancel: threading.Event | None = None,
-        seed: int | None = None,
-        chunk_frames: int = STREAM_CHUNK_FRAMES,
-        holdback: int = STREAM_HOLDBACK_FRAMES,
-    ) -> Iterator[np.ndarray]:
-        """Audio in pieces while the sentence is still being generated (see ``speech``)."""
-        program = self.speech(
-            input_ids, attention_mask, history, s, seed, True, chunk_frames=chunk_frames, holdback=holdback
-        )
-        yield from self.solo(program, cancel)
-
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -344,35 +349,6 @@ class FastBark:
         """Tokenized text (1, T) and a voice prompt -> float audio."""
         pieces = list(self.solo(self.speech(input_ids, attention_mask, history, s, seed), cancel))
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-
-
-class _Pieces:
-    """A sentence's audio released in pieces: each piece's fine codes are kept, so the next piece
-    continues exactly the audio already sent."""
-
-    def __init__(self, fast: FastBark, history, s: SamplingSettings, seed: int) -> None:
-        self.fast, self.history, self.s, self.seed = fast, history, s, seed
-        self.draws = itertools.count(FINE_DRAWS)
-        self.kept: torch.Tensor | None = None
-        self.emitted = 0  # frames
-
-    def release(self, codes: torch.Tensor, upto: int) -> Callable[[], np.ndarray]:
-        """How to make the audio of frames ``emitted..upto`` of the coarse ``codes`` so far.
-
-        Pieces must be made in order (each continues the fine codes of the one before).
-        """
-        start, draw = self.emitted, next(self.draws)
-        self.emitted = upto
-
-        def make() -> np.ndarray:
-            fast = self.fast
-            fine = fast.fine_tokens(codes, self.history, self.s, self.seed, draw).clone()
-            if self.kept is not None:
-                fine[:, :start] = self.kept[:, :start]
-            self.kept = fine
-            return fast.decode(fine[:, :upto])[start * fast.hop :]
-
-        return make
 
 
 def _value(driver: Generator[Any, None, Any]) -> Any:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .program import SEMANTIC_DRAWS, Prefill, Program, SamplingSettings, Step, temperature
-
-if TYPE_CHECKING:
-    from .generate import FastBark
+from .shapes import BarkShapes
 
 
 class SemanticStage:
@@ -20,39 +17,41 @@ class SemanticStage:
     The coarse stage reads ``tokens`` while they are still being made (see ``CoarseStage.ready``).
     """
 
-    def __init__(self, fast: FastBark, input_ids, attention_mask, history, s: SamplingSettings, seed: int):
-        self.fast, self.s, self.seed = fast, s, seed
-        sem = fast.sem
+    def __init__(
+        self, shapes: BarkShapes, input_ids, attention_mask, history, s: SamplingSettings, seed: int
+    ):
+        self.shapes, self.s, self.seed = shapes, s, seed
+        sem = shapes.sem
         length = sem.max_input_semantic_length
         ids = (input_ids[:, :length] + sem.text_encoding_offset).masked_fill(
             attention_mask[:, :length] == 0, sem.text_pad_token
         )
-        ids = F.pad(ids, (0, length - ids.shape[1]), value=sem.text_pad_token).to(fast.device)
-        hist = torch.full((1, length), sem.semantic_pad_token, dtype=torch.long, device=fast.device)
+        ids = F.pad(ids, (0, length - ids.shape[1]), value=sem.text_pad_token).to(shapes.device)
+        hist = torch.full((1, length), sem.semantic_pad_token, dtype=torch.long, device=shapes.device)
         if history is not None:
-            prompt = history["semantic_prompt"][-length:].to(fast.device)
+            prompt = history["semantic_prompt"][-length:].to(shapes.device)
             hist[0, : len(prompt)] = prompt
-        embed = fast.semantic.embed
-        infer = fast.to_device([[sem.semantic_infer_token]])
+        embed = shapes.semantic_embed
+        infer = shapes.to_device([[sem.semantic_infer_token]])
         self.embeds = torch.cat([embed(ids) + embed(hist), embed(infer)], dim=1)
         self.tokens: list[int] = []
         self.done = False
 
     def program(self) -> Program:
         """Decode until EOS or the limit; returns the tokens as a tensor."""
-        fast, s = self.fast, self.s
+        shapes, s = self.shapes, self.s
         draws = itertools.count(SEMANTIC_DRAWS)
         prefix = self.embeds.shape[1]
         may_stop = int(s.allow_early_stop)
         floats = (temperature(s.text_temperature), s.min_eos_p)
         token = yield Prefill("semantic", self.embeds, (self.seed, next(draws), may_stop), floats)
         # Token k is predicted at position prefix + k - 2: positions end at the block size.
-        limit = min(s.max_semantic_tokens, fast.semantic.block_size - prefix + 1)
+        limit = min(s.max_semantic_tokens, shapes.semantic_block_size - prefix + 1)
         for i in range(limit):
-            if token == fast.sem.eos_token_id:
+            if token == shapes.sem.eos_token_id:
                 break
             self.tokens.append(token)
             if i + 1 < limit:
                 token = yield Step("semantic", token, prefix + i, (self.seed, next(draws), may_stop), floats)
         self.done = True
-        return fast.to_device(self.tokens)
+        return shapes.to_device(self.tokens)

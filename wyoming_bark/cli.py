@@ -1,0 +1,272 @@
+"""The command line: every flag, its environment variable, its checks and its default.
+
+Flags beat the environment, which beats the ``--config`` file, which beats the defaults; the
+file's keys and types are derived from these definitions (``config.flag_keys``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_path
+
+from . import __version__
+from .config import ConfigError, flag_keys, load_config
+from .contract import ENGINES
+from .discovery import default_service_name
+from .handler import DEFAULT_MAX_CHARS
+from .hub import CORES
+from .self_check import MODES as SELF_CHECK_MODES
+from .voices import DEFAULT_VOICE
+
+ENV_PREFIX = "BARK_"
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEFAULT_ZEROCONF_NAME = default_service_name()
+
+
+def env_name(flag: str) -> str:
+    """``--data-dir`` is read from ``BARK_DATA_DIR``."""
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+def _env(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get(env_name(flag), default)
+
+
+def _env_bool(flag: str) -> bool:
+    return (_env(flag) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _zeroconf_env() -> str | None:
+    """``BARK_ZEROCONF``: a service name, or 1/true for the default one, or 0/false/empty for off."""
+    value = (_env("zeroconf") or "").strip()
+    if value.lower() in ("", "0", "false", "no", "off"):
+        return None
+    return DEFAULT_ZEROCONF_NAME if value.lower() in ("1", "true", "yes", "on") else value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (values from the environment and file too)."""
+
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
+        return number
+
+    parse.__name__ = "integer"
+    parse.json_types = int  # what the --config file may hold for it
+    return parse
+
+
+def _number_in(low: float, high: float, above_low: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] (or (low, high] with ``above_low``)."""
+
+    def parse(value: str) -> float:
+        number = float(value)
+        if not (math.isfinite(number) and (low < number if above_low else low <= number) and number <= high):
+            bounds = f"({low}, {high}]" if above_low else f"[{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be a number in {bounds}, got {value}")
+        return number
+
+    parse.__name__ = "number"
+    parse.json_types = (int, float)
+    return parse
+
+
+def _lookahead(value: str) -> int | None:
+    """``auto`` (None: the engine's choice) or a number of sentences."""
+    return None if value == "auto" else _int_in(0, 7)(value)
+
+
+_lookahead.json_types = (int, str)
+
+
+def _log_format(value: str) -> str:
+    """A logging format that can format a record (checked now, not at the first log line)."""
+    try:
+        logging.Formatter(value).format(logging.makeLogRecord({"msg": "check"}))
+    except (ValueError, KeyError, TypeError) as err:
+        raise argparse.ArgumentTypeError(f"not a usable logging format ({err!r})") from err
+    return value
+
+
+def _language_voices(value: str) -> dict[str, str]:
+    """``de=v2/de_speaker_3,fr=grandpa`` -> {"de": "v2/de_speaker_3", "fr": "grandpa"}."""
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() or not pair[1].strip() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected LANG=VOICE[,LANG=VOICE...], got {value!r}")
+    return {language.strip(): voice.strip() for language, voice in pairs}
+
+
+def build_parser(file_values: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``file_values`` (from --config) replace the built-in defaults only."""
+    file_values = file_values or {}
+    parser = argparse.ArgumentParser(
+        prog="wyoming-bark",
+        description="Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def from_file(flag: str, default, convert=None):
+        key = flag.replace("-", "_")
+        if key not in file_values:
+            return default
+        value = file_values[key]
+        if convert is not None:
+            try:
+                convert(str(value))
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                raise ConfigError(f"config key tts.bark.{key}: {err}") from err
+        return value
+
+    def add(flag: str, default, help_text: str, **kwargs) -> None:
+        help_text = f"{help_text} (env {env_name(flag)})"
+        default = _env(flag, from_file(flag, default, kwargs.get("type")))
+        parser.add_argument(f"--{flag}", default=default, help=help_text, **kwargs)
+
+    def switch(flag: str, help_text: str) -> None:
+        help_text = f"{help_text} (env {env_name(flag)}=1)"
+        default = _env_bool(flag) if _env(flag) is not None else bool(from_file(flag, False))
+        parser.add_argument(f"--{flag}", action="store_true", default=default, help=help_text)
+
+    parser.add_argument(
+        "--config", metavar="FILE", default=_env("config"), help="JSON configuration file (env BARK_CONFIG)"
+    )
+    add("engine", "bark", "TTS engine", choices=sorted(ENGINES))
+
+    add("uri", "tcp://0.0.0.0:10200", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
+    add("model", "suno/bark-small", "Hub id (suno/bark-small, suno/bark) or a local model directory")
+    add("device", "auto", "auto (CUDA if available), cpu, cuda or cuda:N")
+    add(
+        "core",
+        "fast",
+        "fast (static KV cache, CUDA graphs) or transformers (BarkModel.generate)",
+        choices=CORES,
+    )
+    add(
+        "self-check",
+        "on",
+        "Check the fast core on its device at load and fall back (eager steps, then the transformers "
+        "core) on a failure: on, off, or strict (fail the load instead)",
+        choices=SELF_CHECK_MODES,
+    )
+    add("voice", DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
+    add(
+        "language-voices",
+        "",
+        "Default voice per language for requests that name only a language, and the voice Home "
+        "Assistant lists first, e.g. de=v2/de_speaker_3,fr=v2/fr_speaker_1",
+        type=_language_voices,
+    )
+    add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
+    add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
+    add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_int_in(1, 240_000))
+    add(
+        "max-chars",
+        str(DEFAULT_MAX_CHARS),
+        "Longest text one request may send (characters)",
+        type=_int_in(1, 1_000_000),
+    )
+    add(
+        "max-connections",
+        "64",
+        "Connections served at once; more are refused with a busy error",
+        type=_int_in(1, 10_000),
+    )
+    add(
+        "idle-timeout",
+        "120",
+        "Seconds a connection may stay open with no request in flight",
+        type=_number_in(1, 86_400),
+    )
+    switch("no-streaming", "Do not announce streaming synthesis (synthesize-start/chunk/stop)")
+    switch("preload", "Load the model at start instead of on the first request")
+    add(
+        "max-semantic-tokens",
+        "768",
+        "Semantic tokens per sentence at most (768 = ~15 s)",
+        type=_int_in(1, 768),  # Bark's limit: 768 semantic tokens per generation
+    )
+    add(
+        "min-eos-p",
+        "0.05",
+        "End a sentence once the end-of-speech probability reaches this",
+        type=_number_in(0, 1, above_low=True),
+    )
+    temperature = _number_in(0, 10, above_low=True)
+    add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=temperature)
+    add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=temperature)
+    add("seed", None, "Seed each sentence's sampling for reproducible audio", type=_int_in(0, 2**63 - 1))
+    add("sentence-silence", "0", "Seconds of silence between sentences", type=_number_in(0, 10))
+    add(
+        "audio-streaming",
+        "auto",
+        "Release audio inside a sentence as it is generated: on, off, or auto (on with a GPU)",
+        choices=("auto", "on", "off"),
+    )
+    add(
+        "max-batch",
+        "8",
+        "Sentences decoded together on the GPU, across all clients (1: one at a time)",
+        type=_int_in(1, 64),
+    )
+    add(
+        "lookahead",
+        "auto",
+        "Sentences of a text made while an earlier one plays: auto (2, within --max-batch) or 0-7",
+        type=_lookahead,
+    )
+    switch("cache", "Keep spoken sentences on disk and replay repeats from there")
+    add(
+        "cache-size-mb",
+        "200",
+        "Size bound of the sentence cache (least recently used go first)",
+        type=_number_in(0, 1_000_000),
+    )
+    parser.set_defaults(voice_seeds=file_values.get("voice_seeds", {}))
+    parser.add_argument(
+        "--zeroconf",
+        nargs="?",
+        const=DEFAULT_ZEROCONF_NAME,
+        default=_zeroconf_env() if _env("zeroconf") is not None else file_values.get("zeroconf"),
+        metavar="NAME",
+        help=f"Announce NAME._wyoming._tcp.local. over mDNS (NAME defaults to {DEFAULT_ZEROCONF_NAME}; "
+        f"env {env_name('zeroconf')}=NAME or 1)",
+    )
+    add("zeroconf-host", None, "Address to announce (default: the bound address, else the outgoing one)")
+    switch("debug", "Log at DEBUG level")
+    add("log-format", DEFAULT_LOG_FORMAT, "Python logging format", type=_log_format)
+    parser.add_argument("--version", action="version", version=__version__)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags over environment over --config file over defaults."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config", default=_env("config"))
+    config_path = early.parse_known_args(argv)[0].config
+    file_values: dict[str, Any] = {}
+    warnings: list[str] = []
+    try:
+        if config_path:
+            file_values, warnings = load_config(Path(config_path).expanduser(), flag_keys(build_parser()))
+        parser = build_parser(file_values)
+    except ConfigError as err:
+        early.error(str(err))
+    args = parser.parse_args(argv)
+    for action in parser._actions:  # argparse checks choices on the command line only
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            parser.error(
+                f"argument {action.option_strings[0]} (or {env_name(action.option_strings[0][2:])}, "
+                f"or the config file): invalid choice {value!r} (choose from {', '.join(action.choices)})"
+            )
+    args.config_warnings = warnings
+    return args
