@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import assert_stream, describe, free_port, read_until, rss_mib, synthesize
 from wyoming.client import AsyncClient
 from wyoming.event import async_read_event
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
+
+pytestmark = pytest.mark.slow  # waits, builds or soaks: left out of the quick loop
 
 
 def port_of(server) -> int:

@@ -22,6 +22,8 @@ from wyoming_bark.cache import AudioCache
 from wyoming_bark.errors import for_client
 from wyoming_bark.voices import builtin_voices
 
+pytestmark = pytest.mark.slow  # waits, builds or soaks: left out of the quick loop
+
 
 @pytest.fixture
 def small_disk(tmp_path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from ha_client import (
     describe,
     get_tts_audio,
@@ -71,6 +72,7 @@ async def test_empty_text_is_a_valid_wav(bark_server):
     assert (rate, width, channels) == (24000, 2, 1) and frames > 0
 
 
+@pytest.mark.slow
 async def test_long_streamed_answer_arrives_whole_and_starts_early(bark_server):
     """A 2,000-character LLM answer in 4-character deltas: every sentence, first audio before the last delta."""
     assert len(ANSWER) >= 2000

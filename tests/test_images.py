@@ -29,7 +29,7 @@ from helpers import SEED, SEMANTIC_TOKENS, assert_stream, describe, status, synt
 from tiny_bark import place_in_hub_cache
 from wyoming.info import Info
 
-pytestmark = pytest.mark.images
+pytestmark = [pytest.mark.images, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 STAND_INS = ROOT / "tests/images"

@@ -15,6 +15,8 @@ from helpers import SEMANTIC_TOKENS, assert_stream, start_server, stop_server, s
 
 from wyoming_bark import __version__
 
+pytestmark = pytest.mark.slow  # waits, builds or soaks: left out of the quick loop
+
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "wyoming_bark").rglob("*.py"))
 

@@ -102,6 +102,7 @@ async def send_raw(uri_port: int, raw: bytes) -> list[Event]:
     return events
 
 
+@pytest.mark.slow
 async def test_fuzz_then_still_serving(server_factory, tiny_model):
     server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20", "--debug")
     port = int(server.uri.rsplit(":", 1)[1])
@@ -166,7 +167,7 @@ async def test_ping_and_status(bark_server):
     state = await status(bark_server.uri)
     assert state["loaded"] and state["device"] == "cpu" and state["dtype"] == "float32"
     assert state["core"] == "fast" and state["voices"] == 133 and state["sentences"] >= 1
-    assert state["queue_depth"] == 0
+    assert state["sentences_pending"] == 0
 
 
 async def test_disconnects_leak_no_threads_or_tasks(bark_server):
@@ -186,7 +187,7 @@ async def test_disconnects_leak_no_threads_or_tasks(bark_server):
 
     await eventually(threads_back, what=f"back to {threads} threads")
     after = await status(bark_server.uri)
-    assert after["tasks"] <= tasks and after["queue_depth"] == 0
+    assert after["tasks"] <= tasks and after["sentences_pending"] == 0
 
 
 async def test_slow_reader_does_not_stall_others(bark_server):
@@ -205,6 +206,7 @@ async def test_slow_reader_does_not_stall_others(bark_server):
     writer.close()
 
 
+@pytest.mark.slow
 async def test_flooding_client_is_bounded(bark_server):
     """Hundreds of requests without reading: the connection's queue is bounded, others are served."""
     port = int(bark_server.uri.rsplit(":", 1)[1])
@@ -230,6 +232,7 @@ async def test_flooding_client_is_bounded(bark_server):
     assert_stream(await synthesize(bark_server.uri, "Others are fine."), sentences=1)
 
 
+@pytest.mark.slow
 async def test_soak_concurrent_clients(bark_server):
     """8 clients x SOAK_REQUESTS requests; describe stays fast and memory flat throughout."""
     pid = bark_server.process.pid
@@ -275,6 +278,7 @@ async def test_soak_concurrent_clients(bark_server):
     assert rss_mib(pid) - rss_before < 100
 
 
+@pytest.mark.slow
 async def test_model_appears_later_and_the_server_recovers(server_factory, tiny_model, tmp_path):
     later = tmp_path / "model-arrives-later"
     server = server_factory("--model", str(later), "--max-semantic-tokens", "20")
@@ -310,6 +314,7 @@ def test_a_device_that_can_never_work_stops_the_server_at_start(tmp_path, device
     assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 async def test_sigterm_mid_synthesis_exits_cleanly(server_factory, tiny_model):
     server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")
     client = AsyncClient.from_uri(server.uri)

@@ -184,7 +184,7 @@ async def test_disconnect_mid_synthesis_cancels_it(bark_server):
 
     async def settled() -> bool:
         state = await status(bark_server.uri)
-        return state["queue_depth"] == 0 and state["batch"]["running"] == 0
+        return state["sentences_pending"] == 0 and state["batch"]["running"] == 0
 
     await eventually(settled, what="nothing left running")
     state = await status(bark_server.uri)
@@ -206,6 +206,7 @@ async def test_no_streaming_flag(server_factory, tiny_model):
         ("suno/bark-small", "--model with the directory of that copy"),
     ],
 )
+@pytest.mark.slow
 async def test_missing_model_gives_an_error_and_the_server_stays_up(server_factory, model, expected):
     server = server_factory("--model", model)
     for _ in range(2):  # every request gets a clear error (a retry after the back-off, or the same)
@@ -321,10 +322,11 @@ async def test_interleaved_streams_and_a_disconnect(streaming_server):
         assert result.types.count("audio-start") == 1
         assert result.samples == 2 * SAMPLES_100
     state = await status(streaming_server.uri)
-    assert state["queue_depth"] == 0 and state["batch"]["running"] == 0
+    assert state["sentences_pending"] == 0 and state["batch"]["running"] == 0
     assert state["batch"]["mean_size"] > 1.5, "the clients' sentences were decoded in shared steps"
 
 
+@pytest.mark.slow
 async def test_health_check_against_hostile_or_broken_peers():
     """Whatever the peer does, the check ends within --timeout with one 'unhealthy:' line."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from helpers import SAMPLES_PER_SENTENCE, assert_stream, header, read_until, rss_mib, status, synthesize
 from wyoming.client import AsyncClient
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
@@ -46,6 +47,7 @@ async def test_text_beyond_max_chars_is_refused_after_what_came_before(server_fa
     assert "audio-stop" not in result.types and result.types[-1] == "synthesize-stopped"
 
 
+@pytest.mark.slow
 async def test_start_stop_flood_is_bounded(server_factory, tiny_model):
     """A client that sends start/stop pairs and never reads: bounded memory, others served."""
     server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")
@@ -62,6 +64,7 @@ async def test_start_stop_flood_is_bounded(server_factory, tiny_model):
     writer.close()
 
 
+@pytest.mark.slow
 async def test_sentences_are_made_ahead_while_one_is_made(server_factory, tiny_model):
     """A sentence completed by a later chunk joins the batch at once, beside the one still generating."""
     server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "400")
@@ -71,7 +74,7 @@ async def test_sentences_are_made_ahead_while_one_is_made(server_factory, tiny_m
         for delta in ("ond one ", "follows now. And"):
             await client.write_event(SynthesizeChunk(delta).event())
         started = time.monotonic()
-        while (state := await status(server.uri))["queue_depth"] < 2:
+        while (state := await status(server.uri))["sentences_pending"] < 2:
             assert time.monotonic() - started < 10, state
             await asyncio.sleep(0.02)
         assert state["sentences"] == 0, "both were under way before the first one ended"

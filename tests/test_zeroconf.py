@@ -8,12 +8,15 @@ import re
 import signal
 import uuid
 
+import pytest
 from helpers import TIMEOUT, describe, stop_server
 from wyoming.info import Info
 from zeroconf import ServiceListener, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from wyoming_bark.discovery import SERVICE_TYPE, ZeroconfAdvertiser, default_service_name, is_wildcard
+
+pytestmark = pytest.mark.slow  # waits, builds or soaks: left out of the quick loop
 
 
 class _Events(ServiceListener):

@@ -105,7 +105,7 @@ class BarkEngine(TtsEngine):
         self.cache = AudioCache(data_dir / "cache", int(cache_size_mb * 2**20)) if cache_size_mb else None
         self.last_error: str | None = None
         self.started = time.monotonic()
-        self.sentences = 0  # generated (not served from the cache) since start
+        self.sentences = 0  # generated since start (replays from the cache are the cache's hits)
         self.audio_seconds = 0.0
         self.pending = 0  # sentences queued for or running on the scheduler
         self._active: set[threading.Event] = set()  # cancel flags of running generations
@@ -235,7 +235,7 @@ class BarkEngine(TtsEngine):
             "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
             "voices": len(self.voices.list()),
             "default_voice": self.default_voice.name,
-            "queue_depth": self.pending,
+            "sentences_pending": self.pending,  # waiting for a row or being made
             "batch": self._batch_status(),
             "sentences": self.sentences,
             "audio_seconds": round(self.audio_seconds, 2),

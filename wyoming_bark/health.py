@@ -47,7 +47,9 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         if event is not None and event.type == STATUS_EVENT:
             state = event.data
             model = f"loaded on {state['device']}" if state.get("loaded") else "not loaded yet"
-            status += f", model {state.get('model')} {model}, {state.get('sentences', 0)} sentences served"
+            status += f", model {state.get('model')} {model}, {state.get('sentences', 0)} sentences generated"
+            if "cache_hits" in state:
+                status += f", {state['cache_hits']} replayed from the cache"
             status += f", last error: {state.get('last_error') or 'none'}"
             healthy = bool(state.get("healthy", True))
         if phrase is None or not healthy:
