@@ -345,7 +345,7 @@ class BarkEngine(TtsEngine):
         except Cancelled as err:
             raise SynthesisCancelled("Synthesis was cancelled") from err
         except torch.cuda.OutOfMemoryError as err:
-            raise self._out_of_memory(err) from err
+            raise await self._out_of_memory(err) from err
         except NonFiniteLogits as err:
             raise BadModelOutput(
                 f"Bark produced invalid values for this sentence ({err}), so it was not spoken; "
@@ -375,11 +375,16 @@ class BarkEngine(TtsEngine):
         ids, mask = inputs.input_ids, inputs.attention_mask
         yield from bark.core.speech(ids, mask, history, s, seed, stream, cancel=cancel)
 
-    def _out_of_memory(self, err: torch.cuda.OutOfMemoryError) -> OutOfMemory:
+    async def _out_of_memory(self, err: torch.cuda.OutOfMemoryError) -> OutOfMemory:
         """Free what the failed sentence held, so the next one starts clean; say what to do."""
         if self._bark is not None and self._bark.device.type == "cuda":
-            with torch.cuda.device(self._bark.device):  # the cache of the GPU that ran out
-                torch.cuda.empty_cache()
+            device = self._bark.device
+
+            def free() -> None:  # off the event loop, on the GPU that ran out
+                with torch.cuda.device(device):
+                    torch.cuda.empty_cache()
+
+            await asyncio.get_running_loop().run_in_executor(self._executor, free)
         self.last_error = f"GPU out of memory while speaking: {err}"
         _LOGGER.error("%s", self.last_error)
         return OutOfMemory(
