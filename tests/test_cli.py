@@ -39,6 +39,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_DEVICE": "cuda:1",
         "BARK_CORE": "transformers",
         "BARK_SELF_CHECK": "strict",
+        "BARK_PRECISION": "fp32",
+        "BARK_THREADS": "3",
         "BARK_VOICE": "v2/de_speaker_2",
         "BARK_LANGUAGE_VOICES": "fr=v2/fr_speaker_4, en-US=announcer",
         "BARK_DATA_DIR": str(tmp_path),
@@ -89,6 +91,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert (args.max_connections, args.idle_timeout) == (10, 30.0)
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.self_check == "strict" and engine_self_check(args) == "strict"
+    assert (args.precision, args.threads) == ("fp32", 3)
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
     assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")

@@ -25,6 +25,7 @@ from .errors import ModelLoadError, TtsError
 from .fast import SamplingSettings
 from .handler import BarkEventHandler
 from .hub import device_summary, resolve_device
+from .precision import resolve as resolve_precision
 from .protocol import ConnectionLimits
 from .voices import VoiceLibrary
 
@@ -75,6 +76,8 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         max_batch=args.max_batch,
         lookahead=args.lookahead,
         self_check=args.self_check,
+        precision=args.precision,
+        threads=args.threads,
     )
 
 
@@ -115,7 +118,9 @@ async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
     if advertiser is not None:
         # Registration probes the network for a second or so: don't delay listening for it.
         background.append(asyncio.create_task(announce(advertiser)))
-    device = device_summary(resolve_device(args.device))  # main() has refused devices that cannot work
+    # main() has refused a device, or a precision on it, that cannot work
+    device = resolve_device(args.device)
+    device = device_summary(device, resolve_precision(args.precision, device))
     _LOGGER.info(
         "Serving Bark on %s (model %s on %s; %d voices, custom voices in %s)",
         args.uri,
@@ -175,7 +180,9 @@ def main() -> None:
         # transformers' deprecation chatter on every generate call is noise for users.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        resolve_device(args.device)  # a device that can never work stops the server here
+        resolve_precision(
+            args.precision, resolve_device(args.device)
+        )  # one that can never work stops us here
     except ModelLoadError as err:
         raise SystemExit(f"wyoming-bark: {err}") from err
     try:

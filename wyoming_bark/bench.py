@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bench_precision import compare_precisions
 from .bench_stream import stream_answer
 from .contract import TtsEngine
 from .fast import FastBark, SamplingSettings
@@ -149,6 +150,11 @@ def benchmark(args: argparse.Namespace) -> dict:
         },
         "model_build_s": round(load_s, 2),
     }
+    if args.precision:
+        names = [name.strip() for name in args.precision.split(",") if name.strip()]
+        result["precisions"] = compare_precisions(
+            model, device, lambda core: run_ours(core, device, inputs, settings), names, args.reps
+        )
     if args.reference:
         reference_first = run_reference(model, device, inputs, n_semantic)
         reference = [run_reference(model, device, inputs, n_semantic) for _ in range(args.reps)]
@@ -324,6 +330,14 @@ def print_table(result: dict) -> None:
     if "speedup" in result:
         print(f"speed-up over transformers: {result['speedup']}x")
     print(f"self-check: {ours['self_check']}")
+    for name, row in result.get("precisions", {}).items():
+        quality = row.get(next((key for key in row if key.startswith("quality_vs_")), ""), {})
+        gate = ", ".join(f"{part} top-1 {q['top1_agreement']:.0%}" for part, q in quality.items())
+        print(
+            f"precision {name}: RTF {row['rtf']}, semantic {row['semantic_ms_per_step']} ms/step, "
+            f"coarse {row['coarse_ms_per_step']} ms/step, fine {row['fine_ms']} ms"
+            + (f", {row['speedup']}x faster; {gate}" if "speedup" in row else "")
+        )
     names = (
         ("server", "server"),
         ("server_serial", "serial server"),
@@ -377,6 +391,11 @@ def main() -> None:
         type=int,
         default=0,
         help="stream an answer of N sentences as Home Assistant's LLM deltas; report pauses in playback",
+    )
+    parser.add_argument(
+        "--precision",
+        default="",
+        help="compare our core at these precisions in one run, e.g. fp32,int8 (CPU; the first is the baseline)",
     )
     parser.add_argument(
         "--self-check", choices=SELF_CHECK_MODES, default="on", help="the server's --self-check"

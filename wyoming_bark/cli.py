@@ -22,6 +22,7 @@ from .contract import ENGINES
 from .discovery import default_service_name
 from .handler import DEFAULT_MAX_CHARS
 from .hub import CORES
+from .precision import PRECISIONS
 from .self_check import MODES as SELF_CHECK_MODES
 from .voices import DEFAULT_VOICE
 
@@ -86,6 +87,14 @@ def _lookahead(value: str) -> int | None:
 
 
 _lookahead.json_types = (int, str)
+
+
+def _threads(value: str) -> int | None:
+    """``auto`` (None: one per physical core) or a number of threads."""
+    return None if value == "auto" else _int_in(1, 1024)(value)
+
+
+_threads.json_types = (int, str)
 
 
 def _log_format(value: str) -> str:
@@ -156,6 +165,18 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "Check the fast core on its device at load and fall back (eager steps, then the transformers "
         "core) on a failure: on, off, or strict (fail the load instead)",
         choices=SELF_CHECK_MODES,
+    )
+    add(
+        "precision",
+        "auto",
+        "auto (int8 weights on a CPU, float16 on CUDA), fp32 (exact; slower), or int8 (CPU only)",
+        choices=PRECISIONS,
+    )
+    add(
+        "threads",
+        "auto",
+        "CPU threads for Bark: auto (one per physical core) or a number",
+        type=_threads,
     )
     add("voice", DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
     add(

@@ -88,11 +88,15 @@ class BarkEngine(TtsEngine):
         lookahead: int | None = None,
         self_check: str = "on",
         loaded: LoadedBark | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> None:
         """``loaded``: an already loaded model (the benchmark's in-memory one) instead of ``model``."""
         self.model = model
         self.core = core
         self.self_check = self_check  # on | off | strict
+        self.precision = precision  # auto | fp32 | int8 (precision.py)
+        self.threads = threads  # CPU threads; None: one per physical core
         self.audio_streaming = audio_streaming  # auto | on | off
         self.max_batch = max_batch  # sentences decoded together (fast core)
         self._lookahead = lookahead  # None: auto
@@ -148,6 +152,8 @@ class BarkEngine(TtsEngine):
                 self.core,
                 self.max_batch,
                 self.self_check,
+                self.precision,
+                self.threads,
             )
         except ModelLoadError as err:
             self.last_error = str(err)
@@ -195,6 +201,8 @@ class BarkEngine(TtsEngine):
     async def speak_sentence(self, sentence: str, voice: str | None = None) -> AsyncIterator[bytes]:
         """PCM chunks for one sentence: from the cache, or as the worker thread generates them."""
         chosen = self.resolve_voice(voice)
+        if self.cache:
+            await self.load()  # the key names what the load decided (precision, core, streaming)
         key = self._cache_key(sentence, chosen) if self.cache else None
         cached = await asyncio.to_thread(self.cache.get, key) if key else None
         if cached is not None:
@@ -233,6 +241,8 @@ class BarkEngine(TtsEngine):
             "core": self._core(),
             "device": str(bark.device) if bark else self.device,
             "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
+            "precision": bark.precision if bark else self.precision,
+            "threads": torch.get_num_threads(),
             "voices": len(self.voices.list()),
             "default_voice": self.default_voice.name,
             "sentences_pending": self.pending,  # waiting for a row or being made
@@ -288,6 +298,7 @@ class BarkEngine(TtsEngine):
             fingerprint,
             self.model,
             self._core(),
+            self._bark.precision,
             self.streams_audio(),  # streamed sentences take their fine codes from partial context
             dataclasses.asdict(s.sampling),
             s.seed_for(voice.name),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import precision as precisions
 from .errors import ModelLoadError
 from .fast import FastBark
 from .fast.reference import TransformersCore
@@ -46,6 +47,7 @@ class LoadedBark:
     device: torch.device
     dtype: torch.dtype
     core: FastBark | TransformersCore  # ours, or transformers' (--core transformers, or a fallback)
+    precision: str = "fp32"  # fp16, fp32 or int8 (see precision.py)
     self_check: str = "not run"  # the self-check's verdict, for status
 
 
@@ -130,15 +132,19 @@ def load_bark(
     core: str = "fast",
     max_batch: int = 1,
     self_check: str = "on",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> LoadedBark:
-    """Load Bark (half precision on CUDA), set up the chosen core and check it (``self_check.py``).
-
-    Slow: run it off the event loop."""
+    """Load Bark (float16 on CUDA, int8 GPTs on a CPU by default; see ``precision.py``), set up
+    the chosen core and check it (``self_check.py``). Slow: run it off the event loop."""
     from transformers import BarkModel, BarkProcessor
 
     device = resolve_device(device_spec)
+    resolved = precisions.resolve(precision, device)
+    if device.type == "cpu":
+        precisions.use_threads(threads)
     model_dir = model_directory(model, data_dir)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = precisions.dtype(resolved)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         try:
             processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
@@ -153,14 +159,20 @@ def load_bark(
             raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
         if not hasattr(bark.generation_config, "semantic_config"):
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
-        loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark))
+        if resolved == "int8":
+            try:
+                precisions.quantize(bark)
+            except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
+                _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
+                resolved = "fp32"
+        loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved)
         if core == "fast":  # the one place that picks the core
             started = time.monotonic()
             outcome = prepare(_fast_core(bark, max_batch, model), self_check, data_dir / "self-check", model)
             loaded.core = outcome.fast or loaded.core
             loaded.self_check = outcome.summary
             _LOGGER.info("Core set up and checked in %.1f s", time.monotonic() - started)
-    _LOGGER.info("Bark runs on %s with the %s core", device_summary(device), loaded.core.name)
+    _LOGGER.info("Bark runs on %s with the %s core", device_summary(device, resolved), loaded.core.name)
     return loaded
 
 
@@ -184,9 +196,10 @@ def _fast_core(bark, max_batch: int, model: str) -> FastBark:
             max_batch //= 2
 
 
-def device_summary(device: torch.device) -> str:
-    """What a user checks to know the GPU is really used: its name and memory."""
+def device_summary(device: torch.device, precision: str | None = None) -> str:
+    """What a user checks to know the GPU is really used: its name and memory; and the precision."""
+    names = {"fp16": "float16", "fp32": "float32", "int8": "int8 weights"}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return f"{device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, float16"
-    return f"the CPU ({torch.get_num_threads()} threads), float32"
+        return f"{device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, {names[precision or 'fp16']}"
+    return f"the CPU ({torch.get_num_threads()} threads), {names[precision or 'fp32']}"

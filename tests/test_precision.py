@@ -1,0 +1,83 @@
+"""CPU precision: int8 weights by default on a CPU, the quality gate against float32, threads."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+from helpers import SEMANTIC_TOKENS, samples_for
+from transformers import BarkModel
+
+from wyoming_bark import precision
+from wyoming_bark.errors import ModelLoadError
+from wyoming_bark.fast import FastBark, SamplingSettings
+from wyoming_bark.fast.check import compare_models
+from wyoming_bark.hub import load_bark
+
+# The gate int8 must pass on the tiny random model, teacher-forced against float32 on the same
+# weights (random logits are flat, so near-ties are common: real weights agree more).
+MIN_TOP1 = 0.75
+MAX_MEDIAN_DIFF = 0.02
+
+
+@pytest.fixture(scope="module")
+def fp32_and_int8(tiny_model):
+    model = BarkModel.from_pretrained(str(tiny_model)).eval()
+    quantized = copy.deepcopy(model)
+    precision.quantize(quantized)
+    return FastBark(model), FastBark(quantized)
+
+
+def test_auto_is_int8_on_a_cpu_and_float16_on_cuda():
+    assert precision.resolve("auto", torch.device("cpu")) == "int8"
+    assert precision.resolve("auto", torch.device("cuda")) == "fp16"
+    assert precision.resolve("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ModelLoadError, match="int8 is for the CPU"):
+        precision.resolve("int8", torch.device("cuda"))
+
+
+def test_int8_passes_the_quality_gate(fp32_and_int8):
+    report = compare_models(*fp32_and_int8)
+    assert set(report) == {"semantic", "coarse", "fine"}
+    for part, numbers in report.items():
+        assert numbers["top1_agreement"] >= MIN_TOP1, (part, numbers)
+        assert numbers["median_diff"] <= MAX_MEDIAN_DIFF, (part, numbers)
+
+
+def test_the_gate_fails_a_model_that_is_wrong(fp32_and_int8):
+    """Not vacuous: the same gate rejects a model whose output layers are scrambled."""
+    reference, _ = fp32_and_int8
+    wrong = copy.deepcopy(reference.bark)
+    with torch.no_grad():
+        for head in (wrong.semantic.lm_head, wrong.coarse_acoustics.lm_head):
+            head.weight.copy_(head.weight[torch.randperm(head.weight.shape[0])])
+    report = compare_models(reference, FastBark(wrong))
+    assert report["semantic"]["top1_agreement"] < MIN_TOP1 and report["coarse"]["top1_agreement"] < MIN_TOP1
+
+
+def test_the_server_loads_int8_by_default_on_a_cpu_and_speaks(tiny_model, tmp_path):
+    loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)
+    assert loaded.precision == "int8"
+    assert isinstance(loaded.model.semantic.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    assert loaded.self_check.startswith("passed"), loaded.self_check
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(4))
+    settings = SamplingSettings(max_semantic_tokens=SEMANTIC_TOKENS, allow_early_stop=False)
+    audio = loaded.core.generate(ids, torch.ones_like(ids), None, settings, seed=4)
+    assert np.isfinite(audio).all() and len(audio) == samples_for(SEMANTIC_TOKENS)
+    again = loaded.core.generate(ids, torch.ones_like(ids), None, settings, seed=4)
+    np.testing.assert_array_equal(audio, again)  # seeded, alone both times: the same audio
+    exact = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2, precision="fp32")
+    assert exact.precision == "fp32" and isinstance(exact.model.semantic.lm_head, torch.nn.Linear)
+
+
+def test_threads_default_to_physical_cores():
+    assert 1 <= precision.physical_cores() <= (os.cpu_count() or 1)
+    previous = torch.get_num_threads()
+    try:
+        assert precision.use_threads(1) == 1 and torch.get_num_threads() == 1
+        assert precision.use_threads(None) == precision.physical_cores()
+    finally:
+        torch.set_num_threads(previous)
