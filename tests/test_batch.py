@@ -10,6 +10,7 @@ import torch
 from helpers import samples_for, tokens
 from transformers import BarkModel, BarkProcessor
 
+from wyoming_bark import self_check
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.batch import DONE, Job, Scheduler
 from wyoming_bark.fast.model import BatchedStep
@@ -147,7 +148,7 @@ def test_seeds_decide_the_audio_not_the_batch(batched):
     assert not np.allclose(a, c)
 
 
-def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch, caplog):
+def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch, caplog, tmp_path):
     """No GPU here: a stand-in capture fails as an unsupported op would; the core still speaks."""
     processor, fast, voices = batched
 
@@ -156,8 +157,8 @@ def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch,
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(BatchedStep, "capture", failing)
-    fast.warmup()
-    assert "running them eagerly" in caplog.text
+    self_check.prepare(fast, "off", tmp_path, "tiny")
+    assert "No CUDA graph for the semantic model" in caplog.text and "semantic runs eagerly" in caplog.text
     assert all(not step.graphs for step in fast.steps.values())
     args, seed, _ = request(processor, fast, voices, 2, False)
     assert len(fast.generate(*args, seed=seed)) == samples_for(60, fast.hop)
@@ -222,7 +223,7 @@ def test_an_unexpected_scheduler_error_fails_the_batch_not_the_thread(batched, m
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)")
-def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model):
+def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model, tmp_path):
     """The GPU path CI cannot run: captured graphs per bucket, side streams, pinned staging, in
     float32 so that batched and solo runs round alike."""
     model = BarkModel.from_pretrained(str(tiny_model)).eval().to("cuda")
@@ -230,8 +231,7 @@ def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model):
     library = VoiceLibrary(None)
     prompt = library.load(library.resolve("v2/en_speaker_6"), tiny_model)
     voices = [{k: torch.from_numpy(v).cuda() for k, v in prompt.items()}] * 2
-    fast = FastBark(model, max_batch=3)
-    fast.warmup()
+    fast = self_check.prepare(FastBark(model, max_batch=3), "off", tmp_path, "tiny").fast
     assert all(step.graphs for step in fast.steps.values()), "every bucket was captured"
     requests = [request(processor, fast, voices, n, stream=n % 2 == 0) for n in range(5)]
     requests = [

@@ -199,6 +199,7 @@ async def _serve(
     from .engine import BarkEngine, GenerationSettings
     from .handler import BarkEventHandler
     from .hub import LoadedBark
+    from .self_check import prepare
     from .voices import VoiceLibrary
 
     _, _, history = random_inputs(torch.device("cpu"))
@@ -207,9 +208,7 @@ async def _serve(
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     settings = GenerationSettings(SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False))
-    fast = FastBark(model, max_batch)
-    if device.type == "cuda":
-        fast.warmup()
+    fast = prepare(FastBark(model, max_batch), "off", folder, "random").fast  # capture, warm up
     dtype = next(model.parameters()).dtype
     engine = BarkEngine(
         "random",

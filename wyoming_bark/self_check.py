@@ -111,7 +111,7 @@ def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str, sentence: b
     if mode == "off":
         failed = fast.capture()
         for name, err in failed.items():
-            _LOGGER.warning("No CUDA graph for %s decode steps (%s); running them eagerly", name, err)
+            _LOGGER.warning("No CUDA graph for the %s model (%s); %s runs eagerly", name, err, name)
         if fast.device.type == "cuda":
             check_sentence(fast)  # the warm-up: first-call costs paid now, not by a user
         return Outcome(fast, "off")

@@ -140,14 +140,6 @@ class FastBark:
         """The parts that replay CUDA graphs, by name: the two decode steps and the fine pass."""
         return {**self.steps, "fine": self.fine}
 
-    def warmup(self) -> None:
-        """Capture the decode graphs and run one short generation, so the first request is fast."""
-        for name, err in self.capture().items():
-            _LOGGER.warning("No CUDA graph for %s decode steps (%s); running them eagerly", name, err)
-        ids = torch.zeros(1, 8, dtype=torch.long, device=self.device)
-        with self.on_device():
-            self.generate(ids, torch.ones_like(ids), None, SamplingSettings(max_semantic_tokens=8))
-
     def decode_paths(self) -> dict[str, str]:
         """How each part runs (for status): ``cuda graphs`` or ``eager``."""
         return {name: part.path for name, part in self.graphed().items()}
