@@ -331,7 +331,12 @@ def print_table(result: dict) -> None:
     print(f"self-check: {ours['self_check']}")
     for name, row in result.get("precisions", {}).items():
         quality = row.get(next((key for key in row if key.startswith("quality_vs_")), ""), {})
-        gate = ", ".join(f"{part} top-1 {q['top1_agreement']:.0%}" for part, q in quality.items())
+        gate = ", ".join(
+            f"{part} top-1 {q['top1_agreement']:.0%}" for part, q in quality.items() if "top1_agreement" in q
+        )
+        if "audio" in quality:
+            gate += f", fine codes {quality['fine']['codes_agreement']:.0%} equal"
+            gate += f", audio RMS difference {quality['audio']['rms_difference']:.1%}"
         print(
             f"precision {name}: RTF {row['rtf']}, semantic {row['semantic_ms_per_step']} ms/step, "
             f"coarse {row['coarse_ms_per_step']} ms/step, fine {row['fine_ms']} ms"

@@ -191,8 +191,10 @@ def check_sentence(fast, timeout: float = 120.0) -> dict[str, str]:
 def compare_models(reference, other, length: int = 64, frames: int = 96) -> dict[str, dict[str, float]]:
     """Two cores on the same weights (e.g. float32 and int8), teacher-forced: for each of the
     semantic, coarse and fine models, top-1 agreement and the max and median logit difference
-    relative to the reference's largest logit. On random weights logits are flat, so these rank
-    variants; real weights should be checked by ear (and speech recognition)."""
+    relative to the reference's largest logit; for the fine stage run whole (greedy, same coarse
+    codes), the share of equal codes and the RMS difference of the decoded audio relative to the
+    reference's. On random weights logits are flat, so these rank variants; real weights should
+    be checked by ear (and speech recognition)."""
     generator = torch.Generator().manual_seed(CHECK_SEED)
     report: dict[str, dict[str, float]] = {}
 
@@ -224,4 +226,13 @@ def compare_models(reference, other, length: int = 64, frames: int = 96) -> dict
             torch.cat([fine_logits(other.bark.fine_acoustics, book, codes)[0] for book in books]),
             torch.cat([fine_logits(reference.bark.fine_acoustics, book, codes)[0] for book in books]),
         )
+        # The whole fine stage, greedy, from the same coarse codes, and the audio EnCodec makes of
+        # each result: how far the difference in logits carries into what is heard.
+        coarse = codes[0, :, :2].T
+        ours = other.fine.tokens(coarse, None, 0.0, CHECK_SEED, 0)
+        theirs = reference.fine.tokens(coarse, None, 0.0, CHECK_SEED, 0)
+        report["fine"]["codes_agreement"] = round(float((ours == theirs).float().mean()), 4)
+        heard, expected = other.decode(ours), reference.decode(theirs)
+        rms = max(float(np.sqrt(np.mean(expected**2))), 1e-9)
+        report["audio"] = {"rms_difference": round(float(np.sqrt(np.mean((heard - expected) ** 2))) / rms, 4)}
     return report
