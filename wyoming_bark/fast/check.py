@@ -48,7 +48,7 @@ def compare_logits(ours: torch.Tensor, reference: torch.Tensor, dtype: torch.dty
     return None
 
 
-def _dtype(fast) -> torch.dtype | str:
+def precision_of(fast) -> torch.dtype | str:
     """The precision the tolerance is for: ``int8`` if the GPTs' linear layers are quantized."""
     quantized = torch.ao.nn.quantized.dynamic.Linear
     if any(isinstance(module, quantized) for module in fast.bark.semantic.modules()):
@@ -83,7 +83,7 @@ def check_graphs(fast) -> dict[str, str]:
                 tokens, _ = step.read(outputs[name])
                 replayed = outputs[name][1][:b].clone()
                 eager_packed, eager_logits = step.run_eager(b)  # same inputs, same cache state
-                problem = compare_logits(replayed, eager_logits, _dtype(fast))
+                problem = compare_logits(replayed, eager_logits, precision_of(fast))
                 if problem is None:
                     exact = (replayed == eager_logits).all(-1).tolist()
                     eager_tokens = eager_packed[0].tolist()
@@ -126,7 +126,7 @@ def check_against_transformers(fast, prefix: int = 40, steps: int = 8, frames: i
     EnCodec's output must be finite."""
     problems: dict[str, str] = {}
     generator = torch.Generator().manual_seed(CHECK_SEED)
-    dtype = _dtype(fast)
+    dtype = precision_of(fast)
     with fast.on_device(), torch.inference_mode():
         for name, gpt in (("semantic", fast.semantic), ("coarse", fast.coarse)):
             ids = torch.randint(0, gpt.embed.num_embeddings, (1, prefix + steps), generator=generator)
@@ -141,7 +141,9 @@ def check_against_transformers(fast, prefix: int = 40, steps: int = 8, frames: i
             if problem:
                 problems[name] = problem
         hf_fine = fast.bark.fine_acoustics
-        codes = torch.randint(0, fast.codebook_size, (1, frames, 8), generator=generator).to(fast.device)
+        codes = torch.randint(0, fast.shapes.codebook_size, (1, frames, 8), generator=generator).to(
+            fast.device
+        )
         for book in (hf_fine.config.n_codes_given, hf_fine.config.n_codes_total - 1):
             reference = hf_fine(codebook_idx=book, input_ids=codes).logits
             problem = compare_logits(fine_logits(hf_fine, book, codes), reference, dtype)
@@ -217,7 +219,7 @@ def compare_models(reference, other, length: int = 64, frames: int = 96) -> dict
                 getattr(other, name).hf(input_ids=ids).logits[0],
                 getattr(reference, name).hf(input_ids=ids).logits[0],
             )
-        codes = torch.randint(0, reference.codebook_size, (1, frames, 8), generator=generator)
+        codes = torch.randint(0, reference.shapes.codebook_size, (1, frames, 8), generator=generator)
         codes = codes.to(reference.device)
         fine = reference.bark.fine_acoustics.config
         books = range(fine.n_codes_given, fine.n_codes_total)

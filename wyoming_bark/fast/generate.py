@@ -68,17 +68,16 @@ class FastBark:
         self.bark = bark
         self.max_batch = max_batch
         config = bark.generation_config
-        self.sem = BarkSemanticGenerationConfig(**config.semantic_config)
-        self.coarse_cfg = BarkCoarseGenerationConfig(**config.coarse_acoustics_config)
-        self.fine_cfg = BarkFineGenerationConfig(**config.fine_acoustics_config)
-        self.codebook_size = config.codebook_size
+        sem = BarkSemanticGenerationConfig(**config.semantic_config)
+        coarse_cfg = BarkCoarseGenerationConfig(**config.coarse_acoustics_config)
+        fine_cfg = BarkFineGenerationConfig(**config.fine_acoustics_config)
+        codebook_size = config.codebook_size
         self.device = bark.semantic.input_embeds_layer.weight.device
 
         self.semantic = CausalGPT(bark.semantic)
         self.coarse = CausalGPT(bark.coarse_acoustics)
         self.semantic.setup_cache(max_batch)
         self.coarse.setup_cache(max_batch)
-        sem = self.sem
         semantic_head = SemanticHead(
             bark.semantic.config.output_vocab_size,
             sem.semantic_vocab_size,
@@ -89,31 +88,26 @@ class FastBark:
         coarse_head = CoarseHead(
             bark.coarse_acoustics.config.output_vocab_size,
             sem.semantic_vocab_size,
-            self.codebook_size,
+            codebook_size,
             self.device,
         )
         self.steps = {
             "semantic": BatchedStep(self.semantic, semantic_head, n_ints=3, n_floats=2),
             "coarse": BatchedStep(self.coarse, coarse_head, n_ints=3, n_floats=1),
         }
-        self.ratio = (
-            self.coarse_cfg.coarse_rate_hz / sem.semantic_rate_hz * self.coarse_cfg.n_coarse_codebooks
-        )
         self.hop = int(np.prod(bark.codec_model.config.upsampling_ratios))  # samples per frame
-        self.shapes = BarkShapes(
-            self.sem,
-            self.coarse_cfg,
-            self.fine_cfg,
-            self.codebook_size,
-            self.ratio,
+        self.shapes = BarkShapes(  # what the stages read: the configs above, kept only here
+            sem,
+            coarse_cfg,
+            fine_cfg,
+            codebook_size,
+            coarse_cfg.coarse_rate_hz / sem.semantic_rate_hz * coarse_cfg.n_coarse_codebooks,
             self.device,
             self.semantic.block_size,
             self.semantic.embed,
             self.coarse.embed,
         )
-        self.fine = FineStage(
-            bark, self.fine_cfg, self.coarse_cfg.n_coarse_codebooks, self.codebook_size, self.device
-        )
+        self.fine = FineStage(bark, fine_cfg, coarse_cfg.n_coarse_codebooks, codebook_size, self.device)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -169,9 +163,9 @@ class FastBark:
                 )
                 launched.append((name, members, step.read, out, rows))
                 continue
-            logits = step.gpt.prefill(torch.cat([op.embeds for op in ops]), self.to_device(rows))
-            ints = self.to_device([op.ints for op in ops])
-            floats = self.to_device([op.floats for op in ops], torch.float32)
+            logits = step.gpt.prefill(torch.cat([op.embeds for op in ops]), self.shapes.to_device(rows))
+            ints = self.shapes.to_device([op.ints for op in ops])
+            floats = self.shapes.to_device([op.floats for op in ops], torch.float32)
             packed = torch.stack([step.head(logits, ints, floats), torch.isfinite(logits).all(-1).long()])
             launched.append((name, members, torch.Tensor.tolist, packed, range(len(members))))
         answers: list[int | NonFiniteLogits] = [0] * len(work)
@@ -186,9 +180,6 @@ class FastBark:
             if not all(finite[pick] for pick in picks):
                 self._non_finite(name)
         return answers
-
-    def to_device(self, values: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        return self.shapes.to_device(values, dtype)
 
     def _non_finite(self, name: str) -> None:
         step = self.steps[name]
