@@ -191,10 +191,15 @@ class BatchedStep:
         self.ints = torch.zeros(gpt.batch, 2 + n_ints, dtype=torch.long, device=device)
         self.floats = torch.zeros(gpt.batch, n_floats, dtype=torch.float32, device=device)
         self.padding = [0, gpt.scratch] + [0] * n_ints, [0.0] * n_floats
-        self.buckets = [b for b in BUCKETS if b < gpt.batch] + [gpt.batch]
+        cuda = device.type == "cuda"
+        # On CUDA a single row takes cuBLAS's matrix-vector kernels, which round differently from
+        # the matrix-matrix kernels of every larger bucket (an H200: logits 2e-6 apart, enough to
+        # flip a sampled token now and then), so a sentence alone would not say exactly what it
+        # says in a batch. The smallest bucket is two rows: a step reads the weights once anyway.
+        smallest = 2 if cuda and gpt.batch >= 2 else 1
+        self.buckets = [b for b in BUCKETS if smallest <= b < gpt.batch] + [gpt.batch]
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.eager_reason: str | None = None  # why this model decodes eagerly on CUDA
-        cuda = device.type == "cuda"
         # Its own high-priority CUDA stream, so the semantic and the coarse step of one iteration
         # overlap (a replayed step leaves the GPU mostly idle between its small kernels) and the
         # audio thread's fine passes do not delay them. Capture gets a stream of its own too: the
