@@ -148,6 +148,26 @@ def test_seeds_decide_the_audio_not_the_batch(batched):
     assert not np.allclose(a, c)
 
 
+def test_cpu_steps_attend_only_as_far_as_the_furthest_row(batched, monkeypatch):
+    """Attention over the filled part of the cache, in 128-position spans: fewer positions early
+    in a sentence, the same tokens (the seeded runs above compare them with solo runs)."""
+    processor, fast, voices = batched
+    spans: list[tuple[str, int | None]] = []
+    for name, step in fast.steps.items():
+        real = step.run_eager
+        monkeypatch.setattr(
+            step,
+            "run_eager",
+            lambda b, span=None, real=real, name=name: spans.append((name, span)) or real(b, span),
+        )
+    args, seed, _ = request(processor, fast, voices, 1, False)
+    fast.generate(*args, seed=seed)
+    assert {name for name, _ in spans} == {"semantic", "coarse"}
+    full = fast.steps["semantic"].gpt.scratch + 1
+    assert all(span is not None and span % 128 == 0 or span == full for _, span in spans)
+    assert min(span for _, span in spans) < full, "some steps attended to less than the whole cache"
+
+
 def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch, caplog, tmp_path):
     """No GPU here: a stand-in capture fails as an unsupported op would; the core still speaks."""
     processor, fast, voices = batched

@@ -176,6 +176,9 @@ def test_decode_steps_match_a_full_forward(bark):
             logits = gpt.step(tokens, pos)
             torch.testing.assert_close(logits[0], full[30 + i][0], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(logits[2], full[40 + 25 + i][0], atol=1e-4, rtol=1e-4)
+            # attending only to the first positions (past every real row's) changes nothing
+            spanned = gpt.step(tokens, pos, span=40)
+            torch.testing.assert_close(spanned[[0, 2]], logits[[0, 2]], atol=1e-5, rtol=1e-5)
 
 
 def test_cancel_stops_generation(bark, voice):

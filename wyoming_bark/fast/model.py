@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 BUCKETS = (1, 2, 4, 8, 16, 32)  # batch sizes with a captured decode graph
+SPAN = 128  # eager steps attend to cache positions up to the batch's highest, in steps of this
 
 
 class KVCache(nn.Module):
@@ -39,14 +40,15 @@ class KVCache(nn.Module):
         self.v[rows, :, :length] = v
 
     def write_step(
-        self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one token per row (the first ``b`` rows, row i at ``pos[i]``); return those rows."""
+        """Store one token per row (the first ``b`` rows, row i at ``pos[i]``); return those rows'
+        first ``span`` positions (all, with the scratch one, by default)."""
         b = k.shape[0]
         rows = self.rows[:b]
         self.k[rows, :, pos] = k[:, :, 0]
         self.v[rows, :, pos] = v[:, :, 0]
-        return self.k[:b], self.v[:b]
+        return self.k[:b, :, :span], self.v[:b, :, :span]
 
 
 def _attention(block: nn.Module, x: torch.Tensor, heads: int, store: Callable | None, mask, causal: bool):
@@ -122,12 +124,16 @@ class CausalGPT(nn.Module):
             x = _block(block, x, self.heads, store, causal=True)
         return self._logits(x[:, -1])
 
-    def step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """One token for each of the first ``b`` rows: ``tokens`` (b, 1) at ``pos`` (b,); logits (b, V)."""
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, span: int | None = None) -> torch.Tensor:
+        """One token for each of the first ``b`` rows: ``tokens`` (b, 1) at ``pos`` (b,); logits (b, V).
+
+        ``span`` limits attention to the first positions of the cache (it must exceed every real
+        row's position; padding rows, at the scratch position, then see only masked-in garbage)."""
         x = self.embed(tokens) + self.hf.position_embeds_layer(pos.clamp_max(self.block_size - 1))[:, None]
-        mask = self.causal[pos][:, None, None, :]  # each row sees its own past and itself
+        mask = self.causal[pos][:, None, None, :span]  # each row sees its own past and itself
         for block, cache in zip(self.hf.layers, self.caches):
-            x = _block(block, x, self.heads, lambda k, v, cache=cache: cache.write_step(pos, k, v), mask)
+            store = lambda k, v, cache=cache: cache.write_step(pos, k, v, span)
+            x = _block(block, x, self.heads, store, mask)
         return self._logits(x[:, -1])
 
 
@@ -217,10 +223,11 @@ class BatchedStep:
         """How steps run: ``cuda graphs`` or ``eager``."""
         return "cuda graphs" if self.graphs else "eager"
 
-    def run_eager(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step over the first ``b`` rows' current inputs, without graphs: ``(packed, logits)``."""
+    def run_eager(self, b: int, span: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step over the first ``b`` rows' current inputs, without graphs: ``(packed, logits)``;
+        attention over the first ``span`` cache positions (all by default)."""
         ints, floats = self.ints[:b], self.floats[:b]
-        logits = self.gpt.step(ints[:, :1], ints[:, 1])
+        logits = self.gpt.step(ints[:, :1], ints[:, 1], span)
         tokens = self.head(logits, ints[:, 2:], floats)
         return torch.stack([tokens, torch.isfinite(logits).all(-1).long()]), logits
 
@@ -273,19 +280,22 @@ class BatchedStep:
         self.staging[0][:b] = torch.tensor(host_ints)
         self.staging[1][:b] = torch.tensor(host_floats)
         if self.stream is None:
-            return self._launch(b)
+            # On the CPU a step attends only as far as the furthest row has got: at the start of
+            # a sentence, half the attention work or less. (CUDA graphs cover the whole cache.)
+            furthest = max(row_ints[1] for row_ints in ints)
+            return self._launch(b, min(-(-(furthest + 1) // SPAN) * SPAN, self.gpt.scratch + 1))
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # after prefills into the cache
         with torch.cuda.stream(self.stream):
-            return self._launch(b)
+            return self._launch(b, None)
 
-    def _launch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _launch(self, b: int, span: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         self.ints[:b].copy_(self.staging[0][:b], non_blocking=True)
         self.floats[:b].copy_(self.staging[1][:b], non_blocking=True)
         if b in self.graphs:
             graph, out = self.graphs[b]
             graph.replay()
             return out
-        return self.run_eager(b)
+        return self.run_eager(b, span)
 
     def read(self, out: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[int], list[int]]:
         """Tokens and finite-flags of the step ``launch`` started, once it is done (valid until
