@@ -7,8 +7,9 @@ taking the first; one-shot synthesis assembled into a WAV from the first chunk's
 ``synthesize-chunk`` per delta, the full text again as ``synthesize`` (for servers without
 streaming), ``synthesize-stop``, with audio read at the same time — a WAV header from
 ``audio-start``, then PCM — until ``synthesize-stopped``. It sends ``voice.name`` (and
-``speaker`` only when configured), never ``language``. Stricter than Home Assistant in one way:
-an ``error`` event fails here, where Home Assistant logs nothing and keeps reading.
+``speaker`` only when configured), never ``language``. Stricter than Home Assistant in one way
+unless asked to be exact (``get_tts_audio(..., exact=True)``): an ``error`` event fails here,
+where Home Assistant ignores it and keeps reading.
 """
 
 from __future__ import annotations
@@ -133,24 +134,37 @@ def _voice(name: str | None, speaker: str | None) -> SynthesizeVoice | None:
     return SynthesizeVoice(name=name, speaker=speaker) if name is not None else None
 
 
-async def get_tts_audio(host: str, port: int, message: str, voice: str | None = None) -> WavResult:
-    """One-shot synthesis (no timeout: Home Assistant sets none on synthesis connections)."""
+async def get_tts_audio(
+    host: str, port: int, message: str, voice: str | None = None, exact: bool = False
+) -> WavResult | None:
+    """One-shot synthesis (no timeout: Home Assistant sets none on synthesis connections).
+
+    ``exact``: as Home Assistant, ``error`` events are ignored and a lost connection gives None
+    (its ``(None, None)``: "no TTS audio"); otherwise both raise ``HaError``."""
     result = WavResult()
     wav = _WavAssembler(result, header_from_start=False)
     async with AsyncTcpClient(host, port) as client:
         await client.write_event(Synthesize(text=message, voice=_voice(voice, None)).event())
-        await _receive(client, wav, until=AudioStop)
+        try:
+            await _receive(client, wav, until=AudioStop, ignore_errors=exact)
+        except HaError:
+            if exact:
+                return None
+            raise
     return wav.close()
 
 
-async def _receive(client: AsyncTcpClient, wav: _WavAssembler, until: type) -> None:
-    """Audio into ``wav`` until an event of type ``until``; an error or a lost connection fails."""
+async def _receive(
+    client: AsyncTcpClient, wav: _WavAssembler, until: type, ignore_errors: bool = False
+) -> None:
+    """Audio into ``wav`` until an event of type ``until``; a lost connection (and, unless
+    ``ignore_errors``, an ``error``) raises ``HaError``."""
     while True:
         event = await client.read_event()
         if event is None:
             raise HaError("connection lost")
         wav.result.events.append(event.type)
-        if Error.is_type(event.type):
+        if Error.is_type(event.type) and not ignore_errors:
             raise HaError(Error.from_event(event).text)
         if AudioStart.is_type(event.type):
             wav.start(AudioStart.from_event(event))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from ha_client import (
     stream_tts_audio,
     voices_by_language,
 )
-from helpers import SAMPLES_PER_SENTENCE, read_until
+from helpers import SAMPLES_PER_SENTENCE, SEMANTIC_TOKENS, read_until
 from wyoming.client import AsyncClient
 from wyoming.event import Event
 from wyoming.ping import Ping
@@ -63,6 +64,26 @@ async def test_custom_voices_declare_their_language(server_factory, tiny_model, 
 
 async def test_one_shot_is_a_valid_wav(bark_server):
     result = await get_tts_audio(*address(bark_server), "Hello from Home Assistant.", "v2/en_speaker_6")
+    assert result.params() == (24000, 2, 1, SAMPLES_PER_SENTENCE)
+
+
+@pytest.mark.parametrize(
+    ("text", "voice"),
+    [("Hello.", "v2/xx_speaker_9"), ("word " * 3_000, "v2/en_speaker_6")],
+    ids=["voice", "long"],
+)
+async def test_a_failed_one_shot_ends_at_once_as_home_assistant_reads_it(
+    server_factory, tiny_model, text, voice
+):
+    """Home Assistant ignores error events and waits for audio-stop with no timeout: only the
+    connection closing tells it there is no audio (it then reports "no TTS audio")."""
+    server = server_factory(
+        "--model", str(tiny_model), "--no-streaming", "--max-semantic-tokens", str(SEMANTIC_TOKENS)
+    )
+    started = time.monotonic()
+    assert await asyncio.wait_for(get_tts_audio(*address(server), text, voice, exact=True), 30) is None
+    assert time.monotonic() - started < 20
+    result = await get_tts_audio(*address(server), "Still speaking.", "v2/en_speaker_6")
     assert result.params() == (24000, 2, 1, SAMPLES_PER_SENTENCE)
 
 

@@ -103,16 +103,21 @@ async def test_streaming_audio_starts_before_the_text_ends(bark_server):
     assert (len(first.audio) + len(rest.audio)) // 2 == 2 * SAMPLES_PER_SENTENCE
 
 
-async def test_unknown_voice_gets_an_error_and_the_connection_stays_usable(bark_server):
+async def test_unknown_voice_gets_an_error_then_the_connection_closes(bark_server):
+    """The audio queued before a failed one-shot request still goes out; then the error, and the
+    connection closes (how Home Assistant learns there is no audio: see the handler)."""
     async with AsyncClient.from_uri(bark_server.uri) as client:
+        await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/it_speaker_5")).event())
         await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/xx_speaker_9")).event())
+        await client.write_event(Synthesize("Never said.").event())
+        assert_stream(await read_until(client, "audio-stop"), sentences=1)
         error = await read_until(client, "audio-stop")
         assert error.types == ["error"]
         assert (
             "v2/xx_speaker_9" in error.events[0].data["text"] and "describe" in error.events[0].data["text"]
         )
-        await client.write_event(Synthesize("Hello.", voice=SynthesizeVoice("v2/it_speaker_5")).event())
-        assert_stream(await read_until(client, "audio-stop"), sentences=1)
+        assert await asyncio.wait_for(client.read_event(), 10) is None
+    assert_stream(await synthesize(bark_server.uri, "Hello.", "v2/it_speaker_5"), sentences=1)
 
 
 async def test_streaming_with_unknown_voice_still_ends_cleanly(bark_server):

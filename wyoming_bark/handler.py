@@ -95,6 +95,11 @@ class BarkEventHandler(AsyncEventHandler):
     Requests run one after another on this connection's worker task. A streaming request is one
     request: its chunks only add text to its ``TextStream``, which starts each sentence as it
     completes, so a client may send any number of chunks within ``--max-chars``.
+
+    A one-shot ``synthesize`` that is refused or fails ends with its ``error`` and then the
+    connection closing: Home Assistant ignores ``error`` events and, without ``audio-stop``, would
+    wait for ever (it sets no timeout on synthesis); a closed connection is how it learns that
+    there is no audio. A streaming request ends with ``synthesize-stopped`` as always.
     """
 
     def __init__(
@@ -179,20 +184,23 @@ class BarkEventHandler(AsyncEventHandler):
                 _LOGGER.debug("Ignoring synthesize during a streaming request")
             elif not await self._busy():
                 synthesize = message
-                refusal = self._too_long(synthesize.text, 0)
-                if refusal is not None:
-                    self._submit(self._send_error(refusal))
-                elif (stream := await self._open(synthesize.voice)) is not None:
-                    self._submit(self._speak_text(stream, clean_text(synthesize.text)))
+                opened = self._too_long(synthesize.text, 0) or self._open(synthesize.voice)
+                if isinstance(opened, Error):
+                    self._submit(self._refuse(opened))  # in turn, after the audio queued before it
+                else:
+                    self._submit(self._speak_text(opened, clean_text(synthesize.text)))
         elif SynthesizeStart.is_type(event.type):
             if self._stream is not None:
                 await self._error("synthesize-start while a streaming request is open", "bad-order")
             elif await self._busy():
                 self._stream = _Stream(voice=None, failed=True)
             else:
-                stream = await self._open(message.voice)
-                self._stream = stream or _Stream(voice=None, failed=True)
-                if stream is not None:
+                stream = self._open(message.voice)
+                if isinstance(stream, Error):
+                    await self._send_error(stream)
+                    self._stream = _Stream(voice=None, failed=True)
+                else:
+                    self._stream = stream
                     stream.text = self.engine.open_stream(stream.voice, quick_start=True)
                     stream.queued = True
                     self._submit(self._speak_streamed(stream, stream.text))
@@ -244,15 +252,15 @@ class BarkEventHandler(AsyncEventHandler):
             code="text-too-long",
         )
 
-    async def _open(self, requested: SynthesizeVoice | None) -> _Stream | None:
-        """The request's voice: its name, else its language's default (the wyoming spec), else ours."""
+    def _open(self, requested: SynthesizeVoice | None) -> _Stream | Error:
+        """The request's voice: its name, else its language's default (the wyoming spec), else ours;
+        or the error for a voice that does not exist."""
         if requested is None or not (requested.name or requested.language):
             return _Stream(voice=None)
         try:
             voice = self.engine.resolve_voice(requested.name, requested.language)
         except TtsError as err:
-            await self._error(str(err), err.code)
-            return None
+            return Error(text=str(err), code=err.code)
         return _Stream(voice=voice.name)
 
     # --- queued work, run in order on this connection's worker task ---
@@ -278,7 +286,20 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def _speak_text(self, stream: _Stream, text: str) -> None:
         await self._speak(stream, self.engine.speak(text, stream.voice))
-        await self._finish(stream, streaming=False)
+        if stream.failed:
+            await self._close_after_failure()
+        else:
+            await self._finish(stream, streaming=False)
+
+    async def _refuse(self, error: Error) -> None:
+        await self._send_error(error)
+        await self._close_after_failure()
+
+    async def _close_after_failure(self) -> None:
+        """End a failed one-shot request the way Home Assistant notices (see the class)."""
+        _LOGGER.debug("Closing the connection after a failed synthesize")
+        self._drop_queued()
+        await self.stop()
 
     async def _speak_streamed(self, stream: _Stream, text: TextStream) -> None:
         """A streaming request: its audio while text still comes, then the answer to synthesize-stop."""
@@ -333,6 +354,9 @@ class BarkEventHandler(AsyncEventHandler):
         """Stop this connection's synthesis; the engine's cancel flag ends its generation early."""
         if self._worker is not None:
             self._worker.cancel()
+        self._drop_queued()
+
+    def _drop_queued(self) -> None:
         while not self._jobs.empty():
             self._jobs.get_nowait().close()
 
