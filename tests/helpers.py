@@ -211,6 +211,17 @@ def torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
+async def describe_latencies(uri: str, until) -> list[float]:
+    """Describe round trips (seconds), one every 50 ms, until ``until()`` is true."""
+    latencies = []
+    while not until():
+        started = time.monotonic()
+        await describe(uri)
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.05)
+    return latencies
+
+
 async def eventually(check, timeout: float = TIMEOUT, what: str = "the condition") -> None:
     """Poll the async ``check()`` until it is true: tests wait for states, never for fixed times."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_stream, describe, synthesize
+from helpers import assert_stream, describe, describe_latencies, synthesize
 from wyoming.event import async_read_event
 from wyoming.info import Info
 
@@ -176,16 +176,8 @@ async def test_soak_with_hostile_clients_beside_home_assistant_traffic(
                 await slow.drain()
                 await asyncio.sleep(0.5)
 
-    async def probe() -> list[float]:
-        latencies = []
-        while not done.is_set():
-            started = time.monotonic()
-            await describe(server.uri)
-            latencies.append(time.monotonic() - started)
-            await asyncio.sleep(0.05)
-        return latencies
-
-    trickler, prober = asyncio.create_task(trickle()), asyncio.create_task(probe())
+    trickler = asyncio.create_task(trickle())
+    prober = asyncio.create_task(describe_latencies(server.uri, done.is_set))
     for i in range(12):  # fills the 96 KiB cache disk after a few sentences
         assert_stream(await synthesize(server.uri, f"Announcement number {i}."), sentences=1)
     done.set()

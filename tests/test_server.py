@@ -14,6 +14,7 @@ from helpers import (
     SAMPLES_PER_SENTENCE,
     assert_stream,
     describe,
+    describe_latencies,
     eventually,
     read_until,
     samples_for,
@@ -148,12 +149,7 @@ async def test_describe_answers_while_synthesizing(bark_server):
     text = " ".join(f"Sentence number {i} is here." for i in range(6))
     task = asyncio.create_task(synthesize(bark_server.uri, text))
     await asyncio.sleep(0.3)
-    latencies = []
-    while not task.done():
-        started = time.monotonic()
-        await describe(bark_server.uri)
-        latencies.append(time.monotonic() - started)
-        await asyncio.sleep(0.05)
+    latencies = await describe_latencies(bark_server.uri, task.done)
     assert_stream(await task, sentences=6)
     assert len(latencies) >= 3, "synthesis finished too fast to measure"
     assert max(latencies) < 1.0, latencies
