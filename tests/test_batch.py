@@ -168,6 +168,19 @@ def test_cpu_steps_attend_only_as_far_as_the_furthest_row(batched, monkeypatch):
     assert min(span for _, span in spans) < full, "some steps attended to less than the whole cache"
 
 
+def test_cpu_steps_compute_only_the_rows_up_to_the_last_in_use(tiny_model, monkeypatch):
+    """No graphs on a CPU, so no padding to a power of two: three rows are a three-row step."""
+    fast = FastBark(BarkModel.from_pretrained(str(tiny_model)).eval(), max_batch=8)
+    step = fast.steps["coarse"]
+    sizes = []
+    real = step.run_eager
+    monkeypatch.setattr(step, "run_eager", lambda b, span=None: sizes.append(b) or real(b, span))
+    n_ints, n_floats = step.ints.shape[1] - 2, step.floats.shape[1]
+    for rows in ([0], [0, 1, 2], [0, 4]):
+        step.read(step.launch(rows, [(5, 3) + (0,) * n_ints] * len(rows), [(0.0,) * n_floats] * len(rows)))
+    assert sizes == [1, 3, 5]
+
+
 def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch, caplog, tmp_path):
     """No GPU here: a stand-in capture fails as an unsupported op would; the core still speaks."""
     processor, fast, voices = batched

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BUCKETS = (1, 2, 4, 8, 16, 32)  # batch sizes with a captured decode graph
+BUCKETS = (1, 2, 4, 8, 16, 32)  # batch sizes with a captured decode graph (CUDA)
 SPAN = 128  # eager steps attend to cache positions up to the batch's highest, in steps of this
 
 
@@ -198,12 +198,16 @@ class BatchedStep:
         self.floats = torch.zeros(gpt.batch, n_floats, dtype=torch.float32, device=device)
         self.padding = [0, gpt.scratch] + [0] * n_ints, [0.0] * n_floats
         cuda = device.type == "cuda"
-        # On CUDA a single row takes cuBLAS's matrix-vector kernels, which round differently from
-        # the matrix-matrix kernels of every larger bucket (an H200: logits 2e-6 apart, enough to
-        # flip a sampled token now and then), so a sentence alone would not say exactly what it
-        # says in a batch. The smallest bucket is two rows: a step reads the weights once anyway.
-        smallest = 2 if cuda and gpt.batch >= 2 else 1
-        self.buckets = [b for b in BUCKETS if smallest <= b < gpt.batch] + [gpt.batch]
+        if cuda:
+            # A single row would take cuBLAS's matrix-vector kernels, which round differently from
+            # the matrix-matrix kernels of every larger bucket (an H200: logits 2e-6 apart, enough
+            # to flip a sampled token now and then), so a sentence alone would not say exactly
+            # what it says in a batch. The smallest bucket is two rows: a step reads the weights
+            # once anyway.
+            smallest = 2 if gpt.batch >= 2 else 1
+            self.buckets = [b for b in BUCKETS if smallest <= b < gpt.batch] + [gpt.batch]
+        else:  # no graphs to share: exactly the rows up to the last one in use (on a 2-core CPU,
+            self.buckets = list(range(1, gpt.batch + 1))  # 3 rows in a 4-row step took 17 % longer)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.eager_reason: str | None = None  # why this model decodes eagerly on CUDA
         # Its own high-priority CUDA stream, so the semantic and the coarse step of one iteration
