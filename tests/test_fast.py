@@ -224,14 +224,39 @@ def test_benchmark_runs_and_reports_everything():
     } <= set(result["ours"])
     assert result["ours"]["self_check"].startswith("passed"), result["ours"]["self_check"]
     assert result["reference"]["audio_seconds"] == pytest.approx(result["audio_seconds"], abs=0.03)
-    # as shipped on a CPU: whole sentences (audio streaming is for GPUs), batched
+    # as shipped on a CPU: int8, whole sentences (audio streaming is for GPUs), batched
+    assert (result["precision"], result["reference_dtype"]) == ("int8", "float32")
     for server, streaming, batch in ((result["server"], "off", 8), (result["server_serial"], "off", 1)):
-        assert (server["audio_streaming"], server["max_batch"]) == (streaming, batch)
+        assert (server["audio_streaming"], server["max_batch"], server["precision"]) == (
+            streaming,
+            batch,
+            "int8",
+        )
         assert server["first_audio"]["first_audio_s"] > 0 and server["clients"]["requests"] == 2
         assert server["clients"]["audio_seconds_per_second"] > 0 and server["clients"]["ms_per_step"] > 0
         stream = server["stream"]  # an answer in Home Assistant's deltas, heard in real time
         assert stream["audio_s"] == pytest.approx(1.0, abs=0.06) and stream["first_audio_s"] > 0
         assert {"pauses", "paused_s", "longest_pause_s", "last_delta_s"} <= set(stream)
+
+
+@pytest.mark.slow
+def test_benchmark_compares_precisions_in_one_run():
+    """The README's CPU precision table comes from this path: fp32 first (the baseline), int8
+    timed beside it, and the quality gate's numbers for int8."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "wyoming_bark.bench", "--arch", "tiny", "--device", "cpu"]
+    command += ["--seconds", "0.5", "--reps", "1", "--precision", "fp32,int8", "--json"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["precision"] == "fp32" and set(result["precisions"]) == {"fp32", "int8"}
+    int8 = result["precisions"]["int8"]
+    assert int8["rtf"] > 0 and int8["speedup"] > 0
+    gate = int8["quality_vs_fp32"]
+    assert {"semantic", "coarse", "fine", "audio"} <= set(gate)
+    assert 0 <= gate["fine"]["codes_agreement"] <= 1 and gate["audio"]["rms_difference"] >= 0
 
 
 def test_streamed_audio_matches_the_whole_sentence(bark, voice):

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_precision import compare_precisions
+from . import precision as precisions
+from .bench_precision import at_precision, compare_precisions
 from .bench_stream import stream_answer
 from .contract import TtsEngine
 from .fast import FastBark, SamplingSettings
@@ -98,8 +99,10 @@ def run_reference(model, device, inputs, n_semantic: int) -> Run:
 def benchmark(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
     if device.type == "cpu":
-        torch.set_num_threads(args.threads or torch.get_num_threads())
+        precisions.use_threads(args.threads or None)  # as the server: one per physical core
     model, load_s = _timed(device, lambda: build_random_bark(args.arch, device))
+    names = [name.strip() for name in args.precision.split(",") if name.strip()] or ["auto"]
+    ours_model, precision = at_precision(model, names[0], device)  # ours and the server's
     inputs = random_inputs(device)
     n_semantic = round(args.seconds * SEMANTIC_HZ)
     settings = SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
@@ -112,7 +115,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         from .self_check import prepare
 
         with tempfile.TemporaryDirectory() as markers:
-            outcome = prepare(FastBark(model), args.self_check, Path(markers), f"random {args.arch}")
+            outcome = prepare(FastBark(ours_model), args.self_check, Path(markers), f"random {args.arch}")
         if outcome.fast is None:
             raise SystemExit(f"the self-check turned our core off: {outcome.summary}")
         checked.append(outcome.summary)
@@ -133,7 +136,8 @@ def benchmark(args: argparse.Namespace) -> dict:
         if device.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
         "arch": args.arch,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "precision": precision,
+        "reference_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "audio_seconds": round(audio_s, 3),
         "reps": args.reps,
         "ours": {
@@ -150,8 +154,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         },
         "model_build_s": round(load_s, 2),
     }
-    if args.precision:
-        names = [name.strip() for name in args.precision.split(",") if name.strip()]
+    if len(names) > 1:
         result["precisions"] = compare_precisions(
             model, device, lambda core: run_ours(core, device, inputs, settings), names, args.reps
         )
@@ -170,8 +173,9 @@ def benchmark(args: argparse.Namespace) -> dict:
     if args.first_audio or args.clients or args.stream_sentences:
         # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
         # server with both turned off: whole sentences, one at a time.
-        result["server"] = asyncio.run(serve_and_measure(model, device, args, "auto", args.max_batch))
-        result["server_serial"] = asyncio.run(serve_and_measure(model, device, args, "off", 1))
+        served = ours_model, precision
+        result["server"] = asyncio.run(serve_and_measure(served, device, args, "auto", args.max_batch))
+        result["server_serial"] = asyncio.run(serve_and_measure(served, device, args, "off", 1))
         if device.type == "cuda" and args.clients:  # as shipped, but with Python's default GIL switching
             from .fast import batch
 
@@ -180,7 +184,7 @@ def benchmark(args: argparse.Namespace) -> dict:
             try:
                 variant = argparse.Namespace(**{**vars(args), "first_audio": False, "stream_sentences": 0})
                 result["server_gil_5ms"] = asyncio.run(
-                    serve_and_measure(model, device, variant, "auto", args.max_batch)
+                    serve_and_measure(served, device, variant, "auto", args.max_batch)
                 )
             finally:
                 batch.GIL_SWITCH_S = shipped
@@ -188,9 +192,11 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 
 async def _serve(
-    model, device: torch.device, n_semantic: int, folder: Path, audio_streaming: str, max_batch: int
+    served: tuple, device: torch.device, n_semantic: int, folder: Path, audio_streaming: str, max_batch: int
 ):
-    """The real server (handler + engine) on a loopback port, over the in-memory random model."""
+    """The real server (handler + engine) on a loopback port, over the in-memory random model
+    (``served``: the model and its precision)."""
+    model, precision = served
     from types import SimpleNamespace
 
     from transformers import BertTokenizerFast
@@ -219,7 +225,9 @@ async def _serve(
         settings,
         audio_streaming=audio_streaming,
         max_batch=max_batch,
-        loaded=LoadedBark(model, SimpleNamespace(tokenizer=tokenizer), folder, device, dtype, fast),
+        loaded=LoadedBark(
+            model, SimpleNamespace(tokenizer=tokenizer), folder, device, dtype, fast, precision=precision
+        ),
     )
     with socket.socket() as probe:  # a free loopback port
         probe.bind(("127.0.0.1", 0))
@@ -255,7 +263,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def serve_and_measure(
-    model, device: torch.device, args: argparse.Namespace, audio_streaming: str, max_batch: int
+    served: tuple, device: torch.device, args: argparse.Namespace, audio_streaming: str, max_batch: int
 ) -> dict:
     """--first-audio and --clients: the whole server path, client to first sound."""
     import tempfile
@@ -263,13 +271,17 @@ async def serve_and_measure(
     with tempfile.TemporaryDirectory() as folder:
         n_semantic = round(args.sentence_seconds * SEMANTIC_HZ)
         server, engine, uri = await _serve(
-            model, device, n_semantic, Path(folder), audio_streaming, max_batch
+            served, device, n_semantic, Path(folder), audio_streaming, max_batch
         )
         try:
             text = "The washing machine is done."
             await _request(uri, text)  # warm
             streams = engine.streams_audio()
-            result: dict = {"audio_streaming": "on" if streams else "off", "max_batch": max_batch}
+            result: dict = {
+                "audio_streaming": "on" if streams else "off",
+                "max_batch": max_batch,
+                "precision": engine.get_status()["precision"],
+            }
             if args.first_audio:
                 runs = [await _request(uri, text) for _ in range(args.reps)]
                 result["first_audio"] = {
@@ -310,7 +322,8 @@ async def serve_and_measure(
 def print_table(result: dict) -> None:
     ours, ref = result["ours"], result.get("reference", {})
     print(
-        f"{result['device']}, {result['arch']} architecture, {result['dtype']}, {result['audio_seconds']} s of speech"
+        f"{result['device']}, {result['arch']} architecture, ours in {result['precision']}, transformers in "
+        f"{result['reference_dtype']}, {result['audio_seconds']} s of speech"
     )
     rows = [
         ("wall (s)", ours["wall_s"], ref.get("wall_s")),
@@ -398,8 +411,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision",
-        default="",
-        help="compare our core at these precisions in one run, e.g. fp32,int8 (CPU; the first is the baseline)",
+        default="auto",
+        help="ours (and the server runs) at this precision, as the server's --precision (default: as "
+        "shipped); a list, e.g. fp32,int8, also compares them in one run (the first is the baseline)",
     )
     parser.add_argument(
         "--self-check", choices=SELF_CHECK_MODES, default="on", help="the server's --self-check"

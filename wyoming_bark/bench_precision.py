@@ -14,17 +14,21 @@ from .fast import FastBark
 from .fast.check import compare_models
 
 
+def at_precision(model, name: str, device: torch.device):
+    """``(model at precision name, its resolved name)``: the model itself where its weights already
+    are in that dtype, else a converted (and, for int8, quantized) copy, as the server loads it."""
+    resolved = precisions.resolve(name, device)
+    if precisions.dtype(resolved) == next(model.parameters()).dtype and resolved != "int8":
+        return model, resolved
+    variant = copy.deepcopy(model).to(precisions.dtype(resolved))
+    if resolved == "int8":
+        precisions.quantize(variant)
+    return variant, resolved
+
+
 def compare_precisions(model, device: torch.device, run: Callable, names: list[str], reps: int) -> dict:
     """``run(core)`` times one generation (a ``bench.Run``); the first round is a warm-up."""
-    cores = {}
-    for name in names:
-        resolved = precisions.resolve(name, device)
-        variant = model if precisions.dtype(resolved) == next(model.parameters()).dtype else None
-        if variant is None or resolved == "int8":
-            variant = copy.deepcopy(model).to(precisions.dtype(resolved))
-            if resolved == "int8":
-                precisions.quantize(variant)
-        cores[name] = FastBark(variant)
+    cores = {name: FastBark(at_precision(model, name, device)[0]) for name in names}
     runs: dict[str, list] = {name: [] for name in names}
     for _ in range(reps + 1):  # interleaved, so a busy moment of the machine hits every variant
         for name in names:
