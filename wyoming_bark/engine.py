@@ -119,7 +119,8 @@ class BarkEngine(TtsEngine):
         self._load_failure: ModelLoadError | None = None  # the last attempt's, during the back-off
         self._retry_at = 0.0  # monotonic time before which no new attempt is made
         self._backoff = 0.0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-load")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-io")  # voice files
+        self._loader: ThreadPoolExecutor | None = None  # the load attempt's thread
 
     async def load(self) -> LoadedBark:
         """Load the model once. After a failure, calls within a back-off (2 s, doubling up to
@@ -139,12 +140,16 @@ class BarkEngine(TtsEngine):
             return self._bark
 
     async def _load_now(self) -> LoadedBark:
-        """One attempt, on the loader thread; failures become ``ModelLoadError`` (logged)."""
+        """One attempt, on a thread that ends with it; failures become ``ModelLoadError`` (logged).
+
+        On a CPU the OpenMP workers a thread starts live as long as the thread, and a second set
+        of them alive slows every decode step (see ``fast.batch._Releaser``)."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-load")
         try:
             bark = await loop.run_in_executor(
-                self._executor,
+                self._loader,
                 load_bark,
                 self.model,
                 self.data_dir,
@@ -163,6 +168,8 @@ class BarkEngine(TtsEngine):
             self.last_error = f"Loading Bark model '{self.model}' failed: {err}"
             _LOGGER.exception("Model not loaded")
             raise ModelLoadError(self.last_error) from err
+        finally:
+            self._loader.shutdown(wait=False)
         self.last_error = None
         _LOGGER.info("Loaded %s in %.1f s", self.model, time.monotonic() - started)
         return bark
@@ -284,6 +291,8 @@ class BarkEngine(TtsEngine):
             self._scheduler.close()
             self._scheduler.join(timeout=10)  # torch must not be mid-kernel when the process exits
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._loader is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
 
     # --- generation ---------------------------------------------------------------------
 

@@ -1,0 +1,149 @@
+"""The bench's server runs: the real handler and engine on a loopback port over the in-memory
+random model, measured from the client's side — first audio of one sentence, many clients at
+once, and a streamed answer as Home Assistant sends it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bench_stream import stream_answer
+from .contract import TtsEngine
+from .fast import FastBark, SamplingSettings
+from .fast.random_bark import SEMANTIC_HZ, random_inputs
+
+SAMPLE_RATE = TtsEngine.sample_rate
+
+
+async def _serve(
+    served: tuple, device: torch.device, n_semantic: int, folder: Path, audio_streaming: str, max_batch: int
+):
+    """The real server (handler + engine) on a loopback port, over the in-memory random model
+    (``served``: the model and its precision)."""
+    model, precision = served
+    from types import SimpleNamespace
+
+    from transformers import BertTokenizerFast
+    from wyoming.server import AsyncTcpServer
+
+    from .engine import BarkEngine, GenerationSettings
+    from .handler import BarkEventHandler
+    from .hub import LoadedBark
+    from .self_check import prepare
+    from .voices import VoiceLibrary
+
+    _, _, history = random_inputs(torch.device("cpu"))
+    np.savez(folder / "bench.npz", **{key: value.numpy() for key, value in history.items()})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    settings = GenerationSettings(SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False))
+    fast = prepare(FastBark(model, max_batch), "off", folder, "random").fast  # capture, warm up
+    dtype = next(model.parameters()).dtype
+    engine = BarkEngine(
+        "random",
+        folder,
+        str(device),
+        VoiceLibrary(folder),
+        "bench",
+        settings,
+        audio_streaming=audio_streaming,
+        max_batch=max_batch,
+        loaded=LoadedBark(
+            model, SimpleNamespace(tokenizer=tokenizer), folder, device, dtype, fast, precision=precision
+        ),
+    )
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = AsyncTcpServer("127.0.0.1", port)
+    await server.start(lambda reader, writer: BarkEventHandler(reader, writer, engine))
+    return server, engine, f"tcp://127.0.0.1:{port}"
+
+
+async def _request(uri: str, text: str) -> tuple[float, float, float]:
+    """(time to first audio-chunk, total time, audio seconds) for one synthesize over TCP."""
+    from wyoming.client import AsyncClient
+    from wyoming.tts import Synthesize
+
+    started = time.perf_counter()
+    first, samples = None, 0
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Synthesize(text).event())
+        while True:
+            event = await client.read_event()
+            if event is None or event.type == "error":
+                raise RuntimeError(f"request failed: {event}")
+            if event.type == "audio-chunk":
+                first = first or time.perf_counter() - started
+                samples += len(event.payload) // 2
+            if event.type == "audio-stop":
+                return first or 0.0, time.perf_counter() - started, samples / SAMPLE_RATE
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def serve_and_measure(
+    served: tuple, device: torch.device, args: argparse.Namespace, audio_streaming: str, max_batch: int
+) -> dict:
+    """--first-audio and --clients: the whole server path, client to first sound."""
+    with tempfile.TemporaryDirectory() as folder:
+        n_semantic = round(args.sentence_seconds * SEMANTIC_HZ)
+        server, engine, uri = await _serve(
+            served, device, n_semantic, Path(folder), audio_streaming, max_batch
+        )
+        try:
+            text = "The washing machine is done."
+            await _request(uri, text)  # warm
+            streams = engine.streams_audio()
+            result: dict = {
+                "audio_streaming": "on" if streams else "off",
+                "max_batch": max_batch,
+                "precision": engine.get_status()["precision"],
+            }
+            if args.first_audio:
+                runs = [await _request(uri, text) for _ in range(args.reps)]
+                result["first_audio"] = {
+                    "sentence_seconds": round(runs[0][2], 2),
+                    "first_audio_s": round(statistics.median(r[0] for r in runs), 4),
+                    "total_s": round(statistics.median(r[1] for r in runs), 4),
+                }
+            if args.clients:
+
+                async def client() -> list[tuple[float, float, float]]:
+                    return [await _request(uri, text) for _ in range(args.requests)]
+
+                started = time.perf_counter()
+                runs = [
+                    r for rs in await asyncio.gather(*(client() for _ in range(args.clients))) for r in rs
+                ]
+                wall = time.perf_counter() - started
+                firsts = [r[0] for r in runs]
+                result["clients"] = {
+                    "ms_per_step": engine.get_status()["batch"].get("ms_per_step"),
+                    "clients": args.clients,
+                    "requests": len(runs),
+                    "audio_seconds_per_second": round(sum(r[2] for r in runs) / wall, 3),
+                    "first_audio_p50_s": round(_percentile(firsts, 0.5), 4),
+                    "first_audio_p99_s": round(_percentile(firsts, 0.99), 4),
+                }
+            if args.stream_sentences:
+                answer = " ".join(
+                    f"Sentence number {i} of the answer is here." for i in range(args.stream_sentences)
+                )
+                result["stream"] = await stream_answer(uri, answer)
+            return result
+        finally:
+            await server.stop()
+            engine.close()
