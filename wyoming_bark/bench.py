@@ -17,7 +17,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 
 from . import precision as precisions
 from .bench_precision import at_precision, compare_precisions
-from .bench_server import serve_and_measure
+from .bench_server import on_own_thread, serve_and_measure
 from .contract import TtsEngine
 from .fast import FastBark, SamplingSettings
 from .fast.random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs
@@ -99,11 +98,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
     if device.type == "cpu":
         precisions.use_threads(args.threads or None)  # as the server: one per physical core
-    # On a thread that ends before the server runs: the OpenMP workers a thread starts live as
-    # long as it does, and a second set alive would slow the server's scheduler thread (as the
-    # server's own loader thread ends; see fast.batch._Releaser).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench") as pool:
-        result, served = pool.submit(_measure_core, args, device).result()
+    result, served = on_own_thread(lambda: _measure_core(args, device))  # before the server runs
     if args.first_audio or args.clients or args.stream_sentences:
         # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
         # server with both turned off: whole sentences, one at a time.

@@ -10,7 +10,10 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +24,15 @@ from .fast import FastBark, SamplingSettings
 from .fast.random_bark import SEMANTIC_HZ, random_inputs
 
 SAMPLE_RATE = TtsEngine.sample_rate
+T = TypeVar("T")
+
+
+def on_own_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on a thread that ends with it. On a CPU the OpenMP workers a thread starts (filling
+    a KV cache is enough) live as long as the thread, and a second set alive slows the server's
+    scheduler thread (see ``fast.batch._Releaser``): the server loads on such a thread too."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench") as pool:
+        return pool.submit(fn).result()
 
 
 async def _serve(
@@ -46,7 +58,8 @@ async def _serve(
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     settings = GenerationSettings(SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False))
-    fast = prepare(FastBark(model, max_batch), "off", folder, "random").fast  # capture, warm up
+    # capture and warm up, on a thread that ends (as the server loads: see on_own_thread)
+    fast = on_own_thread(lambda: prepare(FastBark(model, max_batch), "off", folder, "random").fast)
     dtype = next(model.parameters()).dtype
     engine = BarkEngine(
         "random",
