@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,6 +85,16 @@ async def test_speak_and_streaming_buffering(engine):
     assert await collect(engine.speak_streaming("ond runs on")) == b""
     assert len(await collect(engine.flush())) == BYTES_PER_SENTENCE, "flush speaks the rest"
     assert await collect(engine.flush()) == b"", "and ends the stream"
+
+
+async def test_on_a_cpu_one_thread_computes(engine):
+    """After loading and speaking, no loader thread and no audio thread is left: on a CPU every
+    thread that ran parallel work keeps its OpenMP workers, and a second set alive slows each
+    decode step by half (see fast.batch._Releaser)."""
+    assert len(await collect(engine.speak("One sentence here."))) == BYTES_PER_SENTENCE
+    names = [thread.name for thread in threading.enumerate()]
+    assert sum(name == "bark-batch" for name in names) == 1, names
+    assert not [name for name in names if name.startswith("bark-load") or name.endswith("-audio")], names
 
 
 async def test_run_on_text_starts_before_flush(engine):
