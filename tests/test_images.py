@@ -225,7 +225,7 @@ async def test_gpu_image_honours_its_environment(gpu_image, tiny_model, tmp_path
 async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, tmp_path):
     """The add-on's run script turns the Supervisor's options into the server's settings."""
     config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
-    options = {**config["options"], "model": "full", "voice": "v2/fr_speaker_1", "seed": SEED}
+    options = {**config["options"], "model": "full", "voice": "v2/fr_speaker_1", "seed": SEED, "lookahead": 0}
     data = hub_data(tmp_path, tiny_model, "suno/bark")
     (data / "options.json").write_text(json.dumps(options), encoding="utf-8")
     env = {"HF_HUB_OFFLINE": "1", "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS)}
@@ -238,5 +238,5 @@ async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, 
         state = await status(URI)
         assert state["model"] == "suno/bark", "model: full is suno/bark"
         assert state["default_voice"] == "v2/fr_speaker_1" and state["device"] == "cpu"
-        assert state["cache"] is options["cache"]
+        assert state["cache"] is options["cache"] and state["lookahead"] == 0
         assert "healthy: bark" in health_check(addon_image, name)

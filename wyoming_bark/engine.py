@@ -253,6 +253,7 @@ class BarkEngine(TtsEngine):
             "voices": len(self.voices.list()),
             "default_voice": self.default_voice.name,
             "sentences_pending": self.pending,  # waiting for a row or being made
+            "lookahead": self.lookahead,
             "batch": self._batch_status(),
             "sentences": self.sentences,
             "audio_seconds": round(self.audio_seconds, 2),
