@@ -316,8 +316,8 @@ def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model, tmp_path):
 
 
 def test_audio_that_cannot_be_made_ends_its_sentence_only(batched):
-    """Audio is made off the decode loop; when making it fails, that listener hears the error once
-    and its program is stopped, while the sentence beside it is unaffected."""
+    """When making a sentence's audio fails (on a CPU, between decode iterations), that listener
+    hears the error once and its program is stopped, while the sentence beside it is unaffected."""
     processor, fast, voices = batched
 
     def fails() -> np.ndarray:
