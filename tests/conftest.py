@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SEED, SEMANTIC_TOKENS, Server, start_server, stop_server, torch_version
+from helpers import SEED, SEMANTIC_TOKENS, Server, start_server, stop_servers, torch_version
 from platformdirs import user_cache_path
 from tiny_bark import build_tiny_bark, suno_wheel_prompts
 
@@ -73,8 +73,7 @@ def server_factory(tmp_path_factory) -> Iterator:
         return server
 
     yield factory
-    for server in servers:
-        stop_server(server)
+    stop_servers(servers)
 
 
 @pytest.fixture(scope="session")

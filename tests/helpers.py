@@ -152,12 +152,19 @@ def start_server(tmp_path: Path, *args: str, python: str = sys.executable) -> Se
 
 
 def stop_server(server: Server) -> None:
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop_servers([server])
+
+
+def stop_servers(servers: list[Server]) -> None:
+    """SIGTERM to all at once (each takes most of a second to shut down), then wait for each."""
+    for server in servers:
+        server.process.send_signal(signal.SIGTERM)
+    for server in servers:
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
 
 
 async def synthesize(uri: str, text: str, voice: str | None = None):
