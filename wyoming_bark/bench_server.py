@@ -40,7 +40,6 @@ async def _serve(
 ):
     """The real server (handler + engine) on a loopback port, over the in-memory random model
     (``served``: the model and its precision)."""
-    model, precision = served
     from types import SimpleNamespace
 
     from transformers import BertTokenizerFast
@@ -52,6 +51,7 @@ async def _serve(
     from .self_check import prepare
     from .voices import VoiceLibrary
 
+    model, precision = served
     _, _, history = random_inputs(torch.device("cpu"))
     np.savez(folder / "bench.npz", **{key: value.numpy() for key, value in history.items()})
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
