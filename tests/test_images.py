@@ -51,6 +51,18 @@ def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedPr
     return result
 
 
+def build(tag: str, *args: str) -> str:
+    """``docker build -t tag ...``; the image the tag named before is removed, so that runs do
+    not pile up untagged images (about 1.5 GB each)."""
+    old = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    docker("build", "--network", "host", "-t", tag, *args, timeout=BUILD_TIMEOUT)
+    if old and old != docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip():
+        subprocess.run(["docker", "image", "rm", old], capture_output=True, check=False)
+    return tag
+
+
 def image_exists(tag: str) -> bool:
     return (
         subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
@@ -109,25 +121,24 @@ def pip_from_wheelhouse(wheelhouse) -> Iterator[list[str]]:
 
 @pytest.fixture(scope="module")
 def gpu_image(stand_in_bases, pip_from_wheelhouse) -> str:
-    tag = "bark-test/wyoming-bark:gpu"
-    docker(
-        "build", "--network", "host", "-t", tag, "--build-arg", f"BASE_IMAGE={PYTHON_BASE}",
-        *pip_from_wheelhouse, str(ROOT), timeout=BUILD_TIMEOUT,
-    )  # fmt: skip
-    return tag
+    return build(
+        "bark-test/wyoming-bark:gpu",
+        "--build-arg",
+        f"BASE_IMAGE={PYTHON_BASE}",
+        *pip_from_wheelhouse,
+        str(ROOT),
+    )
 
 
 @pytest.fixture(scope="module")
 def addon_image(stand_in_bases, pip_from_wheelhouse) -> str:
-    tag = "bark-test/wyoming-bark:addon"
     args = yaml.safe_load((ROOT / "addon/build.yaml").read_text())["args"]
     assert str(args["TORCH_VERSION"]) == torch_version(), "the add-on installs the torch the tests run"
     build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
-    docker(
-        "build", "--network", "host", "-t", tag, "--build-arg", f"BUILD_FROM={HA_BASE}",
-        *build_args, *pip_from_wheelhouse, str(ROOT / "addon"), timeout=BUILD_TIMEOUT,
+    return build(
+        "bark-test/wyoming-bark:addon", "--build-arg", f"BUILD_FROM={HA_BASE}",
+        *build_args, *pip_from_wheelhouse, str(ROOT / "addon"),
     )  # fmt: skip
-    return tag
 
 
 def hub_data(tmp_path: Path, tiny_model: Path, repo_id: str) -> Path:
