@@ -19,7 +19,7 @@ from wyoming.server import AsyncServer
 
 from .cli import parse_args
 from .contract import TtsEngine, create_engine
-from .discovery import ZeroconfAdvertiser
+from .discovery import ZeroconfAdvertiser, default_service_name
 from .engine import GenerationSettings
 from .errors import ModelLoadError, TtsError
 from .fast import SamplingSettings
@@ -88,7 +88,9 @@ def make_advertiser(args: argparse.Namespace) -> ZeroconfAdvertiser | None:
         _LOGGER.warning("Zeroconf needs a tcp:// --uri; not announcing %s", args.uri)
         return None
     try:
-        return ZeroconfAdvertiser(args.zeroconf, uri.port, uri.hostname or "", args.zeroconf_host)
+        # The default name gains the port when it is not 10200: one server per GPU on one host.
+        name = default_service_name(uri.port) if args.zeroconf == default_service_name() else args.zeroconf
+        return ZeroconfAdvertiser(name, uri.port, uri.hostname or "", args.zeroconf_host)
     except (OSError, ValueError) as err:
         _announcement_failed(err)
         return None

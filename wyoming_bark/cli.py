@@ -258,8 +258,8 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         const=DEFAULT_ZEROCONF_NAME,
         default=_zeroconf_env() if _env("zeroconf") is not None else file_values.get("zeroconf"),
         metavar="NAME",
-        help=f"Announce NAME._wyoming._tcp.local. over mDNS (NAME defaults to {DEFAULT_ZEROCONF_NAME}; "
-        f"env {env_name('zeroconf')}=NAME or 1)",
+        help=f"Announce NAME._wyoming._tcp.local. over mDNS (NAME defaults to {DEFAULT_ZEROCONF_NAME}, "
+        f"with -PORT added when the port is not 10200; env {env_name('zeroconf')}=NAME or 1)",
     )
     add("zeroconf-host", None, "Address to announce (default: the bound address, else the outgoing one)")
     switch("debug", "Log at DEBUG level")

@@ -12,13 +12,18 @@ import logging
 import socket
 import uuid
 
-from zeroconf import InterfaceChoice, NonUniqueNameException
+from zeroconf import DNSQuestionType, InterfaceChoice, NonUniqueNameException
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 _LOGGER = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_wyoming._tcp.local."
 MDNS_GROUP = "224.0.0.251"
+DEFAULT_PORT = 10200
+# How long to listen for an owner of the name before probing. A responder answers a multicast
+# question only after aggregating for ~0.5 s, and holds back a record it multicast in the last
+# second for another second; 3 s outlasts both with room for a busy host.
+NAME_QUERY_MS = 3000
 
 
 def outgoing_ipv4() -> str:
@@ -28,10 +33,12 @@ def outgoing_ipv4() -> str:
         return sock.getsockname()[0]
 
 
-def default_service_name() -> str:
+def default_service_name(port: int = DEFAULT_PORT) -> str:
     """``bark-`` and this host's MAC address (as the wyoming library names its services), so two
-    servers on one network do not claim the same name unless told to."""
-    return f"bark-{uuid.getnode():012x}"
+    hosts on one network do not claim the same name; ``-PORT`` added for any port but the
+    default, so two servers on one host (one per GPU) do not either."""
+    name = f"bark-{uuid.getnode():012x}"
+    return name if port == DEFAULT_PORT else f"{name}-{port}"
 
 
 def is_wildcard(host: str) -> bool:
@@ -65,9 +72,10 @@ class ZeroconfAdvertiser:
         )
 
     async def start(self) -> None:
-        """Probe and register the name; a failure says why and what to do (and raises)."""
+        """Ask for the name, probe and register it; a clash says why and what to do (and raises)."""
         self._zeroconf = AsyncZeroconf(interfaces=self.interfaces)
         try:
+            await self._ask_for_the_name()
             # The first await probes the name (raising if it is taken); the task announces it.
             announcing = await self._zeroconf.async_register_service(self._info)
         except NonUniqueNameException as err:
@@ -78,6 +86,20 @@ class ZeroconfAdvertiser:
         self._registered = True
         await announcing
         _LOGGER.info("Zeroconf: announced %s at %s:%d", self._info.name, self.host, self.port)
+
+    async def _ask_for_the_name(self) -> None:
+        """Raise ``NonUniqueNameException`` if anyone answers a multicast question for our name.
+
+        The probe alone is not enough: it asks for unicast replies, and when several processes on
+        one host share port 5353 (SO_REUSEPORT) the kernel hands a unicast reply to just one of
+        their sockets, often not the prober's. Multicast replies reach every socket.
+        """
+        assert self._zeroconf is not None
+        owner = AsyncServiceInfo(SERVICE_TYPE, self._info.name)
+        if await owner.async_request(
+            self._zeroconf.zeroconf, NAME_QUERY_MS, question_type=DNSQuestionType.QM
+        ):
+            raise NonUniqueNameException(self._info.name)
 
     async def stop(self) -> None:
         """Withdraw the service (also after an interrupted start) and close the sockets."""
