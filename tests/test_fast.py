@@ -1,4 +1,7 @@
-"""The fast core against transformers' BarkModel.generate, on the tiny model (CPU)."""
+"""The fast core against transformers' BarkModel.generate, on the tiny model (CPU).
+
+transformers is given Suno's coarse mask (its own leaves ids above the second codebook open);
+``test_suno.py`` holds the equivalence with Suno's own code."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from transformers.models.bark.generation_configuration_bark import (
 
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.model import CausalGPT
+from wyoming_bark.fast.reference import suno_coarse_suppressed
 from wyoming_bark.voices import VoiceLibrary
 
 GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
@@ -73,6 +77,7 @@ def test_stages_match_transformers_token_for_token(bark, voice):
             codebook_size=1024,
             history_prompt=voice,
             do_sample=False,
+            suppress_tokens=suno_coarse_suppressed(model),  # transformers' own mask leaves ids open
         )
         coarse = fast.coarse_tokens(semantic, voice, s)
         assert coarse.shape == (2, samples_for(60, hop=1)), "two 60-step windows and a bit"
@@ -111,6 +116,7 @@ def test_full_length_generation_matches(bark, voice, with_voice):
             semantic_max_new_tokens=768,
             min_eos_p=0.05,
             fine_temperature=1.0,
+            coarse_suppress_tokens=suno_coarse_suppressed(model),
         )[0].numpy()
     audio = fast.generate(inputs["input_ids"], inputs["attention_mask"], history, GREEDY)
     assert len(audio) == len(reference) == samples_for(768)

@@ -60,6 +60,7 @@ def build_engine(args: argparse.Namespace) -> TtsEngine:
         seed=args.seed,
         voice_seeds=args.voice_seeds,
         sentence_silence=args.sentence_silence,
+        max_speech_ratio=args.max_speech_ratio,
     )
     return create_engine(
         args.engine,

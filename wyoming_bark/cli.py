@@ -16,7 +16,7 @@ from typing import Any
 
 from platformdirs import user_cache_path
 
-from . import __version__
+from . import __version__, length_cap
 from .config import ConfigError, flag_keys, load_config
 from .contract import ENGINES
 from .discovery import default_service_name
@@ -220,6 +220,14 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "0.05",
         "End a sentence once the end-of-speech probability reaches this",
         type=_number_in(0, 1, above_low=True),
+    )
+    add(
+        "max-speech-ratio",
+        str(length_cap.DEFAULT_RATIO),
+        f"Cut a sentence's speech at this many times its expected length (at least "
+        f"{length_cap.FLOOR_S:g} s; not for music or singing), so Bark does not speak on past "
+        "the text; 0: off",
+        type=_number_in(0, 100),
     )
     temperature = _number_in(0, 10, above_low=True)
     add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=temperature)

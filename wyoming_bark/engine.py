@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +31,7 @@ from .fast import Cancelled, SamplingSettings
 from .fast.batch import Scheduler
 from .fast.program import NonFiniteLogits, Program
 from .hub import LoadedBark, load_bark
+from .length_cap import DEFAULT_RATIO, SEMANTIC_RATE_HZ, max_semantic_tokens
 from .voices import Prompt, Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0
 SAMPLE_RATE = TtsEngine.sample_rate
 SAMPLE_WIDTH = TtsEngine.sample_width
 HEALTH_PHRASE = "Test."
+# Part of every cache key: change it when the same settings start to give other audio.
+GENERATION_RULES = "suno-0.1.5"
+_WHITESPACE_RE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,26 @@ class GenerationSettings:
     seed: int | None = None
     voice_seeds: dict[str, int] = field(default_factory=dict)  # per-voice default seed
     sentence_silence: float = 0.0  # seconds of silence between sentences
+    max_speech_ratio: float = DEFAULT_RATIO  # see length_cap; 0: no cap but Bark's own
 
     def seed_for(self, voice: str) -> int | None:
         return self.voice_seeds.get(voice, self.seed)
+
+
+def tokenize(tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text -> (input ids, attention mask), each (1, 256), as Suno's ``generate_text_semantic``
+    reads it: whitespace collapsed, no special tokens, cut at 256 tokens."""
+    inputs = tokenizer(
+        _WHITESPACE_RE.sub(" ", text).strip(),
+        return_tensors="pt",
+        padding="max_length",
+        max_length=256,
+        truncation=True,
+        add_special_tokens=False,
+        return_attention_mask=True,
+        return_token_type_ids=False,
+    )
+    return inputs.input_ids, inputs.attention_mask
 
 
 def to_pcm(audio: np.ndarray) -> bytes:
@@ -311,6 +333,8 @@ class BarkEngine(TtsEngine):
             self._bark.precision,
             self.streams_audio(),  # streamed sentences take their fine codes from partial context
             dataclasses.asdict(s.sampling),
+            s.max_speech_ratio,
+            GENERATION_RULES,
             s.seed_for(voice.name),
         )
 
@@ -348,7 +372,10 @@ class BarkEngine(TtsEngine):
         )
         cancel = threading.Event()
         seed = self.settings.seed_for(voice.name)
-        program = self._program(bark, sentence, prompt, seed, cancel)
+        sampling = self.settings.sampling
+        limit = max_semantic_tokens(sentence, self.settings.max_speech_ratio, sampling.max_semantic_tokens)
+        sampling = dataclasses.replace(sampling, max_semantic_tokens=limit)
+        program = self._program(bark, sentence, prompt, sampling, seed, cancel)
         if self._scheduler is None:
             self._scheduler = Scheduler(bark.core)
         started, samples = time.monotonic(), 0
@@ -363,6 +390,14 @@ class BarkEngine(TtsEngine):
                 raise SynthesisCancelled("Synthesis was cancelled")
             self.sentences += 1
             self._log_timing(sentence, samples, started)
+            if limit < self.settings.sampling.max_semantic_tokens and samples >= (
+                (limit - 1) / SEMANTIC_RATE_HZ * SAMPLE_RATE * 0.99
+            ):
+                _LOGGER.debug(
+                    "Cut at %.1f s: Bark spoke on past the text's length (--max-speech-ratio) for %r",
+                    limit / SEMANTIC_RATE_HZ,
+                    sentence,
+                )
         except Cancelled as err:
             raise SynthesisCancelled("Synthesis was cancelled") from err
         except torch.cuda.OutOfMemoryError as err:
@@ -378,22 +413,18 @@ class BarkEngine(TtsEngine):
             self._active.discard(cancel)
 
     def _program(
-        self, bark: LoadedBark, text: str, prompt: Prompt, seed: int | None, cancel: threading.Event
+        self,
+        bark: LoadedBark,
+        text: str,
+        prompt: Prompt,
+        s: SamplingSettings,
+        seed: int | None,
+        cancel: threading.Event,
     ) -> Program:
         """Text -> ``Audio`` at 24 kHz, in one piece or several (runs on the scheduler thread)."""
-        inputs = bark.processor.tokenizer(
-            text,
-            return_tensors="pt",
-            padding="max_length",
-            max_length=256,
-            truncation=True,
-            add_special_tokens=False,
-            return_attention_mask=True,
-            return_token_type_ids=False,
-        ).to(bark.device)
+        ids, mask = (tensor.to(bark.device) for tensor in tokenize(bark.processor.tokenizer, text))
         history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        s, stream = self.settings.sampling, self.streams_audio()
-        ids, mask = inputs.input_ids, inputs.attention_mask
+        stream = self.streams_audio()
         yield from bark.core.speech(ids, mask, history, s, seed, stream, cancel=cancel)
 
     async def _out_of_memory(self, err: torch.cuda.OutOfMemoryError) -> OutOfMemory:

@@ -94,7 +94,7 @@ class CoarseStage:
         return self.seed, next(self.draws), parity
 
     def _histories(self, history) -> tuple[torch.Tensor, torch.Tensor]:
-        """Voice prompt -> aligned semantic and flattened coarse histories, as transformers trims them."""
+        """Voice prompt -> aligned semantic and flattened coarse histories, as Suno trims them."""
         empty = torch.zeros(0, dtype=torch.long, device=self.shapes.device)
         if history is None:
             return empty, empty

@@ -1,6 +1,6 @@
 """Bark's fine stage: the six codebooks the coarse stage leaves out, over 1024-frame windows.
 
-As transformers does it: the coarse codes (after the voice prompt's fine codes) are padded to
+As Suno does it: the coarse codes (after the voice prompt's fine codes) are padded to
 1024 frames, and for each later codebook the non-causal fine model predicts every frame after the
 window's history. A window's pass — six forward passes over 1024 frames and their sampling — has
 fixed shapes, so on CUDA it is captured once as a graph: the audio thread launches one graph per
@@ -78,7 +78,7 @@ class FineStage:
     def tokens(
         self, coarse: torch.Tensor, fine_prompt: torch.Tensor | None, temperature: float, seed: int, draw: int
     ) -> torch.Tensor:
-        """Two coarse codebooks -> all eight, shape (8, frames), in windows as transformers."""
+        """Two coarse codebooks -> all eight, shape (8, frames), in windows as Suno."""
         cfg, size, window, hop = self.cfg, self.size, self.window, self.cfg.max_fine_history_length
         n_coarse, frames = coarse.shape[0], coarse.shape[1]
         if n_coarse != self.n_coarse:

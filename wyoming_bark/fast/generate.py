@@ -1,11 +1,11 @@
 """Bark generation on our core: semantic -> coarse -> fine -> EnCodec.
 
-Every stage reproduces transformers' ``BarkModel.generate`` (same windows, histories, masks and
-EOS rule; with greedy decoding the tokens are identical, see ``tests/test_fast.py``), but the
-autoregressive stages decode into a static KV cache, one replayed CUDA graph per token, the fine
-model uses SDPA, and weights stay in half precision on CUDA.
+Every stage reproduces Suno's ``bark/generation.py`` (same windows, histories, masks and
+end-of-speech rule; with greedy decoding the tokens are identical, see ``tests/test_suno.py``),
+but the autoregressive stages decode into a static KV cache, one replayed CUDA graph per token,
+the fine model uses SDPA, and weights stay in half precision on CUDA.
 
-A sentence is a program (see ``ops.py``): ``FastBark.generate`` runs one alone;
+A sentence is a program (see ``program.py``): ``FastBark.generate`` runs one alone;
 ``batch.Scheduler`` runs many, answering all their steps with one batched decode.
 """
 
@@ -306,7 +306,7 @@ class FastBark:
     def fine_tokens(
         self, coarse: torch.Tensor, history, s: SamplingSettings, seed: int | None = None, draw: int = 0
     ) -> torch.Tensor:
-        """Two coarse codebooks -> all eight, shape (8, frames), in 1024-frame windows as transformers."""
+        """Two coarse codebooks -> all eight, shape (8, frames), in 1024-frame windows as Suno."""
         prompt = history["fine_prompt"] if history is not None else None
         seed = random_seed() if seed is None else seed
         return self.fine.tokens(coarse, prompt, temperature(s.fine_temperature), seed, draw)

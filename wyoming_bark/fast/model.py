@@ -139,7 +139,9 @@ class CausalGPT(nn.Module):
 
 def fine_logits(hf_fine: nn.Module, codebook: int, codes: torch.Tensor) -> torch.Tensor:
     """Logits of the fine model for ``codebook`` given ``codes`` (batch, T, 8); non-causal."""
-    embeds = sum(layer(codes[:, :, i]) for i, layer in enumerate(hf_fine.input_embeds_layers[: codebook + 1]))
+    # Stacked and summed as Suno's FineGPT does: added one by one, near-ties can flip.
+    layers = hf_fine.input_embeds_layers[: codebook + 1]
+    embeds = torch.stack([layer(codes[:, :, i]) for i, layer in enumerate(layers)], dim=-1).sum(-1)
     positions = torch.arange(codes.shape[1], device=codes.device)
     x = embeds + hf_fine.position_embeds_layer(positions)
     heads = hf_fine.config.num_heads

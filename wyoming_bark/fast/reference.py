@@ -28,6 +28,15 @@ def _stop_when(cancel: threading.Event | None):
     return StoppingCriteriaList([_Cancelled()])
 
 
+def suno_coarse_suppressed(bark) -> list[int]:
+    """Coarse ids transformers must never draw to follow Suno: pad, infer and unused ids above the
+    second codebook, which transformers' own mask leaves open."""
+    first_unused = bark.generation_config.semantic_config["semantic_vocab_size"] + 2 * (
+        bark.generation_config.codebook_size
+    )
+    return list(range(first_unused, bark.coarse_acoustics.config.output_vocab_size))
+
+
 class TransformersCore:
     """``BarkModel.generate`` one sentence at a time; the interface of ``FastBark``."""
 
@@ -72,6 +81,7 @@ class TransformersCore:
                 fine_temperature=s.fine_temperature,
                 semantic_stopping_criteria=stop,
                 coarse_stopping_criteria=stop,
+                coarse_suppress_tokens=suno_coarse_suppressed(self.bark),
             )
         if cancel is not None and cancel.is_set():
             raise Cancelled

@@ -52,8 +52,11 @@ def pick(
 class SemanticHead:
     """Semantic logits -> token: only semantic tokens and EOS; EOS forced once likely enough.
 
-    Per row ``ints`` = (seed, draw, may_stop) and ``floats`` = (temperature, min_eos_p), as
-    transformers' rule: EOS is taken as soon as its probability exceeds ``min_eos_p``.
+    Per row ``ints`` = (seed, draw, may_stop) and ``floats`` = (temperature, min_eos_p). Suno's
+    rule (``bark/generation.py``): speech ends once EOS's probability *after* temperature,
+    ``softmax(scores / temperature)``, reaches ``min_eos_p`` (``>=``). transformers' port reads the
+    unscaled probability with ``>``, which stops at other tokens. Greedy rows (temperature 0) read
+    it at temperature 1.
     """
 
     def __init__(self, vocab: int, semantic_vocab: int, pad: int, eos: int, device) -> None:
@@ -70,8 +73,9 @@ class SemanticHead:
         scores = logits.float() + self.suppress
         may_stop = ints[:, 2:3] > 0
         scores = torch.where(may_stop, scores, scores + self.no_eos)
-        eos_p = F.softmax(scores, dim=-1)[:, self.eos : self.eos + 1]
-        scores = torch.where(may_stop & (eos_p > floats[:, 1:2]), scores + self.eos_only, scores)
+        temp = floats[:, :1]
+        eos_p = F.softmax(scores / torch.where(temp > 0, temp, 1.0), dim=-1)[:, self.eos : self.eos + 1]
+        scores = torch.where(may_stop & (eos_p >= floats[:, 1:2]), scores + self.eos_only, scores)
         return pick(scores, floats[:, :1], ints[:, :1], ints[:, 1:2])
 
 
@@ -84,7 +88,9 @@ class CoarseHead:
     def __init__(self, vocab: int, offset: int, codebook_size: int, device) -> None:
         self.masks = torch.full((2, vocab), NEG_INF, device=device)
         self.masks[0, offset : offset + codebook_size] = 0.0  # first codebook
-        self.masks[1, offset + codebook_size :] = 0.0  # second codebook (and, as transformers, the rest)
+        # Second codebook: its 1024 ids only, as Suno. (transformers leaves the ids above open:
+        # pad and infer tokens, which the remainder would turn into codes 0..47.)
+        self.masks[1, offset + codebook_size : offset + 2 * codebook_size] = 0.0
 
     def __call__(self, logits: torch.Tensor, ints: torch.Tensor, floats: torch.Tensor) -> torch.Tensor:
         return pick(logits.float() + self.masks[ints[:, 2]], floats[:, :1], ints[:, :1], ints[:, 1:2])
