@@ -51,6 +51,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_PRELOAD": "1",
         "BARK_MAX_SEMANTIC_TOKENS": "300",
         "BARK_MIN_EOS_P": "0.2",
+        "BARK_MAX_SPEECH_RATIO": "3.5",
         "BARK_TEXT_TEMP": "0.6",
         "BARK_WAVEFORM_TEMP": "0.5",
         "BARK_SEED": "7",
@@ -94,6 +95,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert (args.precision, args.threads) == ("fp32", 3)
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
+    assert args.max_speech_ratio == 3.5
     assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")
     assert (args.engine, args.config, args.sentence_silence) == ("bark", str(tmp_path / "bark.json"), 0.25)
     assert args.cache and args.cache_size_mb == 50 and args.audio_streaming == "off"

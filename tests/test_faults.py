@@ -136,13 +136,13 @@ async def test_odd_voice_files_never_stop_describe(server_factory, tiny_model, o
 
 
 async def test_client_strings_are_quoted_and_truncated(bark_server):
-    """A voice name with a newline cannot forge a log line, and a 100 kB one is not echoed whole."""
+    """A voice name with a newline cannot forge a log line, and a 100 kB one is not logged whole
+    (an unknown voice is logged, and spoken with the default)."""
     name = "evil\n2026-01-01 00:00:00 ERROR forged: line" + "x" * 100_000
     result = await synthesize(bark_server.uri, "Hello.", name)
-    error = result.error()
-    assert error is not None and error.data["code"] == "unknown-voice"
-    assert "\n" not in error.data["text"] and len(error.data["text"]) < 200
+    assert result.error() is None and result.samples > 0
     log = bark_server.log_text()
+    assert "Unknown voice 'evil\\n2026" in log
     assert "\nforged" not in log and "ERROR forged" not in log.replace(
         "\\n2026-01-01 00:00:00 ERROR forged", ""
     )

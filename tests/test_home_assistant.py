@@ -69,8 +69,8 @@ async def test_one_shot_is_a_valid_wav(bark_server):
 
 @pytest.mark.parametrize(
     ("text", "voice"),
-    [("Hello.", "v2/xx_speaker_9"), ("word " * 3_000, "v2/en_speaker_6")],
-    ids=["voice", "long"],
+    [("word " * 3_000, "v2/en_speaker_6")],
+    ids=["long"],  # an unknown voice is not a failure: it speaks with the default (test_server.py)
 )
 async def test_a_failed_one_shot_ends_at_once_as_home_assistant_reads_it(
     server_factory, tiny_model, text, voice

@@ -236,7 +236,11 @@ async def test_gpu_image_honours_its_environment(gpu_image, tiny_model, tmp_path
 async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, tmp_path):
     """The add-on's run script turns the Supervisor's options into the server's settings."""
     config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
-    options = {**config["options"], "model": "full", "voice": "v2/fr_speaker_1", "seed": SEED, "lookahead": 0}
+    options = {
+        **config["options"], "model": "full", "voice": "v2/fr_speaker_1", "seed": SEED, "lookahead": 0,
+        "language_voices": "de=v2/de_speaker_3", "cache_size_mb": 50, "sentence_silence": 0,
+        "max_speech_ratio": 0,
+    }  # fmt: skip
     data = hub_data(tmp_path, tiny_model, "suno/bark")
     (data / "options.json").write_text(json.dumps(options), encoding="utf-8")
     env = {"HF_HUB_OFFLINE": "1", "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS)}
@@ -244,6 +248,8 @@ async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, 
         info = await serving(name)
         voices = {voice.name for voice in info.tts[0].voices}
         assert {"v2/fr_speaker_1", "grandpa"} <= voices, "custom voices come from /share/bark/voices"
+        described = {voice.name: voice.description for voice in info.tts[0].voices}
+        assert described["v2/de_speaker_3"].startswith("(default)"), "language_voices reaches the server"
         assert info.tts[0].supports_synthesize_streaming == options["streaming"]
         assert_stream(await synthesize(URI, "Bonjour.", "grandpa"), sentences=1)
         state = await status(URI)

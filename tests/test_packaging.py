@@ -147,9 +147,17 @@ def test_s6_services():
     for script in ("bark/run", "bark/finish", "discovery/run"):
         assert os.access(S6 / script, os.X_OK), f"{script} is not executable"
     run = (S6 / "bark/run").read_text()
-    assert "exec python3 -m wyoming_bark" in run and "--data-dir /data" in run
+    assert "exec python3 -m wyoming_bark" in run and "--data-dir=/data" in run
+    passed_as_flags = re.search(r"for option in ([\w ]+); do", run).group(1).split()
+    flags = {action.dest for action in build_parser()._actions}
     for option in load(ADDON / "config.yaml")["schema"]:
-        assert f"'{option}'" in run, f"option {option} is not passed to the server"
+        assert f"'{option}'" in run or option in passed_as_flags, (
+            f"option {option} is not passed to the server"
+        )
+        if option in passed_as_flags:
+            assert option in flags, (
+                f"option {option} is passed as --{option.replace('_', '-')}, which is no flag"
+            )
     discovery = (S6 / "discovery/run").read_text()
     assert 'bashio::discovery "wyoming"' in discovery and "tcp://$(hostname):10200" in discovery
 

@@ -192,18 +192,26 @@ async def test_disconnects_leak_no_threads_or_tasks(bark_server):
 
 async def test_slow_reader_does_not_stall_others(bark_server):
     """A client that never reads keeps its own connection busy, not the server."""
+
+    async def served() -> float:
+        started = time.monotonic()
+        assert_stream(await synthesize(bark_server.uri, "I am not blocked."), sentences=1)
+        for _ in range(5):
+            await describe(bark_server.uri)
+        return time.monotonic() - started
+
+    await served()  # the model is loaded
+    alone = await served()  # measured now: a busy machine slows this and what follows alike
     _reader, writer = await asyncio.open_connection("127.0.0.1", int(bark_server.uri.rsplit(":", 1)[1]))
     for _ in range(20):
         writer.write(
             json.dumps({"type": "synthesize", "data": {"text": "Fill the pipe. " * 10}}).encode() + b"\n"
         )
     await writer.drain()
-    started = time.monotonic()
-    assert_stream(await synthesize(bark_server.uri, "I am not blocked."), sentences=1)
-    for _ in range(5):
-        await describe(bark_server.uri)
-    assert time.monotonic() - started < 30
+    # Its sentences share the batch with ours, but it must not hold us up beyond that.
+    beside_it = await served()
     writer.close()
+    assert beside_it < max(30.0, 6 * alone), (beside_it, alone)
 
 
 @pytest.mark.slow
@@ -345,10 +353,11 @@ async def test_sigterm_during_a_stalled_model_download_exits(tmp_path, monkeypat
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     try:
-        for _ in range(100):
-            if "Fetching suno/bark-small" in log.read_text():
-                break
-            await asyncio.sleep(0.1)
+
+        async def fetching() -> bool:  # the server is up and its download hangs (slow start: fine)
+            return "Fetching suno/bark-small" in log.read_text()
+
+        await eventually(fetching, what="the stalled download")
         await asyncio.sleep(1)
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 20)

@@ -1,6 +1,12 @@
 """Sentence splitting: whole texts, streamed chunks, and sentences too long for one generation."""
 
-from wyoming_bark.text import MAX_SENTENCE_CHARS, SentenceSplitter, split_long, split_sentences
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wyoming_bark.text import MAX_SENTENCE_CHARS, SentenceSplitter, clean_text, split_long, split_sentences
 
 
 def test_sentences_keep_bark_cues():
@@ -77,3 +83,44 @@ def test_run_on_stream_is_spoken_in_parts_without_losing_words():
     parts = stream(text, 7)
     assert len(parts) == 4 and all(len(part) <= MAX_SENTENCE_CHARS for part in parts)
     assert " ".join(parts).split() == text.split()
+
+
+# --- properties (hypothesis): any text, in any chunks --------------------------------------------
+
+_BLANKS = st.sampled_from([" ", "\t", "\n", "\r", "\x00", "\x0b", "\u00a0", "\u3000", "\ud800", "\x7f"])
+_TEXT = st.text(
+    alphabet=st.one_of(_BLANKS, st.sampled_from(list("ab.,!?;: []♪…。你")), st.characters()),
+    max_size=700,
+)
+
+
+def _chunked(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({min(max(c, 0), len(text)) for c in cuts} | {0, len(text)})
+    return [text[a:b] for a, b in itertools.pairwise(points)]
+
+
+def _visible(text: str) -> str:
+    """The characters a listener should get: all but blanks (and the asterisks of markdown
+    emphasis, which sentence-stream drops on purpose: LLM answers are full of them)."""
+    return "".join(clean_text(text).split()).replace("*", "")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_TEXT, cuts=st.lists(st.integers(0, 700), max_size=12), quick=st.booleans())
+def test_the_splitter_never_raises_nor_loses_or_reorders_text(text, cuts, quick):
+    splitter = SentenceSplitter(quick_start=quick)
+    sentences = []
+    for chunk in _chunked(text, cuts):
+        sentences += splitter.add(clean_text(chunk))
+    sentences += splitter.finish()
+    assert all(sentence.strip() for sentence in sentences), "a blank sentence"
+    assert "".join(_visible(s) for s in sentences) == _visible(text)
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "\x00", "\u00a0", "\ud800", " \n\t\u00a0"])
+def test_blank_text_of_any_length_is_no_sentence(blank):
+    for length in (1, 199, 200, 201, 1000):
+        text = clean_text((blank * length)[:length])
+        assert split_sentences(text) == []
+        splitter = SentenceSplitter(quick_start=True)
+        assert splitter.add(text) + splitter.add(text) + splitter.finish() == []

@@ -1,10 +1,16 @@
 """Voice catalogue, prompt validation, the hub layout and custom voice files."""
 
+import time
+
 import numpy as np
 import pytest
+from helpers import describe
+from wyoming.info import Info
 
 from wyoming_bark.voices import (
     LANGUAGES,
+    MAX_CUSTOM_VOICES,
+    RESCAN_S,
     VoiceError,
     VoiceLibrary,
     builtin_voices,
@@ -59,8 +65,10 @@ def test_custom_voice_files(tmp_path, real_prompts):
     np.savez(tmp_path / "announcer.npz", **real_prompts["v2/fr_speaker_2"])  # shadows a built-in: ignored
     (tmp_path / "partial.npz").write_bytes(b"PK\x03\x04 truncated")
     np.savez(tmp_path / "nofine.npz", semantic_prompt=np.arange(5))
+    assert library.resolve("robot").path == tmp_path / "robot.npz", "a new file is found at once by name"
+    time.sleep(RESCAN_S)  # the folder is re-read at most once a second
     custom = {voice.name: voice for voice in library.custom_voices()}
-    assert set(custom) == {"robot", "partial", "nofine"}, "re-scanned on every call"
+    assert set(custom) == {"robot", "partial", "nofine"}, "re-read once it changed"
     assert custom["robot"].languages == tuple(LANGUAGES)
     prompt = library.load(library.resolve("robot"), tmp_path)
     assert prompt["coarse_prompt"].shape == real_prompts["v2/fr_speaker_2"]["coarse_prompt"].shape
@@ -92,3 +100,38 @@ def test_embeddings_index_cannot_escape_the_model_dir(tmp_path, tiny_model):
     library = VoiceLibrary(None)
     with pytest.raises(VoiceError, match="bad path"):
         library.load(library.resolve("v2/en_speaker_0"), model)
+
+
+@pytest.fixture(scope="module")
+def crowded_voices(tmp_path_factory):
+    """10,000 custom voice files and a few odd names."""
+    folder = tmp_path_factory.mktemp("crowded")
+    for i in range(10_000):
+        (folder / f"voice{i:05d}.npz").touch()
+    for odd in ("..npz", "...npz", "-rf.npz", "bell\x07.npz", "x" * 120 + ".npz"):
+        (folder / odd).touch()
+    return folder
+
+
+def test_a_crowded_voices_folder_is_read_once_bounded_and_odd_names_skipped(crowded_voices, caplog):
+    library = VoiceLibrary(crowded_voices)
+    custom = library.custom_voices()
+    assert len(custom) == MAX_CUSTOM_VOICES, "the list is bounded"
+    names = {voice.name for voice in custom}
+    assert not names & {".", "..", "-rf", "bell\x07", "x" * 120}
+    warnings = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert any("-rf" in w for w in warnings) and any("bell\\x07" in w for w in warnings)
+    assert any(f"only the first {MAX_CUSTOM_VOICES}" in w for w in warnings)
+    assert library.custom_voices() is custom, "unchanged folder: not read again"
+    assert library.resolve("voice09999").path == crowded_voices / "voice09999.npz", "found beyond the list"
+
+
+async def test_describe_stays_fast_with_a_crowded_voices_folder(server_factory, tiny_model, crowded_voices):
+    server = server_factory("--model", str(tiny_model), "--voices-dir", str(crowded_voices))
+    latencies = []
+    for _ in range(20):
+        started = time.monotonic()
+        info = Info.from_event(await describe(server.uri))
+        latencies.append(time.monotonic() - started)
+    assert len(info.tts[0].voices) == 131 + MAX_CUSTOM_VOICES
+    assert sorted(latencies)[-2] < 0.1, latencies  # p95 of 20; the folder is read once, off the loop

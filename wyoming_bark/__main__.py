@@ -20,11 +20,11 @@ from wyoming.server import AsyncServer
 from .cli import parse_args
 from .contract import TtsEngine, create_engine
 from .discovery import ZeroconfAdvertiser, default_service_name
-from .engine import GenerationSettings
+from .engine import LOADER_THREAD, GenerationSettings
 from .errors import ModelLoadError, TtsError
 from .fast import SamplingSettings
 from .handler import BarkEventHandler
-from .hub import device_summary, resolve_device
+from .hub import device_summary, pending_download, resolve_device
 from .precision import resolve as resolve_precision
 from .protocol import ConnectionLimits
 from .voices import VoiceLibrary
@@ -45,6 +45,8 @@ def voice_library(args: argparse.Namespace) -> VoiceLibrary:
     defaults = {language: voice.name for language in voice.languages}
     for language, name in {**defaults, **args.language_voices}.items():
         library.set_default(language, name)
+    for name in args.voice_seeds:  # a seed for a voice that does not exist is a typo
+        library.resolve(name)
     return library
 
 
@@ -111,15 +113,42 @@ async def announce(advertiser: ZeroconfAdvertiser) -> None:
         _announcement_failed(err)
 
 
+class ListenError(RuntimeError):
+    """The server could not take its address (in use, not this host's, not allowed)."""
+
+
+async def _listening(server: AsyncServer, running: asyncio.Task) -> None:
+    """Return once ``server`` holds its socket; raise ``ListenError`` if it could not bind."""
+    while getattr(server, "_server", True) is None and not running.done():
+        await asyncio.sleep(0.01)
+    if running.done() and isinstance(running.exception(), OSError):
+        raise ListenError(running.exception().strerror or str(running.exception()))
+
+
 async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
     server = AsyncServer.from_uri(args.uri)
+    limits = ConnectionLimits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
+    handler = partial(
+        BarkEventHandler,
+        engine=engine,
+        streaming=not args.no_streaming,
+        max_chars=args.max_chars,
+        limits=limits,
+    )
+    running = asyncio.create_task(server.run(handler))
+    try:
+        await _listening(server, running)
+    except BaseException:
+        running.cancel()
+        engine.close()
+        raise
     background: list[asyncio.Task] = []
     if args.preload:
         # In the background: describe must answer while the model loads.
         background.append(asyncio.create_task(engine.warm_up()))
     advertiser = make_advertiser(args) if args.zeroconf else None
     if advertiser is not None:
-        # Registration probes the network for a second or so: don't delay listening for it.
+        # Registration probes the network for a few seconds: don't delay serving for it.
         background.append(asyncio.create_task(announce(advertiser)))
     # main() has refused a device, or a precision on it, that cannot work
     device = resolve_device(args.device)
@@ -132,21 +161,20 @@ async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
         len(engine.get_available_voices()),
         custom_voices_dir(args),
     )
+    if not custom_voices_dir(args).is_dir():
+        _LOGGER.info("No custom voices: %s does not exist (create it and put NAME.npz files in it)",
+                     custom_voices_dir(args))  # fmt: skip
+    download = None if args.preload else pending_download(args.model, Path(args.data_dir).expanduser())
+    if download:
+        _LOGGER.info("The first request downloads %s before it is answered (--preload: now)", download)
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
         # A closed terminal (SIGHUP) stops the server as SIGTERM does: cleanly, with the
         # zeroconf goodbye, through wyoming's own SIGTERM handling.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, signal.raise_signal, signal.SIGTERM)
     try:
-        limits = ConnectionLimits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
-        handler = partial(
-            BarkEventHandler,
-            engine=engine,
-            streaming=not args.no_streaming,
-            max_chars=args.max_chars,
-            limits=limits,
-        )
-        await server.run(handler)
+        await running
     finally:
+        running.cancel()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -191,10 +219,16 @@ def main() -> None:
     try:
         engine = build_engine(args)
     except TtsError as err:
-        raise SystemExit(f"wyoming-bark: --voice/--language-voices: {err}") from err
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args, engine))
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        raise SystemExit(f"wyoming-bark: --voice/--language-voices/voice_seeds: {err}") from err
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(args, engine))
+    except ListenError as err:
+        raise SystemExit(
+            f"wyoming-bark: cannot listen on {args.uri}: {err}. Stop what uses it, or pick another "
+            "address with --uri (e.g. --uri tcp://0.0.0.0:10201)"
+        ) from None
+    if any(t.is_alive() for t in threading.enumerate() if t.name.startswith(LOADER_THREAD)):
         # A model download or load still runs on the loader thread, which Python would wait for
         # (minutes, or forever on a stalled network): leave now; the download resumes next start.
         _LOGGER.info("Leaving the model load unfinished")

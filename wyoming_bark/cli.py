@@ -17,7 +17,7 @@ from typing import Any
 from platformdirs import user_cache_path
 
 from . import __version__, length_cap
-from .config import ConfigError, flag_keys, load_config
+from .config import MAX_SEED, ConfigError, flag_keys, load_config
 from .contract import ENGINES
 from .discovery import default_service_name
 from .handler import DEFAULT_MAX_CHARS
@@ -40,16 +40,25 @@ def _env(flag: str, default: str | None = None) -> str | None:
     return os.environ.get(env_name(flag), default)
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
 def _env_bool(flag: str) -> bool:
-    return (_env(flag) or "").strip().lower() in ("1", "true", "yes", "on")
+    value = (_env(flag) or "").strip().lower()
+    if value not in TRUE_WORDS + FALSE_WORDS:
+        raise ConfigError(
+            f"{env_name(flag)} must be one of 1/true/yes/on or 0/false/no/off, got {_env(flag)!r}"
+        )
+    return value in TRUE_WORDS
 
 
 def _zeroconf_env() -> str | None:
     """``BARK_ZEROCONF``: a service name, or 1/true for the default one, or 0/false/empty for off."""
     value = (_env("zeroconf") or "").strip()
-    if value.lower() in ("", "0", "false", "no", "off"):
+    if value.lower() in FALSE_WORDS:
         return None
-    return DEFAULT_ZEROCONF_NAME if value.lower() in ("1", "true", "yes", "on") else value
+    return DEFAULT_ZEROCONF_NAME if value.lower() in TRUE_WORDS else value
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -114,13 +123,23 @@ def _language_voices(value: str) -> dict[str, str]:
     return {language.strip(): voice.strip() for language, voice in pairs}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless its help already says it, or it has none worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, "", False, {}):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(file_values: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """The command line; ``file_values`` (from --config) replace the built-in defaults only."""
     file_values = file_values or {}
     parser = argparse.ArgumentParser(
         prog="wyoming-bark",
         description="Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
 
     def from_file(flag: str, default, convert=None):
@@ -232,7 +251,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     temperature = _number_in(0, 10, above_low=True)
     add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=temperature)
     add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=temperature)
-    add("seed", None, "Seed each sentence's sampling for reproducible audio", type=_int_in(0, 2**63 - 1))
+    add("seed", None, "Seed each sentence's sampling for reproducible audio", type=_int_in(0, MAX_SEED))
     add("sentence-silence", "0", "Seconds of silence between sentences", type=_number_in(0, 10))
     add(
         "audio-streaming",
@@ -243,7 +262,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     add(
         "max-batch",
         "8",
-        "Sentences decoded together on the GPU, across all clients (1: one at a time)",
+        "Sentences decoded together, across all clients (1: one at a time)",
         type=_int_in(1, 64),
     )
     add(
@@ -278,7 +297,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over environment over --config file over defaults."""
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(prog="wyoming-bark", add_help=False)
     early.add_argument("--config", default=_env("config"))
     config_path = early.parse_known_args(argv)[0].config
     file_values: dict[str, Any] = {}

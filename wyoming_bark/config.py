@@ -45,8 +45,22 @@ def flag_keys(parser: argparse.ArgumentParser) -> dict[str, Any]:
     return {**keys, **FILE_ONLY}
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SEED = 2**63 - 1  # what --seed takes: a seed must fit the sampler's 64-bit integers
+
+
 class ConfigError(ValueError):
     pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with a key twice, which one was meant?"""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ConfigError(f"key {key!r} appears twice")
+        seen[key] = value
+    return seen
 
 
 def _check(path: Path, key: str, value: Any, keys: dict[str, Any]) -> None:
@@ -67,9 +81,15 @@ def load_config(path: Path, keys: dict[str, Any]) -> tuple[dict[str, Any], list[
     """Flag values (by argparse dest) from ``path``, checked against ``keys`` (see ``flag_keys``),
     and warnings to log."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file():  # a FIFO or a device such as /dev/zero would never end
+            raise ConfigError(f"config file {path} is not a regular file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB")
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") if "appears twice" in str(err) else err
     except ValueError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from err
     section = (
@@ -99,10 +119,16 @@ def load_config(path: Path, keys: dict[str, Any]) -> tuple[dict[str, Any], list[
                 for k, v in value.items()
             ):
                 raise ConfigError(f"{path}: tts.bark.voice_seeds must map voice names to integers")
+            if not all(0 <= seed <= MAX_SEED for seed in value.values()):
+                raise ConfigError(f"{path}: tts.bark.voice_seeds: each seed must be from 0 to {MAX_SEED}")
             values[key] = value
         elif key == "language_voices":
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise ConfigError(f"{path}: tts.bark.language_voices must map languages to voice names")
+            if any(mark in item for pair in value.items() for item in pair for mark in ",="):
+                raise ConfigError(
+                    f"{path}: tts.bark.language_voices: no ',' or '=' in a language or voice name"
+                )
             values[key] = ",".join(f"{k}={v}" for k, v in value.items())
         elif key == "zeroconf" and isinstance(value, bool):
             values[key] = default_service_name() if value else None

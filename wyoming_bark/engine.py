@@ -42,6 +42,7 @@ LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0
 SAMPLE_RATE = TtsEngine.sample_rate
 SAMPLE_WIDTH = TtsEngine.sample_width
 HEALTH_PHRASE = "Test."
+LOADER_THREAD = "bark-load"  # the model loads on a thread of this name (prefix)
 # Part of every cache key: change it when the same settings start to give other audio.
 GENERATION_RULES = "suno-0.1.5"
 _WHITESPACE_RE = re.compile(r"\s+")
@@ -168,7 +169,7 @@ class BarkEngine(TtsEngine):
         of them alive slows every decode step (see ``fast.batch._Releaser``)."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-load")
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=LOADER_THREAD)
         try:
             bark = await loop.run_in_executor(
                 self._loader,
@@ -272,7 +273,7 @@ class BarkEngine(TtsEngine):
             "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
             "precision": bark.precision if bark else self.precision,
             "threads": torch.get_num_threads(),
-            "voices": len(self.voices.list()),
+            "voices": len(self.voices.list(read_folder=False)),
             "default_voice": self.default_voice.name,
             "sentences_pending": self.pending,  # waiting for a row or being made
             "lookahead": self.lookahead,
@@ -447,6 +448,9 @@ class BarkEngine(TtsEngine):
     @staticmethod
     def _log_timing(text: str, samples: int, started: float) -> None:
         elapsed, seconds = time.monotonic() - started, samples / SAMPLE_RATE
+        if samples == 0:  # Bark ended at once: there is no real-time factor
+            _LOGGER.debug("No audio (Bark ended the sentence at once) in %.2f s for %r", elapsed, text)
+            return
         _LOGGER.debug(
             "%.2f s of audio in %.2f s (RTF %.2f) for %r",
             seconds,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
@@ -28,7 +29,7 @@ from wyoming.tts import (
 
 from . import __version__
 from .contract import TextStream, TtsEngine
-from .errors import SynthesisCancelled, TtsError, for_client, quoted
+from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
 from .protocol import STATUS_EVENT, ConnectionLimits, IdleTimeout, ProtocolError, read_event
 from .text import clean_text
 
@@ -158,6 +159,7 @@ class BarkEventHandler(AsyncEventHandler):
         return self._stream is not None or (self._worker is not None and not self._worker.done())
 
     async def handle_event(self, event: Event) -> bool:
+        _LOGGER.debug("Received %s (%d bytes of data)", quoted(event.type), len(str(event.data or "")))
         try:
             message = _parse(event)
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # the client's data, not our code
@@ -177,7 +179,9 @@ class BarkEventHandler(AsyncEventHandler):
     async def _dispatch(self, event: Event, message: Any) -> None:
         """Act on one event; ``message`` is its parsed form (see ``_parse``)."""
         if Describe.is_type(event.type):
-            await self.write_event(build_info(self.engine, self.streaming).event())
+            # Off the event loop: the custom voices folder may be large (or on a slow disk).
+            info = await asyncio.to_thread(build_info, self.engine, self.streaming)
+            await self.write_event(info.event())
         elif Synthesize.is_type(event.type):
             if self._stream is not None:
                 # Home Assistant repeats the whole text for older servers while streaming.
@@ -233,6 +237,7 @@ class BarkEventHandler(AsyncEventHandler):
             verdict = await self.engine.health_check()
             status = {
                 **verdict.details,
+                "model": for_client(str(verdict.details["model"])),  # no server paths to clients
                 "last_error": for_client(verdict.details["last_error"] or "") or None,
                 "healthy": verdict.healthy,
                 "health": for_client(verdict.message),
@@ -253,12 +258,18 @@ class BarkEventHandler(AsyncEventHandler):
         )
 
     def _open(self, requested: SynthesizeVoice | None) -> _Stream | Error:
-        """The request's voice: its name, else its language's default (the wyoming spec), else ours;
-        or the error for a voice that does not exist."""
+        """The request's voice: its name, else its language's default (the wyoming spec), else ours.
+
+        A voice that does not exist (a custom voice whose file was removed, say) is spoken with
+        our default, with a warning in the log: Home Assistant turns an error into an empty HTTP
+        500, and a pipeline should keep speaking."""
         if requested is None or not (requested.name or requested.language):
             return _Stream(voice=None)
         try:
             voice = self.engine.resolve_voice(requested.name, requested.language)
+        except UnknownVoice as err:
+            voice = self.engine.resolve_voice(None)
+            _LOGGER.warning("%s Speaking with %s instead", err, voice.name)
         except TtsError as err:
             return Error(text=str(err), code=err.code)
         return _Stream(voice=voice.name)
@@ -361,6 +372,9 @@ class BarkEventHandler(AsyncEventHandler):
             self._jobs.get_nowait().close()
 
 
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
 def _parse(event: Event) -> Any:
     """The typed form of an event we act on (None for the others), with the fields a client could
     get wrong checked here, so that only the client's data, never our own code, can make an event
@@ -372,6 +386,8 @@ def _parse(event: Event) -> Any:
                 raise TypeError("text must be a string")
             if kind is Ping and not isinstance(message.text, (str, type(None))):
                 raise TypeError("text must be a string")
+            if kind is Ping and message.text:  # echoed back: a lone surrogate cannot be sent as UTF-8
+                message.text = _SURROGATE_RE.sub("\ufffd", message.text)
             voice = getattr(message, "voice", None)
             if voice is not None:
                 for field in ("name", "language", "speaker"):

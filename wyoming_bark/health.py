@@ -22,10 +22,31 @@ from wyoming.tts import Synthesize
 
 from .protocol import STATUS_EVENT
 
+# Seconds for the whole check: a describe answers at once, but a sentence takes a while on a CPU.
+TIMEOUT_S = 10.0
+SYNTHESIZE_TIMEOUT_S = 120.0
 
-async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str]:
+
+class _Progress:
+    """What the check is doing now, so that a timeout can say where it happened."""
+
+    def __init__(self) -> None:
+        self.stage = "connecting"
+        self.started = time.monotonic()
+
+    def timed_out(self, uri: str, timeout: float) -> str:
+        if self.stage == "connecting":
+            return f"cannot reach {uri}: no answer within {timeout:g} s"
+        return f"timed out while {self.stage} after {time.monotonic() - self.started:.0f} s"
+
+
+async def check(
+    uri: str, phrase: str | None, timeout: float, progress: _Progress | None = None
+) -> tuple[bool, str]:
+    progress = progress or _Progress()
     started = time.monotonic()
     async with AsyncClient.from_uri(uri) as client:
+        progress.stage = "waiting for describe's answer"
         await client.write_event(Describe().event())
         while True:
             event = await asyncio.wait_for(client.read_event(), timeout)
@@ -41,12 +62,16 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         status = (
             f"bark {programs[0].version}, {len(programs[0].voices)} voices, describe {describe_ms:.0f} ms"
         )
+        progress.stage = "waiting for bark-status"
         await client.write_event(Event(STATUS_EVENT))
         event = await asyncio.wait_for(client.read_event(), timeout)
         healthy = True
         if event is not None and event.type == STATUS_EVENT:
             state = event.data
-            model = f"loaded on {state['device']}" if state.get("loaded") else "not loaded yet"
+            if state.get("loaded"):
+                model = f"loaded on {state['device']}"
+            else:
+                model = "failed to load" if state.get("last_error") else "not loaded yet"
             status += f", model {state.get('model')} {model}, {state.get('sentences', 0)} sentences generated"
             if "cache_hits" in state:
                 status += f", {state['cache_hits']} replayed from the cache"
@@ -55,6 +80,7 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
         if phrase is None or not healthy:
             return healthy, status
         started = time.monotonic()
+        progress.stage = "synthesizing"
         await client.write_event(Synthesize(phrase).event())
         samples = 0
         while True:
@@ -71,32 +97,42 @@ async def check(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str
                 return True, f"{status}; {audio:.2f} s of audio in {time.monotonic() - started:.1f} s"
 
 
-def _verdict(uri: str, phrase: str | None, timeout: float) -> tuple[bool, str]:
+def _verdict(uri: str, phrase: str | None, timeout: float, progress: _Progress) -> tuple[bool, str]:
     try:
-        return asyncio.run(asyncio.wait_for(check(uri, phrase, timeout), timeout))
-    except (OSError, asyncio.TimeoutError) as err:
-        return False, f"cannot reach {uri}: {str(err) or f'no answer within {timeout:g} s'}"
+        return asyncio.run(asyncio.wait_for(check(uri, phrase, timeout, progress), timeout))
+    except asyncio.TimeoutError:
+        return False, progress.timed_out(uri, timeout)
+    except OSError as err:
+        return False, f"cannot reach {uri}: {err}"
     except Exception as err:  # noqa: BLE001 - a malformed answer is an unhealthy server, not a traceback
         return False, f"malformed answer from {uri}: {type(err).__name__}: {err}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m wyoming_bark.health", description=__doc__)
-    parser.add_argument("--uri", default="tcp://127.0.0.1:10200")
+    parser = argparse.ArgumentParser(
+        prog="python -m wyoming_bark.health",
+        description="Ask a wyoming-bark server whether it is healthy: prints one line, exits 0 if "
+        "it is, 1 if not.",
+    )
+    parser.add_argument("--uri", default="tcp://127.0.0.1:10200", help="the server (default: %(default)s)")
     parser.add_argument("--synthesize", nargs="?", const="Test.", metavar="TEXT", help="also speak TEXT")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds for the whole check")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds for the whole check (default: {TIMEOUT_S:g}, with --synthesize {SYNTHESIZE_TIMEOUT_S:g})",
+    )
     args = parser.parse_args()
+    timeout = args.timeout or (SYNTHESIZE_TIMEOUT_S if args.synthesize else TIMEOUT_S)
     # On a thread, with a hard deadline: closing a connection whose peer keeps talking can hold
     # asyncio's own cleanup past any timeout inside the loop.
     outcome: list[tuple[bool, str]] = []
+    progress = _Progress()
     worker = threading.Thread(
-        target=lambda: outcome.append(_verdict(args.uri, args.synthesize, args.timeout)), daemon=True
+        target=lambda: outcome.append(_verdict(args.uri, args.synthesize, timeout, progress)), daemon=True
     )
     worker.start()
-    worker.join(args.timeout + 1)
-    healthy, message = (
-        outcome[0] if outcome else (False, f"cannot reach {args.uri}: no answer within {args.timeout:g} s")
-    )
+    worker.join(timeout + 1)
+    healthy, message = outcome[0] if outcome else (False, progress.timed_out(args.uri, timeout))
     print(("healthy: " if healthy else "unhealthy: ") + message, flush=True)
     os._exit(0 if healthy else 1)  # a worker still stuck in cleanup must not hold the exit
 

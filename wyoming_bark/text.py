@@ -88,7 +88,11 @@ class SentenceSplitter:
         spacing = pending[len(pending.rstrip()) :]  # finish() strips it; the next word needs it
         if len(pending) > self.max_chars:
             # No end in sight: speak all but the last (possibly unfinished) part now.
-            sentences += self._cut(split_long(pending, self.max_chars), spacing)
+            parts = split_long(pending, self.max_chars)
+            if parts:
+                sentences += self._cut(parts, spacing)
+            else:  # nothing but blanks: there is nothing to say, and nothing to keep
+                self._detector.finish()
         elif self._waiting_for_first and not sentences and len(pending.strip()) >= QUICK_START_CHARS:
             clause = _EARLY_CLAUSE_RE.search(pending.strip())
             if clause:

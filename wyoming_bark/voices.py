@@ -14,6 +14,8 @@ import logging
 import os
 import re
 import stat
+import threading
+import time
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +55,10 @@ EMBEDDINGS_INDEX = "speaker_embeddings_path.json"
 
 PROMPT_KEYS = ("semantic_prompt", "coarse_prompt", "fine_prompt")
 # Bark's prompts are tens of kilobytes; these bounds keep a hostile file from costing more.
+MAX_CUSTOM_VOICES = 500  # listed in describe at most (Home Assistant shows them all in one menu)
+MAX_VOICE_NAME = 100
+RESCAN_S = 1.0  # the voices folder is re-read at most this often, and only when it changed
+_BAD_NAME_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]|^-|^\.{1,2}$")
 MAX_VOICE_FILE_BYTES = 1 << 20
 MAX_VOICE_ARRAY_BYTES = 8 << 20  # all arrays of one prompt, uncompressed
 SEMANTIC_VOCAB = 10_000
@@ -159,18 +165,47 @@ class VoiceLibrary:
         self._cache: dict[tuple[str, float], Prompt] = {}
         self._warned: set[str] = set()  # files already reported as skipped
         self.defaults = builtin_defaults()
+        self._scan_lock = threading.Lock()
+        self._scanned: tuple[int | None, float, list[Voice]] = (None, -RESCAN_S, [])  # mtime, when, voices
 
     def set_default(self, language: str, name: str) -> None:
         """Make voice ``name`` the default of ``language``; raises UnknownVoice."""
         code = language_code(language)
         if code not in LANGUAGES:
             raise UnknownVoice(f"Unknown language '{language}'; Bark speaks {', '.join(LANGUAGES)}")
-        self.defaults[code] = self.resolve(name).name
+        voice = self.resolve(name)
+        if code not in voice.languages:
+            hint = f", or name its file {voice.name}.{code}.npz" if voice.path is not None else ""
+            raise UnknownVoice(
+                f"{voice.name} is not a {code} voice (it speaks {', '.join(voice.languages)}); "
+                f"pick one listed under {code}{hint}"
+            )
+        self.defaults[code] = voice.name
 
     def custom_voices(self) -> list[Voice]:
-        """Scan the voices directory; cheap enough to run on every describe."""
-        if self.voices_dir is None or not self.voices_dir.is_dir():
-            return []
+        """The voices folder's voices: re-read when the folder changed, at most once a second
+        (blocking: callers on an event loop use a thread; ``known_custom_voices`` never reads)."""
+        try:
+            mtime = self.voices_dir.stat().st_mtime_ns if self.voices_dir is not None else None
+        except OSError:
+            mtime = None
+        with self._scan_lock:
+            seen, when, voices = self._scanned
+            if mtime != seen and time.monotonic() - when >= RESCAN_S:
+                voices = self._scan() if mtime is not None else []
+                # A change within the same second as the scan may be missed by the mtime: look again.
+                self._scanned = (
+                    mtime if time.time() - mtime / 1e9 > RESCAN_S else None,
+                    time.monotonic(),
+                    voices,
+                )
+            return voices
+
+    def known_custom_voices(self) -> list[Voice]:
+        """The custom voices as last read (no disk access)."""
+        return self._scanned[2]
+
+    def _scan(self) -> list[Voice]:
         voices: dict[str, Voice] = {}
         for path in sorted(self.voices_dir.glob("*.npz")):
             # A history prompt carries no language: Bark speaks any of them with it, unless the
@@ -179,10 +214,17 @@ class VoiceLibrary:
             name, languages = (match["name"], (match["lang"],)) if match else (path.stem, tuple(LANGUAGES))
             if not _is_utf8(name):
                 self._skip(path, "its name is not valid UTF-8")
+            elif _BAD_NAME_RE.search(name) or len(name) > MAX_VOICE_NAME:
+                self._skip(
+                    path,
+                    f"a voice name has 1 to {MAX_VOICE_NAME} characters, no control characters, no leading '-'",
+                )
             elif self._builtin_named(name) is not None or name in voices:
                 self._skip(path, f"voice {name} already exists (built-in names win)")
             elif not path.is_file():
                 self._skip(path, "it is not a regular file")
+            elif len(voices) == MAX_CUSTOM_VOICES:
+                self._skip(self.voices_dir, f"only the first {MAX_CUSTOM_VOICES} custom voices are listed")
             else:
                 voices[name] = Voice(name, languages, f"Custom voice {name}", path)
         return list(voices.values())
@@ -191,18 +233,21 @@ class VoiceLibrary:
         """Leave a custom voice file out, saying so once (describe lists the folder every time)."""
         if str(path) not in self._warned:
             self._warned.add(str(path))
-            _LOGGER.warning("Custom voice file %r ignored: %s", path.name, why)
+            _LOGGER.warning("Custom voice file %s ignored: %s", quoted(path.name), why)
 
     def _builtin_named(self, name: str) -> Voice | None:
         """The built-in voice ``name``; ``en_speaker_6`` is accepted for ``v2/en_speaker_6``."""
         return self._builtin.get(name) or self._builtin.get(f"v2/{name}")
 
-    def list(self) -> list[Voice]:
-        """Every voice; the default of a language has DEFAULT_MARK before its description."""
+    def list(self, read_folder: bool = True) -> list[Voice]:
+        """Every voice; the default of a language has DEFAULT_MARK before its description.
+
+        ``read_folder=False``: the custom voices as last read, without touching the disk."""
         defaults = set(self.defaults.values())
+        custom = self.custom_voices() if read_folder else self.known_custom_voices()
         return [
             replace(voice, description=DEFAULT_MARK + voice.description) if voice.name in defaults else voice
-            for voice in (*self._builtin.values(), *self.custom_voices())
+            for voice in (*self._builtin.values(), *custom)
         ]
 
     def for_language(self, language: str) -> Voice | None:
@@ -211,14 +256,33 @@ class VoiceLibrary:
         return self.resolve(name) if name is not None else None
 
     def resolve(self, name: str) -> Voice:
-        """Find a voice by name (built-in names win over custom ones)."""
+        """Find a voice by name (built-in names win over custom ones); reads no folder listing."""
         builtin = self._builtin_named(name)
         if builtin is not None:
             return builtin
-        for voice in self.custom_voices():
-            if voice.name == name:
+        for voice in self.known_custom_voices():
+            if voice.name == name and voice.path is not None and voice.path.is_file():
                 return voice
+        found = self._custom_file(name)
+        if found is not None:
+            return found
         raise UnknownVoice(f"Unknown voice {quoted(name)}. Send describe to list the available voices.")
+
+    def _custom_file(self, name: str) -> Voice | None:
+        """A custom voice not listed yet (added since the last read): its file, looked up directly."""
+        if self.voices_dir is None or _BAD_NAME_RE.search(name) or len(name) > MAX_VOICE_NAME or "/" in name:
+            return None
+        if os.sep in name or (os.altsep and os.altsep in name):
+            return None
+        candidates = [(self.voices_dir / f"{name}.npz", tuple(LANGUAGES))]
+        candidates += [(self.voices_dir / f"{name}.{code}.npz", (code,)) for code in LANGUAGES]
+        for path, languages in candidates:
+            try:
+                if path.is_file():
+                    return Voice(name, languages, f"Custom voice {name}", path)
+            except (OSError, ValueError):  # a name the file system cannot hold
+                return None
+        return None
 
     def load(self, voice: Voice, model_dir: Path) -> Prompt:
         """Return the voice's prompt, from the model repo (built-in) or its file (custom)."""
