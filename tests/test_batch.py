@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -397,3 +399,96 @@ def test_cancel_after_the_program_ended_but_before_its_audio_went_out_is_heard(b
         assert listener.done.wait(30) and isinstance(listener.outcome, Cancelled), listener.outcome
     finally:
         scheduler.close()
+
+
+def _poisoned(program, at: int = 10):
+    """A sentence whose ``at``-th model request carries a seed no step can hold (an int beyond
+    64 bits): one row's bad value inside a batched step."""
+    answer, count = None, 0
+    while True:
+        try:
+            op = program.send(answer)
+        except StopIteration as done:
+            return done.value
+        if not isinstance(op, Audio):
+            count += 1
+            if count == at:
+                first, *rest = requests(op)
+                bad = dataclasses.replace(first, ints=(2**70, *first.ints[1:]))
+                op = (bad, *rest) if isinstance(op, tuple) else bad
+        answer = yield op
+
+
+def test_one_row_failing_inside_a_batched_step_fails_only_its_sentence(batched):
+    """The others' audio is exactly their audio alone (seeded, float32)."""
+    processor, fast, voices = batched
+    healthy = [request(processor, fast, voices, n, stream=False) for n in (0, 1)]
+    scheduler = Scheduler(fast)
+    try:
+        listeners = [Listener() for _ in range(3)]
+        (args0, seed0, _), (args1, seed1, _) = healthy
+        scheduler.submit(Job(fast.speech(*args0, seed=seed0), listeners[0]))
+        scheduler.submit(Job(_poisoned(fast.speech(*args1, seed=seed1)), listeners[1]))
+        scheduler.submit(Job(fast.speech(*args1, seed=seed1), listeners[2]))
+        assert listeners[1].done.wait(120)
+        assert isinstance(listeners[1].outcome, Exception), "the poisoned sentence fails"
+        outputs = [listeners[0].audio(), listeners[2].audio()]
+        assert scheduler.batched_tokens > scheduler.steps, "they shared steps"
+    finally:
+        scheduler.close()
+    for (args, seed, _), audio in zip(healthy, outputs):
+        np.testing.assert_array_equal(audio, solo(fast, args, seed, stream=False))
+
+
+def _noting(program, name: str, order: list[str]):
+    """``program``, noting in ``order`` when it is first advanced (it holds a row then)."""
+    order.append(name)
+    return (yield from program)
+
+
+def test_a_sentence_waited_for_now_goes_before_those_made_ahead(batched):
+    """Three rows busy (ending one by one), two sentences made ahead waiting: a sentence a listener
+    waits for now, submitted last, takes the first free row; equals are served round-robin."""
+    processor, fast, _voices = batched
+    inputs = tokens(processor, TEXTS[0])
+    order: list[str] = []
+
+    def job(name: str, n_tokens: int, urgent: bool, client: object) -> tuple[Job, Listener]:
+        settings = SamplingSettings(max_semantic_tokens=n_tokens, allow_early_stop=False)
+        program = fast.speech(inputs["input_ids"], inputs["attention_mask"], None, settings, seed=1)
+        event = threading.Event()
+        if urgent:
+            event.set()
+        listener = Listener()
+        return Job(_noting(program, name, order), listener, urgent=event, client=client), listener
+
+    ahead_client, other_client, waiting_client = object(), object(), object()
+    scheduler = Scheduler(fast)
+    try:
+        listeners = []
+        for name, n_tokens in (("run1", 10), ("run2", 40), ("run3", 70)):
+            submitted, listener = job(name, n_tokens, False, ahead_client)
+            scheduler.submit(submitted)
+            listeners.append(listener)
+        while scheduler.running < 3:  # the three hold the rows before anything else comes
+            time.sleep(0.001)
+        for name, client in (
+            ("ahead-a1", ahead_client),
+            ("ahead-a2", ahead_client),
+            ("ahead-b1", other_client),
+        ):
+            submitted, listener = job(name, 10, False, client)
+            scheduler.submit(submitted)
+            listeners.append(listener)
+        submitted, listener = job("now", 10, True, waiting_client)
+        scheduler.submit(submitted)
+        listeners.append(listener)
+        classes = scheduler.classes()
+        assert classes["waiting_now"] == 1 and classes["waiting_ahead"] + classes["running_ahead"] >= 5
+        for listener in listeners:
+            listener.audio()
+    finally:
+        scheduler.close()
+    assert order[:3] == ["run1", "run2", "run3"]
+    assert order[3] == "now", order
+    assert order[4:] == ["ahead-b1", "ahead-a1", "ahead-a2"], "round-robin: b had no turn yet"

@@ -66,6 +66,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_MAX_BATCH": "4",
         "BARK_LOOKAHEAD": "1",
         "BARK_MAX_CONNECTIONS": "10",
+        "BARK_MAX_CONNECTIONS_PER_ADDRESS": "5",
         "BARK_IDLE_TIMEOUT": "30",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
@@ -89,7 +90,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         2000,
     )
     assert args.max_batch == 4 and args.lookahead == 1
-    assert (args.max_connections, args.idle_timeout) == (10, 30.0)
+    assert (args.max_connections, args.idle_timeout, args.max_connections_per_address) == (10, 30.0, 5)
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.self_check == "strict" and engine_self_check(args) == "strict"
     assert (args.precision, args.threads) == ("fp32", 3)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import assert_stream, describe, free_port, read_until, rss_mib, synthesize
+from helpers import TIMEOUT, assert_stream, describe, free_port, header, read_until, rss_mib, synthesize
 from wyoming.client import AsyncClient
 from wyoming.event import async_read_event
 from wyoming.tts import SynthesizeChunk, SynthesizeStart, SynthesizeStop
@@ -39,10 +39,11 @@ async def test_idle_connections_are_closed_but_open_requests_wait(server_factory
     assert await closed_within(reader, 10) == []
     assert 1.5 < time.monotonic() - started < 10, "closed by the idle timeout, quietly"
     writer.close()
-    # A streaming request whose text pauses longer (an LLM calling a tool) is not idle.
+    # A streaming request whose text pauses (an LLM calling a tool) within the idle timeout goes
+    # on; one that sends nothing for longer ends (test_half_open_streams_end_after_the_idle_timeout).
     async with AsyncClient.from_uri(server.uri) as client:
         await client.write_event(SynthesizeStart().event())
-        await asyncio.sleep(5)
+        await asyncio.sleep(1)
         await client.write_event(SynthesizeChunk("Still here after a pause.").event())
         await client.write_event(SynthesizeStop().event())
         result = await read_until(client, "synthesize-stopped")
@@ -85,8 +86,9 @@ async def test_connections_beyond_the_cap_are_refused(server_factory, tiny_model
 async def test_half_sent_large_events_are_bounded_in_memory(server_factory, tiny_model):
     """100 connections each claiming 1 MiB + 1 MiB and sending most of it: bounded, others served."""
     server = server_factory(
-        "--model", str(tiny_model), "--max-semantic-tokens", "20", "--max-connections", "200"
-    )
+        "--model", str(tiny_model), "--max-semantic-tokens", "20", "--max-connections", "200",
+        "--max-connections-per-address", "200",
+    )  # fmt: skip
     assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)
     before = rss_mib(server.process.pid)
     header = json.dumps({"type": "synthesize", "data_length": 1 << 20, "payload_length": 1 << 20}).encode()
@@ -114,7 +116,7 @@ async def test_at_the_open_file_limit_the_log_stays_short_and_describe_recovers(
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wyoming_bark", "--uri", f"tcp://127.0.0.1:{port}", "--device", "cpu",
             "--model", str(tiny_model), "--data-dir", str(tmp_path / "data"),
-            "--max-connections", "1000", "--idle-timeout", "3",
+            "--max-connections", "1000", "--max-connections-per-address", "1000", "--idle-timeout", "3",
             stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)),
         )  # fmt: skip
@@ -144,3 +146,43 @@ async def test_at_the_open_file_limit_the_log_stays_short_and_describe_recovers(
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_one_address_cannot_take_every_place(server_factory, tiny_model):
+    """Silent sockets from one address fill its own share only: another address is served."""
+    server = server_factory("--model", str(tiny_model), "--max-connections-per-address", "4")
+    held = [await asyncio.open_connection("127.0.0.1", port_of(server)) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+    events = await closed_within(reader, 10)
+    assert [e.data["code"] for e in events] == ["busy"]
+    assert "--max-connections-per-address" in events[0].data["text"]
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server), local_addr=("127.0.0.2", 0))
+    writer.write(b'{"type": "describe"}\n')
+    await writer.drain()
+    assert (await asyncio.wait_for(async_read_event(reader), TIMEOUT)).type == "info"
+    writer.close()
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_half_open_streams_end_after_the_idle_timeout(server_factory, tiny_model):
+    """synthesize-start and then nothing: each such stream ends with a timeout error and the
+    connection closes, so they cannot hold places for ever (describe keeps being answered)."""
+    server = server_factory("--model", str(tiny_model), "--idle-timeout", "2", "--max-connections", "8")
+    streams = []
+    for _ in range(8):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+        writer.write(header(type="synthesize-start"))
+        await writer.drain()
+        streams.append((reader, writer))
+    started = time.monotonic()
+    for reader, _ in streams:
+        events = await closed_within(reader, 20)
+        assert [e.data.get("code") for e in events] == ["timeout"], [e.type for e in events]
+        assert "--idle-timeout" in events[0].data["text"]
+    assert time.monotonic() - started < 20
+    assert (await describe(server.uri)).type == "info", "their places are free again"
+    for _, writer in streams:
+        writer.close()

@@ -235,3 +235,12 @@ async def test_per_voice_seed(tiny_model, tmp_path):
     two = await collect(engine.speak("Attention please.", "announcer"))
     assert one == two
     engine.close()
+
+
+async def test_concurrent_identical_misses_are_made_once(tiny_model, tmp_path):
+    """Four listeners ask for the same uncached sentence at once: one generation, four replays."""
+    engine = make_engine(tiny_model, tmp_path, seed=4, cache_size_mb=5)
+    results = await asyncio.gather(*(collect(engine.speak("The doorbell rang.")) for _ in range(4)))
+    assert all(result == results[0] for result in results) and results[0]
+    assert engine.get_status()["sentences"] == 1
+    engine.close()

@@ -215,7 +215,7 @@ def test_benchmark_runs_and_reports_everything():
         "0.5",
     ]
     command += ["--reps", "1", "--reference", "--first-audio", "--clients", "2", "--requests", "1"]
-    command += ["--sentence-seconds", "0.5", "--stream-sentences", "2", "--json"]
+    command += ["--sentence-seconds", "0.5", "--stream-sentences", "2", "--contention", "2", "--json"]
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["arch"] == "tiny" and result["audio_seconds"] == pytest.approx(0.5, abs=0.03)
@@ -243,6 +243,9 @@ def test_benchmark_runs_and_reports_everything():
         stream = server["stream"]  # an answer in Home Assistant's deltas, heard in real time
         assert stream["audio_s"] == pytest.approx(1.0, abs=0.06) and stream["first_audio_s"] > 0
         assert {"pauses", "paused_s", "longest_pause_s", "last_delta_s"} <= set(stream)
+    busy = result["server"]["contention"]  # one request beside two streamed answers (as shipped only)
+    assert busy["streams"] == 2 and busy["first_audio_alone_s"] > 0 and busy["first_audio_beside_s"] > 0
+    assert busy["ratio"] > 0 and busy["describe_p99_ms"] > 0 and "contention" not in result["server_serial"]
 
 
 @pytest.mark.slow

@@ -156,7 +156,7 @@ async def test_soak_with_hostile_clients_beside_home_assistant_traffic(
     is answered and describe stays fast (a margin relative to an unloaded describe in this run)."""
     server = server_factory(
         "--model", str(tiny_model), "--max-semantic-tokens", "20", "--cache", "--data-dir", str(small_disk),
-        "--idle-timeout", "5",
+        "--idle-timeout", "5", "--max-connections-per-address", "64",  # every client is on loopback
     )  # fmt: skip
     port = int(server.uri.rsplit(":", 1)[1])
     assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)  # the model loads first

@@ -104,7 +104,15 @@ async def send_raw(uri_port: int, raw: bytes) -> list[Event]:
 
 @pytest.mark.slow
 async def test_fuzz_then_still_serving(server_factory, tiny_model):
-    server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20", "--debug")
+    server = server_factory(  # 16 clients at a time, all from one address
+        "--model",
+        str(tiny_model),
+        "--max-semantic-tokens",
+        "20",
+        "--debug",
+        "--max-connections-per-address",
+        "64",
+    )
     port = int(server.uri.rsplit(":", 1)[1])
     assert_stream(await synthesize(server.uri, "Warm up."), sentences=1)
     rss_before = rss_mib(server.process.pid)

@@ -127,7 +127,11 @@ async def _listening(server: AsyncServer, running: asyncio.Task) -> None:
 
 async def serve(args: argparse.Namespace, engine: TtsEngine) -> None:
     server = AsyncServer.from_uri(args.uri)
-    limits = ConnectionLimits(max_connections=args.max_connections, idle_timeout=args.idle_timeout)
+    limits = ConnectionLimits(
+        max_connections=args.max_connections,
+        max_per_address=args.max_connections_per_address,
+        idle_timeout=args.idle_timeout,
+    )
     handler = partial(
         BarkEventHandler,
         engine=engine,

@@ -99,11 +99,13 @@ def benchmark(args: argparse.Namespace) -> dict:
     if device.type == "cpu":
         precisions.use_threads(args.threads or None)  # as the server: one per physical core
     result, served = on_own_thread(lambda: _measure_core(args, device))  # before the server runs
-    if args.first_audio or args.clients or args.stream_sentences:
+    if args.first_audio or args.clients or args.stream_sentences or args.contention:
         # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
-        # server with both turned off: whole sentences, one at a time.
+        # server with both turned off: whole sentences, one at a time (contention: as shipped only).
         result["server"] = asyncio.run(serve_and_measure(served, device, args, "auto", args.max_batch))
-        result["server_serial"] = asyncio.run(serve_and_measure(served, device, args, "off", 1))
+        serial = argparse.Namespace(**{**vars(args), "contention": 0})
+        if serial.first_audio or serial.clients or serial.stream_sentences:
+            result["server_serial"] = asyncio.run(serve_and_measure(served, device, serial, "off", 1))
         if device.type == "cuda" and args.clients:  # as shipped, but with Python's default GIL switching
             from .fast import batch
 
@@ -254,6 +256,13 @@ def print_table(result: dict) -> None:
                 f"{load['audio_seconds_per_second']} audio-s/s, first audio p50 {load['first_audio_p50_s']} s, "
                 f"p99 {load['first_audio_p99_s']} s, {load['ms_per_step']} ms per decode iteration"
             )
+        if "contention" in server:
+            busy = server["contention"]
+            print(
+                f"{label}, one {busy['sentence_seconds']} s request beside {busy['streams']} streamed answers: "
+                f"first audio {busy['first_audio_beside_s']} s vs {busy['first_audio_alone_s']} s alone "
+                f"({busy['ratio']}x); describe p99 {busy['describe_p99_ms']} ms"
+            )
         if "stream" in server:
             stream = server["stream"]
             print(
@@ -284,6 +293,12 @@ def main() -> None:
         type=int,
         default=0,
         help="stream an answer of N sentences as Home Assistant's LLM deltas; report pauses in playback",
+    )
+    parser.add_argument(
+        "--contention",
+        type=int,
+        default=0,
+        help="first audio of one request alone and beside N streamed 12-sentence answers (the ratio)",
     )
     parser.add_argument(
         "--precision",

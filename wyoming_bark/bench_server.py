@@ -102,6 +102,49 @@ async def _request(uri: str, text: str) -> tuple[float, float, float]:
                 return first or 0.0, time.perf_counter() - started, samples / SAMPLE_RATE
 
 
+async def _describe_ms(uri: str) -> float:
+    from wyoming.client import AsyncClient
+    from wyoming.info import Describe
+
+    started = time.perf_counter()
+    async with AsyncClient.from_uri(uri) as client:
+        await client.write_event(Describe().event())
+        await client.read_event()
+    return 1000 * (time.perf_counter() - started)
+
+
+async def _contention(uri: str, engine, text: str, n_streams: int, max_batch: int, reps: int) -> dict:
+    """One request's first audio alone, then beside ``n_streams`` streamed answers of 12 sentences
+    (each making sentences ahead): how long a doorbell announcement waits behind other listeners."""
+    alone = [(await _request(uri, text))[0] for _ in range(max(1, reps))]
+    answer = " ".join(f"Sentence number {i} of a long answer is here." for i in range(12))
+    streams = [asyncio.create_task(stream_answer(uri, answer)) for _ in range(n_streams)]
+    while engine.get_status()["batch"]["running"] < min(n_streams, max_batch):  # the answers are under way
+        await asyncio.sleep(0.05)
+    describes: list[float] = []
+
+    async def poll() -> None:
+        while True:
+            describes.append(await _describe_ms(uri))
+            await asyncio.sleep(0.2)
+
+    poller = asyncio.create_task(poll())
+    beside = [(await _request(uri, text)) for _ in range(max(1, reps))]
+    poller.cancel()
+    for stream in streams:
+        stream.cancel()
+    await asyncio.gather(*streams, poller, return_exceptions=True)
+    first_alone, first_beside = statistics.median(alone), statistics.median(r[0] for r in beside)
+    return {
+        "streams": n_streams,
+        "sentence_seconds": round(beside[0][2], 2),
+        "first_audio_alone_s": round(first_alone, 3),
+        "first_audio_beside_s": round(first_beside, 3),
+        "ratio": round(first_beside / first_alone, 2),
+        "describe_p99_ms": round(_percentile(describes, 0.99), 1) if describes else None,
+    }
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -151,6 +194,10 @@ async def serve_and_measure(
                     "first_audio_p50_s": round(_percentile(firsts, 0.5), 4),
                     "first_audio_p99_s": round(_percentile(firsts, 0.99), 4),
                 }
+            if args.contention:
+                result["contention"] = await _contention(
+                    uri, engine, text, args.contention, max_batch, args.reps
+                )
             if args.stream_sentences:
                 answer = " ".join(
                     f"Sentence number {i} of the answer is here." for i in range(args.stream_sentences)

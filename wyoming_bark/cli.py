@@ -221,9 +221,16 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         type=_int_in(1, 10_000),
     )
     add(
+        "max-connections-per-address",
+        "16",
+        "Connections one client address may hold at once; more are refused with a busy error",
+        type=_int_in(1, 10_000),
+    )
+    add(
         "idle-timeout",
         "120",
-        "Seconds a connection may stay open with no request in flight",
+        "Seconds a connection may stay open with no request in flight, or a streaming request "
+        "with no text and nothing left to say",
         type=_number_in(1, 86_400),
     )
     switch("no-streaming", "Do not announce streaming synthesis (synthesize-start/chunk/stop)")

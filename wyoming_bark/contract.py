@@ -10,9 +10,11 @@ Wyoming handler uses too. Subclasses with a ``name`` register themselves on impo
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -29,14 +31,30 @@ class HealthCheckResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class Turn:
+    """Whose sentence this is, and whether a listener is waiting for it now (``now`` is set: a
+    request's first sentence, or the next once the one before has played) or it is made ahead.
+    An engine that decodes many sentences at once serves those waiting now first."""
+
+    client: object
+    now: threading.Event = field(default_factory=threading.Event)
+
+
+# The turn of the sentence being made, for the engine: set in the task that makes it.
+SENTENCE_TURN: ContextVar[Turn | None] = ContextVar("sentence_turn", default=None)
+
+
 class _Started:
     """A sentence whose audio is being made now, in a task, before it is its turn to play."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], turn: Turn) -> None:
+        self.turn = turn
         self._queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._pump(chunks))
 
     async def _pump(self, chunks: AsyncIterator[bytes]) -> None:
+        SENTENCE_TURN.set(self.turn)  # this task's own context: the engine reads it
         try:
             async for pcm in chunks:
                 self._queue.put_nowait(pcm)
@@ -76,6 +94,11 @@ class TextStream:
         self._changed = asyncio.Event()
         self._spoken = False
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to say now: no sentence is waiting, being made or playing (only text may come)."""
+        return not self._waiting and not self._started
+
     def add(self, chunk: str) -> None:
         """Buffer ``chunk``; sentences it completes start generating (up to the lookahead)."""
         self._queue(self._splitter.add(chunk))
@@ -92,7 +115,12 @@ class TextStream:
 
     def _start_ahead(self) -> None:
         while self._playing and self._waiting and len(self._started) <= self.engine.lookahead:
-            self._started.append(_Started(self.engine.speak_sentence(self._waiting.popleft(), self.voice)))
+            turn = Turn(client=self)
+            if not self._started:  # nothing plays before it: the listener waits for this one
+                turn.now.set()
+            self._started.append(
+                _Started(self.engine.speak_sentence(self._waiting.popleft(), self.voice), turn)
+            )
 
     async def audio(self) -> AsyncIterator[bytes]:
         """The stream's audio as its sentences complete, until ``close`` and the last sentence."""
@@ -126,6 +154,7 @@ class TextStream:
                     for pcm in self.engine.silence():
                         yield pcm
                 self._spoken = True
+                self._started[0].turn.now.set()  # its turn: the listener waits for it now
                 async for pcm in self._started[0].play():
                     yield pcm
                 self._started.popleft()

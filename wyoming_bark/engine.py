@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .cache import AudioCache, cache_key
-from .contract import HealthCheckResult, TtsEngine
+from .contract import SENTENCE_TURN, HealthCheckResult, TtsEngine
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
 from .fast.batch import Scheduler
@@ -144,6 +144,8 @@ class BarkEngine(TtsEngine):
         self._backoff = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-io")  # voice files
         self._loader: ThreadPoolExecutor | None = None  # the load attempt's thread
+        # Cache keys of sentences being made now: a repeat that misses the cache waits for them.
+        self._making: dict[str, asyncio.Future[bytes | None]] = {}
 
     async def load(self) -> LoadedBark:
         """Load the model once. After a failure, calls within a back-off (2 s, doubling up to
@@ -235,18 +237,32 @@ class BarkEngine(TtsEngine):
             await self.load()  # the key names what the load decided (precision, core, streaming)
         key = self._cache_key(sentence, chosen) if self.cache else None
         cached = await asyncio.to_thread(self.cache.get, key) if key else None
+        if cached is None and key in self._making:  # the same sentence is being made: wait for it
+            cached = await asyncio.shield(self._making[key])
         if cached is not None:
             for chunk in chunked(cached, self.samples_per_chunk):
                 yield chunk
             return
-        pieces = []
-        async for audio in self._generate_async(sentence, chosen):
-            pcm = to_pcm(audio)
-            pieces.append(pcm)
-            for chunk in chunked(pcm, self.samples_per_chunk):
-                yield chunk
-        if key:
-            await asyncio.to_thread(self.cache.put, key, b"".join(pieces))
+        made: asyncio.Future[bytes | None] | None = None
+        if key and key not in self._making:
+            made = self._making[key] = asyncio.get_running_loop().create_future()
+        pieces: list[bytes] = []
+        try:
+            async for audio in self._generate_async(sentence, chosen):
+                pcm = to_pcm(audio)
+                pieces.append(pcm)
+                for chunk in chunked(pcm, self.samples_per_chunk):
+                    yield chunk
+            whole = b"".join(pieces)
+            if made is not None:
+                made.set_result(whole)
+            if key:
+                await asyncio.to_thread(self.cache.put, key, whole)
+        finally:
+            if made is not None:
+                if not made.done():  # failed or abandoned: those waiting make it themselves
+                    made.set_result(None)
+                del self._making[key]
 
     async def health_check(self, synthesize: bool = False) -> HealthCheckResult:
         if synthesize:
@@ -304,6 +320,7 @@ class BarkEngine(TtsEngine):
             "max": scheduler.capacity,
             "running": scheduler.running,
             "waiting": scheduler.waiting,
+            **scheduler.classes(),  # waited for now, or made ahead
             "steps": scheduler.steps,
             "mean_size": round(scheduler.batched_tokens / max(scheduler.steps, 1), 2),
             "ms_per_step": round(1000 * scheduler.busy_s / max(scheduler.steps, 1), 2),
@@ -383,7 +400,9 @@ class BarkEngine(TtsEngine):
         self._active.add(cancel)
         self.pending += 1
         try:
-            async for audio in self._scheduler.stream(program, cancel):
+            turn = SENTENCE_TURN.get()
+            urgent, client = (turn.now, turn.client) if turn is not None else (None, None)
+            async for audio in self._scheduler.stream(program, cancel, urgent, client):
                 samples += len(audio)
                 self.audio_seconds += len(audio) / SAMPLE_RATE
                 yield audio

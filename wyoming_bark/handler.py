@@ -124,14 +124,24 @@ class BarkEventHandler(AsyncEventHandler):
     async def run(self) -> None:
         """wyoming's loop, with a reader that bounds what a client can make us buffer and wait for."""
         limits = self.limits
+        peer = self.writer.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None  # TCP; None for a unix socket
+        refusal = None
         if limits is not None and limits.connections >= limits.max_connections:
-            await self._error(
-                f"Too many connections ({limits.max_connections}, --max-connections); try again later", "busy"
+            refusal = f"Too many connections ({limits.max_connections}, --max-connections); try again later"
+        elif limits is not None and address and limits.by_address.get(address, 0) >= limits.max_per_address:
+            refusal = (
+                f"Too many connections from {address} ({limits.max_per_address}, "
+                "--max-connections-per-address); try again later"
             )
+        if refusal is not None:
+            await self._error(refusal, "busy")
             self.writer.close()
             return
         if limits is not None:
             limits.connections += 1
+            if address:
+                limits.by_address[address] = limits.by_address.get(address, 0) + 1
         try:
             while True:  # wyoming's stop() closes the connection: the next read ends the loop
                 try:
@@ -140,6 +150,16 @@ class BarkEventHandler(AsyncEventHandler):
                     await self._error(f"Bad event: {err}; closing the connection", err.code)
                     break
                 except IdleTimeout:
+                    stream = self._stream
+                    if stream is not None and (stream.text is None or stream.text.idle):
+                        # A streaming request that sends no text and has nothing left to say
+                        # would hold its place (and the client's) for ever: end it.
+                        await self._error(
+                            f"No text for {limits and limits.idle_timeout:g} s in an open streaming "
+                            "request (--idle-timeout); closing the connection",
+                            "timeout",
+                        )
+                        break
                     if self._in_flight():  # text may still come, audio is going out: keep waiting
                         continue
                     _LOGGER.debug("Closing a connection idle for %s s", limits and limits.idle_timeout)
@@ -151,6 +171,10 @@ class BarkEventHandler(AsyncEventHandler):
         finally:
             if limits is not None:
                 limits.connections -= 1
+                if address:
+                    limits.by_address[address] -= 1
+                    if not limits.by_address[address]:
+                        del limits.by_address[address]
             await self.disconnect()
             self.writer.close()
 

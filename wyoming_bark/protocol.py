@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wyoming.event import Event
 
@@ -48,10 +48,12 @@ class ConnectionLimits:
     """Bounds shared by every connection of one server."""
 
     max_connections: int = 64
+    max_per_address: int = 16  # one client address (Home Assistant opens a few at a time)
     idle_timeout: float = 120.0  # no request in flight and no event begun
     event_timeout: float = EVENT_TIMEOUT
     buffer_budget: int = BUFFER_BUDGET
     connections: int = 0  # open now
+    by_address: dict[str, int] = field(default_factory=dict)  # open now, per client address
     buffered: int = 0  # bytes of data and payload being read now
 
 

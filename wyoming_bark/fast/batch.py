@@ -34,7 +34,12 @@ from .program import Audio, Cancelled, NonFiniteLogits, Prefill, Program, Step, 
 _LOGGER = logging.getLogger(__name__)
 
 DONE = None  # what ``emit`` gets after a program's last audio
+MAX_CLIENTS_REMEMBERED = 256
 GIL_SWITCH_S = 0.0005  # Python's thread switch interval while a GPU scheduler runs
+
+
+_NOW = threading.Event()
+_NOW.set()
 
 
 @dataclass(eq=False)
@@ -54,6 +59,9 @@ class Job:
     answer: Any = None
     error: BaseException | None = None  # to raise inside the program at its next advance
     failed: bool = False  # making its audio failed: nothing more goes to the listener
+    # Set: a listener waits for this sentence now; clear: it is made ahead (see Scheduler._admit).
+    urgent: threading.Event = field(default_factory=lambda: _NOW)
+    client: object = None  # whose sentence: equals are served round-robin by client
 
 
 class _Releaser:
@@ -138,6 +146,8 @@ class Scheduler:
         self._free = list(range(self.capacity))  # a heap: the lowest rows, the smallest graphs
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
+        self._served: dict[int, int] = {}  # id(client) -> admission count when last admitted
+        self._admissions = 0
         self._wake = threading.Condition()
         self._closed = False
         device = core.device
@@ -152,9 +162,16 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
         self._thread.start()
 
-    async def stream(self, program: Program, cancel: threading.Event) -> AsyncIterator[np.ndarray]:
+    async def stream(
+        self,
+        program: Program,
+        cancel: threading.Event,
+        urgent: threading.Event | None = None,
+        client: object = None,
+    ) -> AsyncIterator[np.ndarray]:
         """Run ``program`` as a job and yield its audio pieces on the calling event loop.
 
+        ``urgent`` (unset: made ahead) and ``client`` order it among waiting jobs (``_admit``).
         Raises what ended the program (``Cancelled`` once ``cancel`` is set); a caller that stops
         iterating early cancels it."""
         loop = asyncio.get_running_loop()
@@ -164,7 +181,7 @@ class Scheduler:
             with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
                 loop.call_soon_threadsafe(items.put_nowait, item)
 
-        self.submit(Job(program, emit, cancel))
+        self.submit(Job(program, emit, cancel, urgent=urgent or _NOW, client=client))
         finished = False
         try:
             while (item := await items.get()) is not DONE:
@@ -190,6 +207,18 @@ class Scheduler:
     @property
     def waiting(self) -> int:
         return len(self._waiting)
+
+    def classes(self) -> dict[str, int]:
+        """Rows and queued sentences by class: a listener waits for them now, or made ahead."""
+        with self._wake:
+            running, waiting = list(self._running), list(self._waiting)
+        now = sum(job.urgent.is_set() for job in running), sum(job.urgent.is_set() for job in waiting)
+        return {
+            "running_now": now[0],
+            "running_ahead": len(running) - now[0],
+            "waiting_now": now[1],
+            "waiting_ahead": len(waiting) - now[1],
+        }
 
     def close(self) -> None:
         with self._wake:
@@ -232,9 +261,22 @@ class Scheduler:
             self._releaser.put(job, Cancelled())
         self._releaser.close()
 
+    def _next(self) -> Job:
+        """The waiting job to admit: one a listener waits for now before any made ahead; among
+        equals, the client served longest ago (round-robin), then the oldest."""
+        pool = [job for job in self._waiting if job.urgent.is_set()] or self._waiting
+        job = min(pool, key=lambda job: self._served.get(id(job.client), -1))
+        self._waiting.remove(job)
+        self._admissions += 1
+        self._served[id(job.client)] = self._admissions
+        if len(self._served) > MAX_CLIENTS_REMEMBERED:  # only the order among present clients matters
+            present = {id(other.client) for other in (*self._waiting, *self._running)}
+            self._served = {key: n for key, n in self._served.items() if key in present}
+        return job
+
     def _admit(self) -> None:
         while self._waiting and self._free:
-            job = self._waiting.popleft()
+            job = self._next()
             if job.cancel.is_set():
                 job.program.close()
                 self._releaser.put(job, Cancelled())
@@ -275,10 +317,16 @@ class Scheduler:
         work = [(job.row, op) for job in jobs for op in requests(job.op)]
         try:
             tokens = self.core.run(work)
-        except Exception as err:  # noqa: BLE001 - e.g. out of memory: each program in the batch hears it
-            _LOGGER.warning("Batched step for %d sentences failed: %s", len(jobs), err)
-            for job in jobs:
-                job.op, job.error = None, err
+        except Exception as err:  # noqa: BLE001 - e.g. out of memory, or one row's bad values
+            if len(jobs) > 1:
+                # Which row it was is unknown: each asks again alone, so only its own sentence
+                # fails (a step rewrites the same cache positions: asking again is exact).
+                _LOGGER.warning("Batched step for %d sentences failed (%s): one at a time", len(jobs), err)
+                for job in jobs:
+                    self._answer([job])
+                return True
+            _LOGGER.warning("A step failed: %s", err)
+            jobs[0].op, jobs[0].error = None, err
             return True
         self.steps += 1
         self.batched_tokens += len(work)
