@@ -28,16 +28,23 @@ ENV PIP_NO_CACHE_DIR=1 \
     BARK_DATA_DIR=/data \
     BARK_VOICES_DIR=/voices
 
-# Installed like any user's pip install (a wheel, not the source tree), which is then removed.
+# Torch and the dependencies first, in a layer of their own: a change to the code (the next
+# layer) does not download them again. They are read from pyproject.toml, the one list of them.
 WORKDIR /tmp/src
-COPY pyproject.toml README.md ./
-COPY wyoming_bark ./wyoming_bark
+COPY pyproject.toml ./
 RUN pip install "torch==${TORCH_VERSION}" \
-    && pip install . \
-    && rm -rf /tmp/src \
+    && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt \
     && useradd --create-home --uid 1000 bark \
     && mkdir -p /data /voices \
     && chown bark:bark /data /voices
+
+# The package, installed like any user's pip install (a wheel, not the source tree).
+COPY README.md ./
+COPY wyoming_bark ./wyoming_bark
+RUN pip install --no-deps . && rm -rf /tmp/src
 
 WORKDIR /data
 USER 1000:1000

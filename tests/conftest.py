@@ -19,6 +19,18 @@ from tiny_bark import build_tiny_bark, suno_wheel_prompts
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` are skipped, saying why, where there is no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run it on a GPU machine: script/test -m cuda)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def bark_wheel() -> Path:
     """suno's ``bark`` 0.1.5 wheel (never installed) for its 130 real voice presets: downloaded

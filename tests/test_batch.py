@@ -257,7 +257,7 @@ def test_an_unexpected_scheduler_error_fails_the_batch_not_the_thread(batched, m
         scheduler.close()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)")
+@pytest.mark.cuda
 def test_on_cuda_a_row_decodes_alike_in_every_bucket_replayed_or_eager(tiny_model):
     """What exact batched-vs-solo agreement rests on: one row's float32 logits are bit-identical
     in every bucket and replayed as eagerly. (A one-row bucket would break it: cuBLAS's
@@ -290,7 +290,7 @@ def test_on_cuda_a_row_decodes_alike_in_every_bucket_replayed_or_eager(tiny_mode
                 assert torch.equal(logits, reference.expand_as(logits)), name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)")
+@pytest.mark.cuda
 def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model, tmp_path):
     """The GPU path CI cannot run: captured graphs per bucket, side streams, pinned staging, in
     float32 so that batched and solo runs round alike."""
@@ -492,3 +492,95 @@ def test_a_sentence_waited_for_now_goes_before_those_made_ahead(batched):
     assert order[:3] == ["run1", "run2", "run3"]
     assert order[3] == "now", order
     assert order[4:] == ["ahead-b1", "ahead-a1", "ahead-a2"], "round-robin: b had no turn yet"
+
+
+def test_a_sentence_waited_for_now_takes_a_row_from_one_made_ahead_which_starts_again_exactly(batched):
+    """Every row is taken by sentences made ahead: the one that started last gives its row up and
+    later starts again from its beginning, saying exactly what it would have said (same seed)."""
+    processor, fast, _voices = batched
+    inputs = tokens(processor, TEXTS[1])
+    settings = SamplingSettings(max_semantic_tokens=70, allow_early_stop=False)
+    order: list[str] = []
+
+    def program(name: str, seed: int):
+        return _noting(
+            fast.speech(inputs["input_ids"], inputs["attention_mask"], None, settings, seed=seed), name, order
+        )
+
+    scheduler = Scheduler(fast)
+    try:
+        listeners = {}
+        for name, seed in (("ahead1", 1), ("ahead2", 2), ("ahead3", 3)):
+            listeners[name] = Listener()
+            scheduler.submit(
+                Job(
+                    program(name, seed),
+                    listeners[name],
+                    urgent=threading.Event(),
+                    restart=lambda name=name, seed=seed: program(name, seed),
+                )
+            )
+        while scheduler.running < 3:
+            time.sleep(0.001)
+        listeners["now"] = Listener()
+        scheduler.submit(Job(program("now", 4), listeners["now"]))
+        audio = {name: listener.audio() for name, listener in listeners.items()}
+        assert scheduler.preempted == 1
+    finally:
+        scheduler.close()
+    assert order == ["ahead1", "ahead2", "ahead3", "now", "ahead3"], (
+        "ahead3 started last, gave way, started again"
+    )
+    for name, seed in (("ahead3", 3), ("now", 4)):
+        args = (inputs["input_ids"], inputs["attention_mask"], None, settings)
+        np.testing.assert_array_equal(audio[name], fast.generate(*args, seed=seed))
+
+
+def _counting(program, counts: dict, name: str):
+    """``program``, counting the requests it gets answered in ``counts[name]`` (and noting all
+    counts in ``counts[name + " done"]`` when it has no more requests)."""
+    answer = None
+    while True:
+        try:
+            op = program.send(answer)
+        except StopIteration as done:
+            counts[name + " done"] = dict(counts)
+            return done.value
+        answer = yield op
+        if not isinstance(op, Audio):
+            counts[name] += 1
+
+
+def test_on_a_cpu_other_clients_look_ahead_pauses_while_somebody_waits(batched):
+    """A CPU computes every row: while a sentence somebody waits for now decodes, sentences other
+    clients make ahead wait; their own look-ahead would go on (the --lookahead trade-off)."""
+    processor, fast, _voices = batched
+    inputs = tokens(processor, TEXTS[2])
+    counts = {"ahead1": 0, "ahead2": 0, "now": 0}
+    scheduler = Scheduler(fast)
+
+    def program(name: str, n_tokens: int):
+        settings = SamplingSettings(max_semantic_tokens=n_tokens, allow_early_stop=False)
+        speech = fast.speech(inputs["input_ids"], inputs["attention_mask"], None, settings, seed=1)
+        return _counting(speech, counts, name)
+
+    try:
+        other = object()
+        ahead = [Listener(), Listener()]
+        for name, listener in zip(("ahead1", "ahead2"), ahead):
+            scheduler.submit(Job(program(name, 200), listener, urgent=threading.Event(), client=other))
+        while min(counts["ahead1"], counts["ahead2"]) < 5:
+            time.sleep(0.001)
+        now = Listener()
+        scheduler.submit(Job(program("now", 20), now, client=object()))
+        while counts["now"] == 0:
+            time.sleep(0.0005)
+        before = dict(counts)
+        assert now.done.wait(120) and now.outcome is DONE
+        after = counts["now done"]
+        during = {name: after[name] - before[name] for name in ("ahead1", "ahead2")}
+        assert max(during.values()) <= 1, during  # at most the iteration already under way
+        for listener in ahead:
+            listener.audio()  # and then they go on to the end
+    finally:
+        scheduler.close()

@@ -250,7 +250,7 @@ def test_benchmark_runs_and_reports_everything():
 
 @pytest.mark.slow
 def test_benchmark_compares_precisions_in_one_run():
-    """The README's CPU precision table comes from this path: fp32 first (the baseline), int8
+    """The CPU precision table of docs/performance.md comes from this path: fp32 first (the baseline), int8
     timed beside it, and the quality gate's numbers for int8."""
     import json
     import subprocess

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from helpers import TIMEOUT, eventually, status, synthesize
 from wyoming.event import async_read_event
@@ -162,3 +163,34 @@ def test_a_seed_for_a_voice_that_does_not_exist_is_a_typo(tmp_path, tiny_model):
     config.write_text(json.dumps({"tts": {"bark": {"voice_seeds": {"v2/en_speakr_6": 1}}}}), encoding="utf-8")
     done = _run("--model", str(tiny_model), "--config", str(config), cwd=tmp_path)
     _one_clear_line(done, "voice_seeds", "Unknown voice 'v2/en_speakr_6'")
+
+
+async def test_debug_says_what_arrived_and_no_rtf_for_silence(server_factory, tiny_model):
+    """A sentence Bark ends at once has no real-time factor; debug shows the events received."""
+    server = server_factory("--model", str(tiny_model), "--min-eos-p", "1e-9", "--debug")
+    result = await synthesize(server.uri, "Stop.")
+    assert result.error() is None
+    log = server.log_text()
+    assert "No audio (Bark ended the sentence at once)" in log and "RTF" not in log
+    assert "Received 'synthesize'" in log
+
+
+def test_setup_installs_the_cpu_torch_and_nothing_when_nothing_changed():
+    """script/test pins torch; on a machine without an NVIDIA GPU the pinned version comes from
+    the CPU index too (not PyPI's CUDA build), and a second call with the same inputs is a no-op."""
+    root = Path(__file__).resolve().parent.parent
+    setup = (root / "script/setup").read_text()
+    assert 'torch_spec="torch==${TORCH_VERSION}"' in setup
+    assert '--index-url "${cpu_index}" "${torch_spec}"' in setup
+    env = {**os.environ, "TORCH_VERSION": "2.13.0"}
+    for _ in range(2):  # the first may install (the project file changed); the second must not
+        done = subprocess.run(
+            ["script/setup", ".[test]"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        )
+    assert done.stdout == "" and done.stderr == "", "nothing changed: nothing to do"

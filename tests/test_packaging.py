@@ -148,6 +148,7 @@ def test_s6_services():
         assert os.access(S6 / script, os.X_OK), f"{script} is not executable"
     run = (S6 / "bark/run").read_text()
     assert "exec python3 -m wyoming_bark" in run and "--data-dir=/data" in run
+    assert '--voice="$(' in run, "--voice=VALUE: a voice starting with '-' is a value, not a flag"
     passed_as_flags = re.search(r"for option in ([\w ]+); do", run).group(1).split()
     flags = {action.dest for action in build_parser()._actions}
     for option in load(ADDON / "config.yaml")["schema"]:
@@ -179,6 +180,9 @@ def test_gpu_image_and_compose():
     assert "EXPOSE 10200" in dockerfile and 'VOLUME ["/data"]' in dockerfile
     assert re.search(r"^USER 1000", dockerfile, re.MULTILINE), "non-root"
     assert "wyoming_bark.health" in dockerfile and "BARK_ZEROCONF=1" in dockerfile
+    assert dockerfile.index("pip install -r") < dockerfile.index("COPY wyoming_bark"), (
+        "torch and the dependencies in a layer before the code: a code change must not download them again"
+    )
     compose = load(ROOT / "docker-compose.yml")["services"]["bark"]
     devices = compose["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]

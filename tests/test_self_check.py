@@ -286,7 +286,7 @@ def test_off_checks_nothing(fast, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it on a GPU machine)")
+@pytest.mark.cuda
 @pytest.mark.parametrize("index", [0, 1])
 def test_on_cuda_the_strict_self_check_passes_in_half_precision(tiny_model, tmp_path, index):
     """The GPU path as served: float16, graphs captured and compared, the device made current in

@@ -29,7 +29,7 @@ from .contract import SENTENCE_TURN, HealthCheckResult, TtsEngine
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled, SamplingSettings
 from .fast.batch import Scheduler
-from .fast.program import NonFiniteLogits, Program
+from .fast.program import NonFiniteLogits, Program, random_seed
 from .hub import LoadedBark, load_bark
 from .length_cap import DEFAULT_RATIO, SEMANTIC_RATE_HZ, max_semantic_tokens
 from .voices import Prompt, Voice, VoiceLibrary
@@ -321,6 +321,7 @@ class BarkEngine(TtsEngine):
             "running": scheduler.running,
             "waiting": scheduler.waiting,
             **scheduler.classes(),  # waited for now, or made ahead
+            "preempted": scheduler.preempted,
             "steps": scheduler.steps,
             "mean_size": round(scheduler.batched_tokens / max(scheduler.steps, 1), 2),
             "ms_per_step": round(1000 * scheduler.busy_s / max(scheduler.steps, 1), 2),
@@ -390,10 +391,15 @@ class BarkEngine(TtsEngine):
         )
         cancel = threading.Event()
         seed = self.settings.seed_for(voice.name)
+        if seed is None:  # drawn now, so that the sentence can start again exactly (a preemption)
+            seed = random_seed()
         sampling = self.settings.sampling
         limit = max_semantic_tokens(sentence, self.settings.max_speech_ratio, sampling.max_semantic_tokens)
         sampling = dataclasses.replace(sampling, max_semantic_tokens=limit)
-        program = self._program(bark, sentence, prompt, sampling, seed, cancel)
+
+        def program() -> Program:
+            return self._program(bark, sentence, prompt, sampling, seed, cancel)
+
         if self._scheduler is None:
             self._scheduler = Scheduler(bark.core)
         started, samples = time.monotonic(), 0
@@ -402,7 +408,7 @@ class BarkEngine(TtsEngine):
         try:
             turn = SENTENCE_TURN.get()
             urgent, client = (turn.now, turn.client) if turn is not None else (None, None)
-            async for audio in self._scheduler.stream(program, cancel, urgent, client):
+            async for audio in self._scheduler.stream(program(), cancel, urgent, client, restart=program):
                 samples += len(audio)
                 self.audio_seconds += len(audio) / SAMPLE_RATE
                 yield audio

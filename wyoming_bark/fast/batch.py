@@ -62,6 +62,9 @@ class Job:
     # Set: a listener waits for this sentence now; clear: it is made ahead (see Scheduler._admit).
     urgent: threading.Event = field(default_factory=lambda: _NOW)
     client: object = None  # whose sentence: equals are served round-robin by client
+    restart: Callable[[], Program] | None = None  # the program anew, exactly (see Scheduler._preempt)
+    released: bool = False  # it has released audio (then it cannot start again unheard)
+    admitted: int = 0  # when it last got a row
 
 
 class _Releaser:
@@ -153,6 +156,8 @@ class Scheduler:
         device = core.device
         self._releaser = _Releaser(device, name)
         self.steps = 0  # batched decode iterations, for status
+        self.preempted = 0  # sentences made ahead that gave their row to one waited for now
+        self._compute_bound = device is None or device.type != "cuda"  # see _to_answer
         self.batched_tokens = 0
         self.busy_s = 0.0  # wall time of iterations that decoded, for status (ms per iteration)
         if device is not None and device.type == "cuda":
@@ -168,10 +173,12 @@ class Scheduler:
         cancel: threading.Event,
         urgent: threading.Event | None = None,
         client: object = None,
+        restart: Callable[[], Program] | None = None,
     ) -> AsyncIterator[np.ndarray]:
         """Run ``program`` as a job and yield its audio pieces on the calling event loop.
 
-        ``urgent`` (unset: made ahead) and ``client`` order it among waiting jobs (``_admit``).
+        ``urgent`` (unset: made ahead) and ``client`` order it among waiting jobs (``_admit``);
+        ``restart`` makes the same program anew, so that it can give its row up (``_preempt``).
         Raises what ended the program (``Cancelled`` once ``cancel`` is set); a caller that stops
         iterating early cancels it."""
         loop = asyncio.get_running_loop()
@@ -181,7 +188,7 @@ class Scheduler:
             with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
                 loop.call_soon_threadsafe(items.put_nowait, item)
 
-        self.submit(Job(program, emit, cancel, urgent=urgent or _NOW, client=client))
+        self.submit(Job(program, emit, cancel, urgent=urgent or _NOW, client=client, restart=restart))
         finished = False
         try:
             while (item := await items.get()) is not DONE:
@@ -246,8 +253,9 @@ class Scheduler:
                 try:
                     started = time.perf_counter()
                     for job in list(self._running):
-                        self._advance(job)
-                    if self._answer([job for job in self._running if job.op is not None]):
+                        if job.op is None:  # answered (or new): on to its next request
+                            self._advance(job)
+                    if self._answer(self._to_answer()):
                         self.busy_s += time.perf_counter() - started
                 except Exception as err:  # a bug here must not leave listeners hanging
                     _LOGGER.exception("Scheduler iteration failed; failing the sentences it ran")
@@ -275,14 +283,50 @@ class Scheduler:
         return job
 
     def _admit(self) -> None:
-        while self._waiting and self._free:
+        while self._waiting and (self._free or self._preempt()):
             job = self._next()
             if job.cancel.is_set():
                 job.program.close()
                 self._releaser.put(job, Cancelled())
                 continue
             job.row = heapq.heappop(self._free)
+            job.admitted = self._admissions
             self._running.append(job)
+
+    def _to_answer(self) -> list[Job]:
+        """The jobs whose requests this iteration answers. On a CPU every row costs compute, so
+        while somebody waits for a sentence now, sentences other clients make ahead pause (their
+        requests wait); a client's own look-ahead goes on beside its own waited-for sentence (the
+        trade-off ``--lookahead`` chooses). On a GPU a step costs about the same for 1 row or 8,
+        and all go."""
+        asking = [job for job in self._running if job.op is not None]
+        if not self._compute_bound:
+            return asking
+        waited_for = {id(job.client) for job in asking if job.urgent.is_set()}
+        return [job for job in asking if job.urgent.is_set() or not waited_for - {id(job.client)}]
+
+    def _preempt(self) -> bool:
+        """Free a row for a sentence a listener waits for now, if every row is taken: the sentence
+        made ahead that started last, and has released no audio yet, starts again later from its
+        beginning (its program made anew with the same seed: the same tokens). False if none can."""
+        if not any(job.urgent.is_set() for job in self._waiting):
+            return False
+        movable = [
+            job
+            for job in self._running
+            if not job.urgent.is_set() and job.restart is not None and not job.released
+        ]
+        if not movable:
+            return False
+        job = max(movable, key=lambda job: job.admitted)
+        job.program.close()
+        job.program, job.op, job.answer, job.error = job.restart(), None, None, None
+        self._running.remove(job)
+        heapq.heappush(self._free, job.row)
+        job.row = -1
+        self._waiting.appendleft(job)
+        self.preempted += 1
+        return True
 
     def _advance(self, job: Job) -> None:
         """Run ``job``'s program until it asks the models for something, ends or fails."""
@@ -305,6 +349,7 @@ class Scheduler:
                 return
             job.answer = None
             if isinstance(op, Audio):
+                job.released = True
                 self._releaser.put(job, op)
                 continue
             job.op = op
