@@ -25,7 +25,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SEED, SEMANTIC_TOKENS, assert_stream, describe, status, synthesize, torch_version
+from helpers import (
+    SEED,
+    SEMANTIC_TOKENS,
+    assert_stream,
+    describe,
+    eventually,
+    status,
+    synthesize,
+    torch_version,
+)
 from tiny_bark import place_in_hub_cache
 from wyoming.info import Info
 
@@ -228,7 +237,11 @@ async def test_gpu_image_honours_its_environment(gpu_image, tiny_model, tmp_path
         assert state["model"] == "suno/bark-small" and state["loaded"] and state["device"] == "cpu"
         assert state["default_voice"] == "v2/de_speaker_3" and state["batch"]["max"] == 2
         assert "healthy: bark" in health_check(gpu_image, name)
-        assert "bark-image-test._wyoming._tcp.local." in logs(name), "BARK_ZEROCONF names the announcement"
+
+        async def announced() -> bool:  # the server asks the network for its name for 3 s first
+            return "bark-image-test._wyoming._tcp.local." in logs(name)
+
+        await eventually(announced, what="the announcement BARK_ZEROCONF names")
         user = docker("exec", name, "id", "-u").stdout.strip()
         assert user == "1000", "the server does not run as root"
 

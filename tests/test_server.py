@@ -197,7 +197,7 @@ async def test_no_streaming_flag(server_factory, tiny_model):
     "model, expected",
     [
         ("/nonexistent/bark", "--model"),
-        ("suno/bark-small", "--model with the directory of that copy"),
+        ("suno/bark-small", "--model with that folder"),
     ],
 )
 @pytest.mark.slow
