@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wyoming_bark.bench_stream import playback
+from wyoming_bark.bench.stream import playback
 
 SECOND = 24_000  # samples
 

@@ -291,7 +291,7 @@ def test_codec_prefix_decodes_exactly():
     """What streaming relies on: EnCodec's 24 kHz decoder is causal, a prefix decodes to a prefix."""
     from transformers import BarkModel
 
-    from wyoming_bark.fast.random_bark import bark_config, fill_codebooks
+    from wyoming_bark.bench.random_bark import bark_config, fill_codebooks
 
     torch.manual_seed(0)
     model = BarkModel(bark_config(1, 16, 2)).eval()  # the real EnCodec 24 kHz architecture

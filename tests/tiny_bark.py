@@ -97,7 +97,7 @@ def build_tiny_bark(
     import torch
     from transformers import BarkModel
 
-    from wyoming_bark.fast.random_bark import bark_config, fill_codebooks
+    from wyoming_bark.bench.random_bark import bark_config, fill_codebooks
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

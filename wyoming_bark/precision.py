@@ -4,11 +4,8 @@ On a CPU a decode step reads every weight of a 12- or 24-layer GPT, so it is bou
 bandwidth; int8 weights read a quarter of the bytes of float32. The three GPTs' linear layers are
 quantized after transformers has loaded the weights (the loader stays transformers'), with
 int8 weights (one scale per tensor) and activations quantized per call (PyTorch's dynamic
-quantization, whose int8 kernels need no compiler). One scale per output channel was measured
-too (bark-small, random weights): same speed, the quality gate mixed (median logit difference
-7 % lower, fine codes equal 71 % -> 57 %), so the default stays until real weights can decide. EnCodec stays in float32. Measured on a 2-core x86-64 VM,
-bark-small, semantic decode step at context 500: float32 25.1 ms, this int8 6.9 ms; torchao's
-int8 was 29.6 ms eager and 10.4 ms compiled (43 s of compiling per shape), so it is not used.
+quantization, whose int8 kernels need no compiler). EnCodec stays in float32. What was measured
+(one scale per output channel, torchao, float32) is in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -184,8 +184,8 @@ class BatchedStep:
     integers such as seed and draw counter) and ``floats`` (temperature, ...). ``head(logits, ints,
     floats)`` turns the last logits into the next tokens (masks, EOS rule, sampling) so that it is
     captured too. On CUDA one graph per bucket of ``BUCKETS`` is captured over the first ``b``
-    rows: a 24-layer step is one launch instead of hundreds (8 ms -> 1.5 ms), and eight streams
-    cost little more than one. On the CPU the same code runs eagerly.
+    rows: a 24-layer step is one launch instead of hundreds, and eight streams cost little more
+    than one (docs/performance.md). On the CPU the same code runs eagerly.
 
     A step's output is ``(packed, logits)``: ``packed`` (2, b) holds each row's next token and
     whether its logits were all finite (the guard costs one small kernel inside the graph), and

@@ -18,10 +18,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .bench_stream import stream_answer
-from .contract import TtsEngine
-from .fast import FastBark, SamplingSettings
-from .fast.random_bark import SEMANTIC_HZ, random_inputs
+from ..contract import TtsEngine
+from ..fast import FastBark, SamplingSettings
+from .random_bark import SEMANTIC_HZ, random_inputs
+from .stream import stream_answer
 
 SAMPLE_RATE = TtsEngine.sample_rate
 T = TypeVar("T")
@@ -45,11 +45,11 @@ async def _serve(
     from transformers import BertTokenizerFast
     from wyoming.server import AsyncTcpServer
 
-    from .engine import BarkEngine, GenerationSettings
-    from .handler import BarkEventHandler
-    from .hub import LoadedBark
-    from .self_check import prepare
-    from .voices import VoiceLibrary
+    from ..engine import BarkEngine, GenerationSettings
+    from ..handler import BarkEventHandler
+    from ..hub import LoadedBark
+    from ..self_check import prepare
+    from ..voices import VoiceLibrary
 
     model, precision = served
     _, _, history = random_inputs(torch.device("cpu"))

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from . import precision as precisions
-from .bench_precision import at_precision, compare_precisions
-from .bench_server import on_own_thread, serve_and_measure
-from .contract import TtsEngine
-from .fast import FastBark, SamplingSettings
-from .fast.random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs
-from .self_check import MODES as SELF_CHECK_MODES
+from .. import precision as precisions
+from ..contract import TtsEngine
+from ..fast import FastBark, SamplingSettings
+from ..self_check import MODES as SELF_CHECK_MODES
+from .precision import at_precision, compare_precisions
+from .random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs
+from .server import on_own_thread, serve_and_measure
 
 SAMPLE_RATE = TtsEngine.sample_rate
 
@@ -107,7 +107,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         if serial.first_audio or serial.clients or serial.stream_sentences:
             result["server_serial"] = asyncio.run(serve_and_measure(served, device, serial, "off", 1))
         if device.type == "cuda" and args.clients:  # as shipped, but with Python's default GIL switching
-            from .fast import batch
+            from ..fast import batch
 
             shipped, batch.GIL_SWITCH_S = batch.GIL_SWITCH_S, 0.005
             sys.setswitchinterval(0.005)
@@ -136,7 +136,7 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
     def load_core() -> FastBark:
         import tempfile
 
-        from .self_check import prepare
+        from ..self_check import prepare
 
         with tempfile.TemporaryDirectory() as markers:
             outcome = prepare(FastBark(ours_model), args.self_check, Path(markers), f"random {args.arch}")

@@ -17,7 +17,7 @@ from wyoming.audio import AudioChunk
 from wyoming.client import AsyncClient
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop
 
-from .contract import TtsEngine
+from ..contract import TtsEngine
 
 FIRST_CHUNK = 64  # characters in Home Assistant's first chunk
 DELTA = 4  # characters per later delta

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-from . import precision as precisions
-from .fast import FastBark
-from .fast.check import compare_models
+from .. import precision as precisions
+from ..fast import FastBark
+from ..fast.check import compare_models
 
 
 def at_precision(model, name: str, device: torch.device):
