@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -101,22 +100,22 @@ def model_directory(model: str, data_dir: Path) -> Path:
             )
         return path
 
+    import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     cache_dir = data_dir / "models"
     try:
         _LOGGER.info("Fetching %s into %s (first run downloads it)", model, cache_dir)
-        with progress_lines(model, cache_dir / ("models--" + model.replace("/", "--"))):
+        with progress_lines(model, _cached_repo(model, cache_dir)):
             path = _snapshot(model, cache_dir)
     except RepositoryNotFoundError as err:
         raise ModelLoadError(
             f"Model '{model}' was not found on the Hugging Face hub. Use suno/bark-small or suno/bark."
         ) from err
     except (LocalEntryNotFoundError, OSError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         why = (
             "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it for the first run"
-            if offline
+            if huggingface_hub.is_offline_mode()  # read as huggingface_hub reads it
             else "the Hugging Face hub cannot be reached: connect this machine to the internet for "
             "the first run"
         )
@@ -125,6 +124,11 @@ def model_directory(model: str, data_dir: Path) -> Path:
             "files to a folder and pass --model with that folder."
         ) from err
     return path
+
+
+def _cached_repo(model: str, cache_dir: Path) -> Path:
+    """Where huggingface_hub caches hub repo ``model`` under ``cache_dir``."""
+    return cache_dir / ("models--" + model.replace("/", "--"))
 
 
 def _snapshot(model: str, cache_dir: Path) -> Path:
@@ -182,7 +186,7 @@ def pending_download(model: str, data_dir: Path) -> str | None:
     """What the first load will download, if ``model`` is a hub id not in the cache yet."""
     if _is_local(model) or model.count("/") != 1:
         return None
-    repo = data_dir / "models" / ("models--" + model.replace("/", "--"))
+    repo = _cached_repo(model, data_dir / "models")
     if (repo / "snapshots").is_dir() and any((repo / "snapshots").iterdir()):
         return None
     return f"{model} ({DOWNLOAD_SIZES.get(model, 'size unknown')})"
