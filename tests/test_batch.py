@@ -18,6 +18,7 @@ from wyoming_bark.fast.batch import DONE, Job, Scheduler
 from wyoming_bark.fast.model import BatchedStep
 from wyoming_bark.fast.program import FINE_DRAWS, Audio, reply, requests
 from wyoming_bark.fast.semantic import SemanticStage
+from wyoming_bark.fast.stages import coarse_tokens, fine_tokens, generate, semantic_tokens
 from wyoming_bark.voices import VoiceLibrary
 
 SETTINGS = SamplingSettings(max_semantic_tokens=60, allow_early_stop=False)
@@ -67,8 +68,8 @@ def request(processor, fast, voices, n: int, stream: bool):
 
 def solo(fast, args, seed, stream) -> np.ndarray:
     if stream:
-        return np.concatenate(list(fast.solo(fast.speech(*args, seed=seed, stream=True))))
-    return fast.generate(*args, seed=seed)
+        return np.concatenate(list(fast.solo(fast.speech(*args, seed=seed, in_pieces=True))))
+    return generate(fast, *args, seed=seed)
 
 
 def test_batched_sentences_match_their_solo_runs(batched):
@@ -81,7 +82,7 @@ def test_batched_sentences_match_their_solo_runs(batched):
     try:
         for args, seed, stream in requests:
             listeners.append(Listener())
-            scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), listeners[-1]))
+            scheduler.enqueue(Job(fast.speech(*args, seed=seed, in_pieces=stream), listeners[-1]))
         assert scheduler.waiting + scheduler.running == 5
         outputs = [listener.audio() for listener in listeners]
         assert scheduler.batched_tokens > scheduler.steps, "steps were shared between sentences"
@@ -104,8 +105,8 @@ def test_a_cancelled_sentence_leaves_the_others_intact(batched):
     try:
         for args, seed, stream in requests:
             listeners.append(Listener())
-            jobs.append(Job(fast.speech(*args, seed=seed, stream=stream), listeners[-1]))
-            scheduler.submit(jobs[-1])
+            jobs.append(Job(fast.speech(*args, seed=seed, in_pieces=stream), listeners[-1]))
+            scheduler.enqueue(jobs[-1])
         assert listeners[1].first.wait(120)
         jobs[1].cancel.set()  # the listener went away in the middle of the batch
         assert listeners[1].done.wait(120) and isinstance(listeners[1].outcome, Cancelled)
@@ -115,7 +116,7 @@ def test_a_cancelled_sentence_leaves_the_others_intact(batched):
         # its row is free again: a new sentence runs in it
         late = Listener()
         args, seed, stream = requests[1]
-        scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), late))
+        scheduler.enqueue(Job(fast.speech(*args, seed=seed, in_pieces=stream), late))
         np.testing.assert_allclose(late.audio(), solo(fast, args, seed, stream), atol=1e-4)
     finally:
         scheduler.close()
@@ -133,9 +134,9 @@ def test_a_failing_program_fails_alone(batched):
     scheduler = Scheduler(fast)
     try:
         bad, good = Listener(), Listener()
-        scheduler.submit(Job(broken(), bad))
+        scheduler.enqueue(Job(broken(), bad))
         args, seed, stream = request(processor, fast, voices, 1, False)
-        scheduler.submit(Job(fast.speech(*args, seed=seed), good))
+        scheduler.enqueue(Job(fast.speech(*args, seed=seed), good))
         assert bad.done.wait(120) and isinstance(bad.outcome, ValueError)
         np.testing.assert_allclose(good.audio(), solo(fast, args, seed, stream), atol=1e-4)
     finally:
@@ -145,7 +146,7 @@ def test_a_failing_program_fails_alone(batched):
 def test_seeds_decide_the_audio_not_the_batch(batched):
     processor, fast, voices = batched
     args, _, _ = request(processor, fast, voices, 1, False)
-    a, b, c = (fast.generate(*args, seed=seed) for seed in (7, 7, 8))
+    a, b, c = (generate(fast, *args, seed=seed) for seed in (7, 7, 8))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
 
@@ -163,7 +164,7 @@ def test_cpu_steps_attend_only_as_far_as_the_furthest_row(batched, monkeypatch):
             lambda b, span=None, real=real, name=name: spans.append((name, span)) or real(b, span),
         )
     args, seed, _ = request(processor, fast, voices, 1, False)
-    fast.generate(*args, seed=seed)
+    generate(fast, *args, seed=seed)
     assert {name for name, _ in spans} == {"semantic", "coarse"}
     full = fast.steps["semantic"].gpt.scratch + 1
     assert all(span is not None and span % 128 == 0 or span == full for _, span in spans)
@@ -196,7 +197,7 @@ def test_a_graph_capture_failure_falls_back_to_eager_steps(batched, monkeypatch,
     assert "No CUDA graph for the semantic model" in caplog.text and "semantic runs eagerly" in caplog.text
     assert all(not step.graphs for step in fast.steps.values())
     args, seed, _ = request(processor, fast, voices, 2, False)
-    assert len(fast.generate(*args, seed=seed)) == samples_for(60, fast.hop)
+    assert len(generate(fast, *args, seed=seed)) == samples_for(60, fast.hop)
 
 
 def test_coarse_windows_start_while_semantic_tokens_still_come(batched):
@@ -220,9 +221,9 @@ def test_coarse_windows_start_while_semantic_tokens_still_come(batched):
             overlapped += {one.gpt for one in requests(op)} == {"semantic", "coarse"}
             answer = reply(op, fast.run([(0, one) for one in requests(op)]))
     assert overlapped >= 60, "at least one whole coarse window ran beside the semantic stage"
-    semantic = fast.semantic_tokens(*args, seed=5)
-    coarse = fast.coarse_tokens(semantic, voices[0], s, seed=5)
-    fine = fast.fine_tokens(coarse, voices[0], s, seed=5, draw=FINE_DRAWS)
+    semantic = semantic_tokens(fast, *args, seed=5)
+    coarse = coarse_tokens(fast, semantic, voices[0], s, seed=5)
+    fine = fine_tokens(fast, coarse, voices[0], s, seed=5, draw=FINE_DRAWS)
     np.testing.assert_allclose(np.concatenate(pieces), fast.decode(fine), atol=1e-5)
 
 
@@ -232,7 +233,7 @@ def test_closing_the_scheduler_answers_every_listener(batched):
     listeners = [Listener() for _ in range(5)]  # three running, two waiting for a row
     for n, listener in enumerate(listeners):
         args, seed, _ = request(processor, fast, voices, n, False)
-        scheduler.submit(Job(fast.speech(*args, seed=seed), listener))
+        scheduler.enqueue(Job(fast.speech(*args, seed=seed), listener))
     scheduler.close()
     scheduler.join(60)
     for listener in listeners:
@@ -246,11 +247,11 @@ def test_an_unexpected_scheduler_error_fails_the_batch_not_the_thread(batched, m
         monkeypatch.setattr(Scheduler, "_answer", lambda self, jobs: 1 / 0)
         broken = Listener()
         args, seed, _ = request(processor, fast, voices, 0, False)
-        scheduler.submit(Job(fast.speech(*args, seed=seed), broken))
+        scheduler.enqueue(Job(fast.speech(*args, seed=seed), broken))
         assert broken.done.wait(60) and isinstance(broken.outcome, ZeroDivisionError)
         monkeypatch.undo()
         fine = Listener()
-        scheduler.submit(Job(fast.speech(*args, seed=seed), fine))
+        scheduler.enqueue(Job(fast.speech(*args, seed=seed), fine))
         np.testing.assert_allclose(fine.audio(), solo(fast, args, seed, False), atol=1e-4)
         assert scheduler.running == 0
     finally:
@@ -310,7 +311,7 @@ def test_on_cuda_batched_graph_steps_match_solo_runs(tiny_model, tmp_path):
     try:
         listeners = [Listener() for _ in requests]
         for (args, seed, stream), listener in zip(requests, listeners):
-            scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), listener))
+            scheduler.enqueue(Job(fast.speech(*args, seed=seed, in_pieces=stream), listener))
         for (args, seed, stream), listener in zip(requests, listeners):
             np.testing.assert_allclose(listener.audio(), solo(fast, args, seed, stream), atol=1e-3)
     finally:
@@ -339,10 +340,10 @@ def test_audio_that_cannot_be_made_ends_its_sentence_only(batched):
 
     scheduler = Scheduler(fast)
     try:
-        scheduler.submit(Job(program(), listener))
+        scheduler.enqueue(Job(program(), listener))
         args, seed, stream = request(processor, fast, voices, 1, True)
         good = Listener()
-        scheduler.submit(Job(fast.speech(*args, seed=seed, stream=stream), good))
+        scheduler.enqueue(Job(fast.speech(*args, seed=seed, in_pieces=stream), good))
         np.testing.assert_allclose(good.audio(), solo(fast, args, seed, stream), atol=1e-4)
         assert stopped.wait(60)
         for _ in range(100):
@@ -364,7 +365,7 @@ def test_a_sentence_cancelled_while_waiting_for_a_row_hears_so(batched):
         for n, listener in enumerate(listeners):
             args, seed, _ = request(processor, fast, voices, n, False)
             jobs.append(Job(fast.speech(*args, seed=seed), listener))
-            scheduler.submit(jobs[-1])
+            scheduler.enqueue(jobs[-1])
         jobs[3].cancel.set()
         assert listeners[3].done.wait(60) and isinstance(listeners[3].outcome, Cancelled)
         assert not listeners[3].pieces
@@ -392,7 +393,7 @@ def test_cancel_after_the_program_ended_but_before_its_audio_went_out_is_heard(b
     try:
         listener = Listener()
         job = Job(program(), listener)
-        scheduler.submit(job)
+        scheduler.enqueue(job)
         assert making.wait(30), "the program has ended; its audio is being made"
         job.cancel.set()
         release.set()
@@ -427,9 +428,9 @@ def test_one_row_failing_inside_a_batched_step_fails_only_its_sentence(batched):
     try:
         listeners = [Listener() for _ in range(3)]
         (args0, seed0, _), (args1, seed1, _) = healthy
-        scheduler.submit(Job(fast.speech(*args0, seed=seed0), listeners[0]))
-        scheduler.submit(Job(_poisoned(fast.speech(*args1, seed=seed1)), listeners[1]))
-        scheduler.submit(Job(fast.speech(*args1, seed=seed1), listeners[2]))
+        scheduler.enqueue(Job(fast.speech(*args0, seed=seed0), listeners[0]))
+        scheduler.enqueue(Job(_poisoned(fast.speech(*args1, seed=seed1)), listeners[1]))
+        scheduler.enqueue(Job(fast.speech(*args1, seed=seed1), listeners[2]))
         assert listeners[1].done.wait(120)
         assert isinstance(listeners[1].outcome, Exception), "the poisoned sentence fails"
         outputs = [listeners[0].audio(), listeners[2].audio()]
@@ -468,7 +469,7 @@ def test_a_sentence_waited_for_now_goes_before_those_made_ahead(batched):
         listeners = []
         for name, n_tokens in (("run1", 10), ("run2", 40), ("run3", 70)):
             submitted, listener = job(name, n_tokens, False, ahead_client)
-            scheduler.submit(submitted)
+            scheduler.enqueue(submitted)
             listeners.append(listener)
         while scheduler.running < 3:  # the three hold the rows before anything else comes
             time.sleep(0.001)
@@ -478,10 +479,10 @@ def test_a_sentence_waited_for_now_goes_before_those_made_ahead(batched):
             ("ahead-b1", other_client),
         ):
             submitted, listener = job(name, 10, False, client)
-            scheduler.submit(submitted)
+            scheduler.enqueue(submitted)
             listeners.append(listener)
         submitted, listener = job("now", 10, True, waiting_client)
-        scheduler.submit(submitted)
+        scheduler.enqueue(submitted)
         listeners.append(listener)
         classes = scheduler.classes()
         assert classes["waiting_now"] == 1 and classes["waiting_ahead"] + classes["running_ahead"] >= 5
@@ -512,7 +513,7 @@ def test_a_sentence_waited_for_now_takes_a_row_from_one_made_ahead_which_starts_
         listeners = {}
         for name, seed in (("ahead1", 1), ("ahead2", 2), ("ahead3", 3)):
             listeners[name] = Listener()
-            scheduler.submit(
+            scheduler.enqueue(
                 Job(
                     program(name, seed),
                     listeners[name],
@@ -523,7 +524,7 @@ def test_a_sentence_waited_for_now_takes_a_row_from_one_made_ahead_which_starts_
         while scheduler.running < 3:
             time.sleep(0.001)
         listeners["now"] = Listener()
-        scheduler.submit(Job(program("now", 4), listeners["now"]))
+        scheduler.enqueue(Job(program("now", 4), listeners["now"]))
         audio = {name: listener.audio() for name, listener in listeners.items()}
         assert scheduler.preempted == 1
     finally:
@@ -533,7 +534,7 @@ def test_a_sentence_waited_for_now_takes_a_row_from_one_made_ahead_which_starts_
     )
     for name, seed in (("ahead3", 3), ("now", 4)):
         args = (inputs["input_ids"], inputs["attention_mask"], None, settings)
-        np.testing.assert_array_equal(audio[name], fast.generate(*args, seed=seed))
+        np.testing.assert_array_equal(audio[name], generate(fast, *args, seed=seed))
 
 
 def _counting(program, counts: dict, name: str):
@@ -568,11 +569,11 @@ def test_on_a_cpu_other_clients_look_ahead_pauses_while_somebody_waits(batched):
         other = object()
         ahead = [Listener(), Listener()]
         for name, listener in zip(("ahead1", "ahead2"), ahead):
-            scheduler.submit(Job(program(name, 200), listener, urgent=threading.Event(), client=other))
+            scheduler.enqueue(Job(program(name, 200), listener, urgent=threading.Event(), client=other))
         while min(counts["ahead1"], counts["ahead2"]) < 5:
             time.sleep(0.001)
         now = Listener()
-        scheduler.submit(Job(program("now", 20), now, client=object()))
+        scheduler.enqueue(Job(program("now", 20), now, client=object()))
         while counts["now"] == 0:
             time.sleep(0.0005)
         before = dict(counts)

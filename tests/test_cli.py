@@ -8,6 +8,7 @@ from wyoming_bark.__main__ import build_engine
 from wyoming_bark.cli import build_parser, parse_args
 from wyoming_bark.discovery import default_service_name
 from wyoming_bark.errors import TtsError
+from wyoming_bark.settings import Settings
 
 
 def test_defaults_serve_home_assistant(monkeypatch):
@@ -25,9 +26,9 @@ def test_defaults_serve_home_assistant(monkeypatch):
 
 
 def engine_self_check(args) -> str:
-    engine = build_engine(args)
+    engine = build_engine(Settings.from_args(args))
     try:
-        return engine.self_check
+        return engine.settings.model.self_check
     finally:
         engine.close()
 
@@ -104,7 +105,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "flags beat the environment"
     )
     assert args.language_voices == {"fr": "v2/fr_speaker_4", "en-US": "announcer"}
-    engine = build_engine(args)
+    engine = build_engine(Settings.from_args(args))
     assert engine.voices.voices_dir == tmp_path / "v" and engine.default_voice.name == "v2/de_speaker_2"
     defaults = engine.voices.defaults
     assert (defaults["de"], defaults["fr"], defaults["en"]) == (
@@ -160,7 +161,7 @@ def test_zeroconf_flag(monkeypatch, env, argv, expected):
 def test_language_voices_are_checked_at_start(value, message, tmp_path):
     args = build_parser().parse_args(["--language-voices", value, "--data-dir", str(tmp_path)])
     with pytest.raises(TtsError, match=message):
-        build_engine(args)
+        build_engine(Settings.from_args(args))
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,7 @@ def test_the_file_takes_every_flag_with_the_flags_own_types():
     """One definition per setting: the file's keys come from the command line's definitions."""
     from wyoming_bark.cli import build_parser
     from wyoming_bark.config import flag_keys
-    from wyoming_bark.hub import CORES
+    from wyoming_bark.loader import CORES
     from wyoming_bark.self_check import MODES
 
     keys = flag_keys(build_parser())

@@ -13,31 +13,31 @@ from helpers import SAMPLES_PER_SENTENCE
 
 from wyoming_bark.cache import HEADER
 from wyoming_bark.contract import ENGINES, HealthCheckResult, TtsEngine, create_engine
-from wyoming_bark.engine import BarkEngine, GenerationSettings
+from wyoming_bark.engine import BarkEngine
 from wyoming_bark.errors import ModelLoadError, SynthesisCancelled, UnknownVoice
 from wyoming_bark.fast import SamplingSettings
-from wyoming_bark.voices import VoiceLibrary
+from wyoming_bark.settings import EngineSettings, GenerationSettings, ModelSettings
 
 BYTES_PER_SENTENCE = 2 * SAMPLES_PER_SENTENCE
 
 
 def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
-    cache_mb = settings.pop("cache_size_mb", None)
-    max_batch = settings.pop("max_batch", 8)
-    lookahead = settings.pop("lookahead", None)
-    voices = settings.pop("voices", VoiceLibrary(None))
+    engine = {
+        key: settings.pop(key) for key in ("cache_size_mb", "lookahead", "voices_dir") if key in settings
+    }
     return create_engine(
         "bark",
-        model=str(model),
-        data_dir=data_dir,
-        device="cpu",
-        voices=voices,
-        default_voice="v2/en_speaker_6",
-        settings=GenerationSettings(SamplingSettings(max_semantic_tokens=20), **settings),
-        cache_size_mb=cache_mb,
-        max_batch=max_batch,
-        lookahead=lookahead,
-        precision="fp32",  # exact: a seeded sentence is the same in any batch (int8: test_precision)
+        settings=EngineSettings(
+            model=ModelSettings(
+                model=str(model),
+                data_dir=data_dir,
+                device="cpu",
+                max_batch=settings.pop("max_batch", 8),
+                precision="fp32",  # exact: a seeded sentence is the same in any batch (int8: test_precision)
+            ),
+            generation=GenerationSettings(sampling=SamplingSettings(max_semantic_tokens=20), **settings),
+            **engine,
+        ),
     )
 
 
@@ -59,7 +59,7 @@ def test_registry():
         name = "echo-test"
 
         def resolve_voice(self, name): ...
-        def speak_sentence(self, sentence, voice=None): ...
+        def start_sentence(self, sentence, voice, turn): ...
         def stop(self): ...
         async def health_check(self, synthesize=False): ...
         def get_status(self): ...
@@ -79,12 +79,33 @@ async def test_speak_and_streaming_buffering(engine):
         len(await collect(engine.speak("First one here. Second one here. Third one here.")))
         == 3 * BYTES_PER_SENTENCE
     )
-    assert await collect(engine.speak_streaming("The first sen")) == b"", "no boundary yet: nothing spoken"
-    first = await collect(engine.speak_streaming("tence ends. The sec"))
-    assert len(first) == BYTES_PER_SENTENCE, "a completed sentence is spoken at once"
-    assert await collect(engine.speak_streaming("ond runs on")) == b""
-    assert len(await collect(engine.flush())) == BYTES_PER_SENTENCE, "flush speaks the rest"
-    assert await collect(engine.flush()) == b"", "and ends the stream"
+    stream = engine.open_stream()
+    heard = bytearray()
+
+    async def listen() -> None:
+        async for pcm in stream.audio():
+            heard.extend(pcm)
+
+    listener = asyncio.create_task(listen())
+    stream.add("The first sen")
+    await asyncio.sleep(0.5)
+    assert not heard and stream.idle, "no boundary yet: nothing started"
+    stream.add("tence ends. The sec")
+    await eventually_true(lambda: len(heard) == BYTES_PER_SENTENCE)  # spoken before the text ends
+    stream.add("ond runs on")
+    await asyncio.sleep(0.5)
+    assert len(heard) == BYTES_PER_SENTENCE and stream.idle, "the rest waits for more text"
+    stream.close()
+    await asyncio.wait_for(listener, 60)
+    assert len(heard) == 2 * BYTES_PER_SENTENCE, "closing speaks the rest and ends the stream"
+
+
+async def eventually_true(check, timeout: float = 60.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
 
 
 async def test_on_a_cpu_one_thread_computes(engine):
@@ -97,14 +118,21 @@ async def test_on_a_cpu_one_thread_computes(engine):
     assert not [name for name in names if name.startswith("bark-load") or name.endswith("-audio")], names
 
 
-async def test_run_on_text_starts_before_flush(engine):
-    stream = engine.open_stream("announcer")
-    spoken = b""
+async def test_run_on_text_starts_before_the_text_ends(engine):
+    stream = engine.open_stream(engine.resolve_voice("announcer"))
+    heard = bytearray()
+
+    async def listen() -> None:
+        async for pcm in stream.audio():
+            heard.extend(pcm)
+
+    listener = asyncio.create_task(listen())
     for i in range(80):  # ~480 characters without a sentence end
-        spoken += await collect(stream.speak_streaming(f"word{i} "))
-    assert len(spoken) >= 2 * BYTES_PER_SENTENCE, "the minimum buffer was reached twice"
-    rest = await collect(stream.flush())
-    assert len(rest) == BYTES_PER_SENTENCE
+        stream.add(f"word{i} ")
+    await eventually_true(lambda: len(heard) >= 2 * BYTES_PER_SENTENCE)  # the minimum buffer, twice
+    stream.close()
+    await asyncio.wait_for(listener, 60)
+    assert len(heard) == 3 * BYTES_PER_SENTENCE
 
 
 async def test_silence_between_sentences(tiny_model, tmp_path):
@@ -120,7 +148,7 @@ async def test_stop_mid_synthesis(engine):
 
     task = asyncio.create_task(consume())
     for _ in range(200):
-        if engine.sentences >= 1 and engine.pending:
+        if engine.sentences >= 1 and engine.get_status()["sentences_pending"]:
             break
         await asyncio.sleep(0.01)
     engine.stop()
@@ -157,9 +185,7 @@ async def test_voices(engine, tmp_path):
     assert engine.set_voice("v2/fr_speaker_1") and engine.get_status()["default_voice"] == "v2/fr_speaker_1"
     assert not engine.set_voice("v9/xx") and engine.get_status()["default_voice"] == "v2/fr_speaker_1"
     with pytest.raises(UnknownVoice):
-        engine.open_stream("v9/xx")
-    with pytest.raises(UnknownVoice):
-        await collect(engine.speak("Hi.", "v9/xx"))
+        engine.resolve_voice("v9/xx")
 
 
 async def test_health(engine, tmp_path):
@@ -220,7 +246,7 @@ async def test_cache_hits_evicts_survives_and_heals(tiny_model, tmp_path):
 async def test_cache_key_covers_voice_and_settings(tiny_model, tmp_path):
     engine = make_engine(tiny_model, tmp_path, seed=2, cache_size_mb=5)
     await collect(engine.speak("Hello."))
-    await collect(engine.speak("Hello.", "announcer"))
+    await collect(engine.speak("Hello.", engine.resolve_voice("announcer")))
     assert engine.get_status()["cache_hits"] == 0, "another voice is another entry"
     other = make_engine(tiny_model, tmp_path, seed=3, cache_size_mb=5)
     await collect(other.speak("Hello."))
@@ -231,8 +257,8 @@ async def test_cache_key_covers_voice_and_settings(tiny_model, tmp_path):
 
 async def test_per_voice_seed(tiny_model, tmp_path):
     engine = make_engine(tiny_model, tmp_path, voice_seeds={"announcer": 5})
-    one = await collect(engine.speak("Attention please.", "announcer"))
-    two = await collect(engine.speak("Attention please.", "announcer"))
+    one = await collect(engine.speak("Attention please.", engine.resolve_voice("announcer")))
+    two = await collect(engine.speak("Attention please.", engine.resolve_voice("announcer")))
     assert one == two
     engine.close()
 

@@ -20,7 +20,8 @@ from transformers.models.bark.generation_configuration_bark import (
 
 from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.model import CausalGPT
-from wyoming_bark.fast.reference import suno_coarse_suppressed
+from wyoming_bark.fast.stages import coarse_tokens, fine_tokens, generate, semantic_tokens
+from wyoming_bark.fast.transformers_core import suno_coarse_suppressed
 from wyoming_bark.voices import VoiceLibrary
 
 GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
@@ -66,7 +67,7 @@ def test_stages_match_transformers_token_for_token(bark, voice):
             max_new_tokens=60,
             min_eos_p=0.05,
         )
-        semantic = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)
+        semantic = semantic_tokens(fast, inputs["input_ids"], inputs["attention_mask"], voice, s)
         assert len(semantic) == 60
         assert torch.equal(ref_semantic[0], semantic)
 
@@ -79,7 +80,7 @@ def test_stages_match_transformers_token_for_token(bark, voice):
             do_sample=False,
             suppress_tokens=suno_coarse_suppressed(model),  # transformers' own mask leaves ids open
         )
-        coarse = fast.coarse_tokens(semantic, voice, s)
+        coarse = coarse_tokens(fast, semantic, voice, s)
         assert coarse.shape == (2, samples_for(60, hop=1)), "two 60-step windows and a bit"
         assert torch.equal(torch.remainder(ref_coarse.view(-1, 2) - 10_000, 1024).T, coarse)
 
@@ -93,7 +94,7 @@ def test_stages_match_transformers_token_for_token(bark, voice):
             history_prompt=voice,
             temperature=1.0,
         )
-        fine = fast.fine_tokens(coarse, voice, s)
+        fine = fine_tokens(fast, coarse, voice, s)
         assert torch.equal(ref_fine[0].long(), fine.long())
 
         reference_audio = model.codec_decode(ref_fine)[0].numpy()
@@ -118,7 +119,7 @@ def test_full_length_generation_matches(bark, voice, with_voice):
             fine_temperature=1.0,
             coarse_suppress_tokens=suno_coarse_suppressed(model),
         )[0].numpy()
-    audio = fast.generate(inputs["input_ids"], inputs["attention_mask"], history, GREEDY)
+    audio = generate(fast, inputs["input_ids"], inputs["attention_mask"], history, GREEDY)
     assert len(audio) == len(reference) == samples_for(768)
     np.testing.assert_allclose(audio, reference, atol=1e-5)
 
@@ -130,9 +131,9 @@ def test_eos_rule_and_immediate_stop(bark, voice):
     s = SamplingSettings(
         text_temperature=None, waveform_temperature=None, fine_temperature=None, min_eos_p=1e-9
     )
-    semantic = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)
+    semantic = semantic_tokens(fast, inputs["input_ids"], inputs["attention_mask"], voice, s)
     assert len(semantic) == 0
-    audio = fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, s)
+    audio = generate(fast, inputs["input_ids"], inputs["attention_mask"], voice, s)
     assert audio.shape == (0,)
 
 
@@ -143,13 +144,13 @@ def test_sampling_is_seeded_and_in_range(bark, voice):
     runs = []
     for seed in (1, 1, 2):
         torch.manual_seed(seed)
-        semantic = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)
-        coarse = fast.coarse_tokens(semantic, voice, s)
+        semantic = semantic_tokens(fast, inputs["input_ids"], inputs["attention_mask"], voice, s)
+        coarse = coarse_tokens(fast, semantic, voice, s)
         runs.append((semantic, coarse))
         assert int(semantic.max()) < 10_000 and int(coarse.max()) < 1024 and int(coarse.min()) >= 0
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(runs[0][0], runs[2][0])
-    greedy = fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, GREEDY)
+    greedy = semantic_tokens(fast, inputs["input_ids"], inputs["attention_mask"], voice, GREEDY)
     assert not torch.equal(runs[0][0], greedy[:30]), "temperature sampling is not greedy"
 
 
@@ -157,7 +158,7 @@ def test_no_early_stop_gives_fixed_lengths(bark, voice):
     _, processor, fast = bark
     inputs = tokens(processor, "Benchmarks need fixed lengths.")
     s = SamplingSettings(min_eos_p=1e-9, max_semantic_tokens=25, allow_early_stop=False)
-    assert len(fast.semantic_tokens(inputs["input_ids"], inputs["attention_mask"], voice, s)) == 25
+    assert len(semantic_tokens(fast, inputs["input_ids"], inputs["attention_mask"], voice, s)) == 25
 
 
 def test_decode_steps_match_a_full_forward(bark):
@@ -193,7 +194,7 @@ def test_cancel_stops_generation(bark, voice):
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, SamplingSettings(), cancel)
+        generate(fast, inputs["input_ids"], inputs["attention_mask"], voice, SamplingSettings(), cancel)
 
 
 @pytest.mark.slow
@@ -276,9 +277,9 @@ def test_streamed_audio_matches_the_whole_sentence(bark, voice):
         text_temperature=None, waveform_temperature=None, fine_temperature=None, max_semantic_tokens=200
     )
     pieces = list(
-        fast.solo(fast.speech(inputs["input_ids"], inputs["attention_mask"], voice, s, stream=True))
+        fast.solo(fast.speech(inputs["input_ids"], inputs["attention_mask"], voice, s, in_pieces=True))
     )
-    whole = fast.generate(inputs["input_ids"], inputs["attention_mask"], voice, s)
+    whole = generate(fast, inputs["input_ids"], inputs["attention_mask"], voice, s)
     streamed = np.concatenate(pieces)
     assert len(pieces) >= 4 and all(len(piece) % fast.hop == 0 for piece in pieces)
     assert len(streamed) == len(whole) == samples_for(200, fast.hop)

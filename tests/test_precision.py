@@ -15,7 +15,9 @@ from wyoming_bark import precision
 from wyoming_bark.errors import ModelLoadError
 from wyoming_bark.fast import FastBark, SamplingSettings
 from wyoming_bark.fast.check import compare_models
-from wyoming_bark.hub import load_bark
+from wyoming_bark.fast.stages import generate
+from wyoming_bark.loader import load_bark
+from wyoming_bark.settings import ModelSettings
 
 # The gate int8 must pass on the tiny random model, teacher-forced against float32 on the same
 # weights (random logits are flat, so near-ties are common: real weights agree more).
@@ -64,17 +66,23 @@ def test_the_gate_fails_a_model_that_is_wrong(fp32_and_int8):
 
 
 def test_the_server_loads_int8_by_default_on_a_cpu_and_speaks(tiny_model, tmp_path):
-    loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)
+    loaded = load_bark(
+        ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2)
+    )
     assert loaded.precision == "int8"
     assert isinstance(loaded.model.semantic.lm_head, torch.ao.nn.quantized.dynamic.Linear)
     assert loaded.self_check.startswith("passed"), loaded.self_check
     ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(4))
     settings = SamplingSettings(max_semantic_tokens=SEMANTIC_TOKENS, allow_early_stop=False)
-    audio = loaded.core.generate(ids, torch.ones_like(ids), None, settings, seed=4)
+    audio = generate(loaded.core, ids, torch.ones_like(ids), None, settings, seed=4)
     assert np.isfinite(audio).all() and len(audio) == samples_for(SEMANTIC_TOKENS)
-    again = loaded.core.generate(ids, torch.ones_like(ids), None, settings, seed=4)
+    again = generate(loaded.core, ids, torch.ones_like(ids), None, settings, seed=4)
     np.testing.assert_array_equal(audio, again)  # seeded, alone both times: the same audio
-    exact = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2, precision="fp32")
+    exact = load_bark(
+        ModelSettings(
+            model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2, precision="fp32"
+        )
+    )
     assert exact.precision == "fp32" and isinstance(exact.model.semantic.lm_head, torch.nn.Linear)
 
 

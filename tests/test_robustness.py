@@ -34,10 +34,11 @@ from wyoming.event import Event, async_read_event
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from wyoming_bark.engine import BarkEngine, GenerationSettings, OutOfMemory
+from wyoming_bark.engine import BarkEngine, OutOfMemory
 from wyoming_bark.errors import ModelLoadError
 from wyoming_bark.fast import FastBark, SamplingSettings
 from wyoming_bark.hub import model_directory
+from wyoming_bark.settings import EngineSettings, GenerationSettings, ModelSettings
 from wyoming_bark.voices import VoiceLibrary
 
 # BARK_SOAK_REQUESTS=20 runs the full soak (8 clients x 20 requests); CI runs a short one.
@@ -389,12 +390,10 @@ async def test_sighup_stops_cleanly(server_factory, tiny_model):
 async def test_gpu_out_of_memory_fails_one_request_only(tiny_model, tmp_path, monkeypatch):
     """No GPU here: the OOM is raised by a stand-in for the first batched decode step only."""
     engine = BarkEngine(
-        str(tiny_model),
-        tmp_path,
-        "cpu",
-        VoiceLibrary(None),
-        "v2/en_speaker_6",
-        GenerationSettings(SamplingSettings(max_semantic_tokens=20), seed=5),
+        EngineSettings(
+            model=ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu"),
+            generation=GenerationSettings(sampling=SamplingSettings(max_semantic_tokens=20), seed=5),
+        )
     )
     await engine.load()  # the self-check's test sentence is not the request that fails
     real = FastBark.run
@@ -427,13 +426,12 @@ async def test_a_bug_of_ours_is_not_reported_as_a_malformed_event(caplog):
 
     from wyoming_bark.contract import HealthCheckResult, TtsEngine
     from wyoming_bark.handler import BarkEventHandler
-    from wyoming_bark.voices import VoiceLibrary
 
     class Buggy(TtsEngine):
         def resolve_voice(self, name, language=None):
             return VoiceLibrary(None).resolve("v2/en_speaker_6")
 
-        def speak_sentence(self, sentence, voice=None): ...
+        def start_sentence(self, sentence, voice, turn): ...
         def stop(self): ...
 
         async def health_check(self, synthesize=False) -> HealthCheckResult:

@@ -26,7 +26,9 @@ from wyoming_bark.fast import model as networks
 from wyoming_bark.fast.check import check_against_transformers, check_graphs, check_sentence
 from wyoming_bark.fast.model import BatchedStep, CausalGPT, GraphCaptureError, KVCache
 from wyoming_bark.fast.program import NonFiniteLogits
-from wyoming_bark.hub import load_bark
+from wyoming_bark.fast.stages import generate
+from wyoming_bark.loader import load_bark
+from wyoming_bark.settings import ModelSettings
 
 SETTINGS = SamplingSettings(max_semantic_tokens=20, allow_early_stop=False)
 
@@ -60,7 +62,7 @@ def install_graphs(fast: FastBark, frozen: str | None = None) -> None:
 
 def speak(fast: FastBark, seed: int = 3) -> np.ndarray:
     ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(seed))
-    return fast.generate(ids, torch.ones_like(ids), None, SETTINGS, seed=seed)
+    return generate(fast, ids, torch.ones_like(ids), None, SETTINGS, seed=seed)
 
 
 def test_the_real_core_passes_every_check(fast):
@@ -190,7 +192,7 @@ def test_non_finite_logits_fail_only_their_sentence_in_a_batch(fast):
         try:
             for name in ("good", "bad"):  # rows 0 and 1
                 program = fast.speech(ids, torch.ones_like(ids), None, SETTINGS, seed=1)
-                scheduler.submit(Job(program, listener(name)))
+                scheduler.enqueue(Job(program, listener(name)))
             assert all(event.wait(60) for event in ended.values())
         finally:
             scheduler.close()
@@ -208,7 +210,9 @@ def test_out_of_memory_for_the_kv_cache_retries_with_fewer_rows(tiny_model, tmp_
 
     monkeypatch.setattr(KVCache, "__init__", limited)
     with caplog.at_level(logging.WARNING):
-        loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=8)
+        loaded = load_bark(
+            ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=8)
+        )
     assert loaded.core.name == "fast" and loaded.core.max_batch == 2
     assert "Not enough GPU memory for --max-batch 8" in caplog.text
     assert "using 4" in caplog.text and "using 2" in caplog.text
@@ -225,12 +229,23 @@ def test_a_core_that_disagrees_with_transformers_falls_back_to_transformers(
 
     monkeypatch.setattr(networks, "_attention", skewed)
     with caplog.at_level(logging.WARNING):
-        loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)
+        loaded = load_bark(
+            ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2)
+        )
     assert loaded.core.name == "transformers"
     assert "Self-check: our core disagrees with transformers" in caplog.text
     assert "using the transformers core" in loaded.self_check
     with pytest.raises(ModelLoadError, match="strict"):
-        load_bark(str(tiny_model), tmp_path / "strict", "cpu", "fast", max_batch=2, self_check="strict")
+        load_bark(
+            ModelSettings(
+                model=str(tiny_model),
+                data_dir=tmp_path / "strict",
+                device="cpu",
+                core="fast",
+                max_batch=2,
+                self_check="strict",
+            )
+        )
 
 
 def test_a_crash_during_a_check_is_skipped_on_the_next_start(tiny_model, tmp_path, caplog):
@@ -240,25 +255,45 @@ def test_a_crash_during_a_check_is_skipped_on_the_next_start(tiny_model, tmp_pat
         f"""
         import os
         from wyoming_bark import self_check
-        from wyoming_bark.hub import load_bark
+        from pathlib import Path
+        from wyoming_bark.loader import load_bark
+        from wyoming_bark.settings import ModelSettings
 
         def crash(fast):
             os._exit(77)
 
         self_check.check_against_transformers = crash
-        load_bark({str(tiny_model)!r}, __import__("pathlib").Path({str(tmp_path)!r}), "cpu", "fast", 2)
+        load_bark(ModelSettings(model={str(tiny_model)!r}, data_dir=Path({str(tmp_path)!r}), device="cpu", max_batch=2))
         """
     )
     assert subprocess.run([sys.executable, "-c", script], check=False, timeout=300).returncode == 77
     with caplog.at_level(logging.WARNING):
-        loaded = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)
+        loaded = load_bark(
+            ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2)
+        )
     assert loaded.core.name == "transformers"
     assert "Self-check: the core check crashed the last start" in caplog.text
-    again = load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2)  # still skipped
+    again = load_bark(
+        ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2)
+    )  # still skipped
     assert again.core.name == "transformers" and "the core check crashed an earlier start" in again.self_check
     with pytest.raises(ModelLoadError, match="strict"):
-        load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=2, self_check="strict")
-    assert load_bark(str(tiny_model), tmp_path, "cpu", "fast", max_batch=4).core.name == "fast"  # new print
+        load_bark(
+            ModelSettings(
+                model=str(tiny_model),
+                data_dir=tmp_path,
+                device="cpu",
+                core="fast",
+                max_batch=2,
+                self_check="strict",
+            )
+        )
+    assert (
+        load_bark(
+            ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=4)
+        ).core.name
+        == "fast"
+    )  # new print
 
 
 def test_a_failing_test_sentence_tries_eager_steps_then_transformers(fast, tmp_path, monkeypatch, caplog):
@@ -302,5 +337,5 @@ def test_on_cuda_the_strict_self_check_passes_in_half_precision(tiny_model, tmp_
         assert outcome.summary.startswith("passed"), outcome.summary
         assert set(fast.decode_paths().values()) == {"cuda graphs"}
         ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(3)).to(device)
-        audio = fast.generate(ids, torch.ones_like(ids), None, SETTINGS, seed=3)
+        audio = generate(fast, ids, torch.ones_like(ids), None, SETTINGS, seed=3)
     assert np.isfinite(audio).all() and len(audio) == samples_for(20, fast.hop)

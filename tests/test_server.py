@@ -317,7 +317,7 @@ async def test_interleaved_streams_and_a_disconnect(streaming_server):
         assert result.types.count("audio-start") == 1
         assert result.samples == 2 * SAMPLES_100
     state = await status(streaming_server.uri)
-    assert state["sentences_pending"] == 0 and state["batch"]["running"] == 0
+    assert state["sentences_pending"] == 0 and state["batch"]["running"] == 0, repr(state["batch"])
     assert state["batch"]["mean_size"] > 1.5, "the clients' sentences were decoded in shared steps"
 
 

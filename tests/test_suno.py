@@ -8,7 +8,6 @@ so wherever this suite and transformers' port disagree, this suite is right.
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ from wyoming_bark.engine import tokenize
 from wyoming_bark.fast import FastBark, SamplingSettings
 from wyoming_bark.fast import fine as fine_module
 from wyoming_bark.fast import sample as sample_module
-from wyoming_bark.fast.batch import Scheduler
+from wyoming_bark.fast.batch import Scheduler, SpeechRequest
+from wyoming_bark.fast.stages import coarse_tokens, fine_tokens, semantic_tokens
 
 SHORT_TEXT = "Short one."
 TEXT = "Hello world, this is a test of the fast core."
@@ -89,7 +89,7 @@ def test_semantic_tokens_are_suno_s(suno, ours, greedy, real_prompts, text, voic
     )
     settings = SamplingSettings(text_temperature=temp, min_eos_p=min_eos_p)
     ids, mask = tokenize(tokenizer, text)
-    got = fast.semantic_tokens(ids, mask, _history(prompt), settings, seed=1)
+    got = semantic_tokens(fast, ids, mask, _history(prompt), settings, seed=1)
     assert got.tolist() == expected.tolist()
     assert length is None or len(expected) == length, "the case no longer tests what it says"
 
@@ -110,7 +110,7 @@ def test_coarse_codes_are_suno_s(suno, ours, greedy, real_prompts, n_semantic, v
     expected = suno.generate_coarse(
         semantic, history_prompt=prompt, temp=0.7, use_kv_caching=True, silent=True
     )
-    got = fast.coarse_tokens(torch.from_numpy(semantic), _history(prompt), SamplingSettings(), seed=1)
+    got = coarse_tokens(fast, torch.from_numpy(semantic), _history(prompt), SamplingSettings(), seed=1)
     assert got.shape == expected.shape
     assert np.array_equal(got.numpy(), expected)
 
@@ -123,7 +123,7 @@ def test_fine_codes_and_encodec_are_suno_s(suno, ours, greedy, real_prompts, fra
     prompt = _voices(real_prompts)[voice]
     coarse = np.random.default_rng(frames).integers(0, 1024, (2, frames))
     expected = suno.generate_fine(coarse, history_prompt=prompt, temp=0.5)
-    got = fast.fine_tokens(torch.from_numpy(coarse), _history(prompt), SamplingSettings(), seed=1)
+    got = fine_tokens(fast, torch.from_numpy(coarse), _history(prompt), SamplingSettings(), seed=1)
     assert np.array_equal(got.numpy(), expected)
     assert np.array_equal(fast.decode(got), suno.codec_decode(expected))
 
@@ -148,8 +148,10 @@ def test_served_program_speaks_as_suno_end_to_end(suno, ours, greedy, real_promp
 
     async def speak(scheduler: Scheduler, text: str, voice: str) -> np.ndarray:
         ids, mask = tokenize(tokenizer, text)
-        program = fast.speech(ids, mask, _history(voices[voice]), settings, seed=1)
-        pieces = [piece async for piece in scheduler.stream(program, threading.Event())]
+        request = SpeechRequest(
+            input_ids=ids, attention_mask=mask, history=_history(voices[voice]), sampling=settings, seed=1
+        )
+        pieces = [piece async for piece in scheduler.submit(request)]
         return np.concatenate(pieces)
 
     async def both() -> list[np.ndarray]:

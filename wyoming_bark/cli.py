@@ -20,15 +20,16 @@ from . import __version__, length_cap
 from .config import MAX_SEED, ConfigError, flag_keys, load_config
 from .contract import ENGINES
 from .discovery import default_service_name
-from .handler import DEFAULT_MAX_CHARS
-from .hub import CORES
+from .fast import SamplingSettings
+from .loader import CORES
 from .precision import PRECISIONS
 from .self_check import MODES as SELF_CHECK_MODES
-from .voices import DEFAULT_VOICE
+from .settings import DEFAULT_CACHE_SIZE_MB, EngineSettings, GenerationSettings, ModelSettings, ServerSettings
 
 ENV_PREFIX = "BARK_"
-DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEFAULT_LOG_FORMAT = ServerSettings.log_format
 DEFAULT_ZEROCONF_NAME = default_service_name()
+SAMPLING = SamplingSettings()  # Bark's defaults
 
 
 def env_name(flag: str) -> str:
@@ -169,25 +170,25 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     )
     add("engine", "bark", "TTS engine", choices=sorted(ENGINES))
 
-    add("uri", "tcp://0.0.0.0:10200", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
-    add("model", "suno/bark-small", "Hub id (suno/bark-small, suno/bark) or a local model directory")
-    add("device", "auto", "auto (CUDA if available), cpu, cuda or cuda:N")
+    add("uri", ServerSettings.uri, "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
+    add("model", ModelSettings.model, "Hub id (suno/bark-small, suno/bark) or a local model directory")
+    add("device", ModelSettings.device, "auto (CUDA if available), cpu, cuda or cuda:N")
     add(
         "core",
-        "fast",
+        ModelSettings.core,
         "fast (static KV cache, CUDA graphs) or transformers (BarkModel.generate)",
         choices=CORES,
     )
     add(
         "self-check",
-        "on",
+        ModelSettings.self_check,
         "Check the fast core on its device at load and fall back (eager steps, then the transformers "
         "core) on a failure: on, off, or strict (fail the load instead)",
         choices=SELF_CHECK_MODES,
     )
     add(
         "precision",
-        "auto",
+        ModelSettings.precision,
         "auto (int8 weights on a CPU, float16 on CUDA), fp32 (exact; slower), or int8 (CPU only)",
         choices=PRECISIONS,
     )
@@ -197,7 +198,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "CPU threads for Bark: auto (one per physical core) or a number",
         type=_threads,
     )
-    add("voice", DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
+    add("voice", EngineSettings.voice, "Voice used when a request names none; also its language's default")
     add(
         "language-voices",
         "",
@@ -207,28 +208,33 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     )
     add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
     add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
-    add("samples-per-chunk", "1024", "Audio samples per audio-chunk event", type=_int_in(1, 240_000))
+    add(
+        "samples-per-chunk",
+        str(EngineSettings.samples_per_chunk),
+        "Audio samples per audio-chunk event",
+        type=_int_in(1, 240_000),
+    )
     add(
         "max-chars",
-        str(DEFAULT_MAX_CHARS),
+        str(ServerSettings.max_chars),
         "Longest text one request may send (characters)",
         type=_int_in(1, 1_000_000),
     )
     add(
         "max-connections",
-        "64",
+        str(ServerSettings.max_connections),
         "Connections served at once; more are refused with a busy error",
         type=_int_in(1, 10_000),
     )
     add(
         "max-connections-per-address",
-        "16",
+        str(ServerSettings.max_connections_per_address),
         "Connections one client address may hold at once; more are refused with a busy error",
         type=_int_in(1, 10_000),
     )
     add(
         "idle-timeout",
-        "120",
+        f"{ServerSettings.idle_timeout:g}",
         "Seconds a connection may stay open with no request in flight, or a streaming request "
         "with no text and nothing left to say",
         type=_number_in(1, 86_400),
@@ -237,38 +243,53 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     switch("preload", "Load the model at start instead of on the first request")
     add(
         "max-semantic-tokens",
-        "768",
+        str(SAMPLING.max_semantic_tokens),
         "Semantic tokens per sentence at most (768 = ~15 s)",
         type=_int_in(1, 768),  # Bark's limit: 768 semantic tokens per generation
     )
     add(
         "min-eos-p",
-        "0.05",
+        str(SAMPLING.min_eos_p),
         "End a sentence once the end-of-speech probability reaches this",
         type=_number_in(0, 1, above_low=True),
     )
     add(
         "max-speech-ratio",
-        str(length_cap.DEFAULT_RATIO),
+        str(GenerationSettings.max_speech_ratio),
         f"Cut a sentence's speech at this many times its expected length (at least "
         f"{length_cap.FLOOR_S:g} s; not for music or singing), so Bark does not speak on past "
         "the text; 0: off",
         type=_number_in(0, 100),
     )
     temperature = _number_in(0, 10, above_low=True)
-    add("text-temp", "0.7", "Sampling temperature of the semantic (text) stage", type=temperature)
-    add("waveform-temp", "0.7", "Sampling temperature of the coarse (waveform) stage", type=temperature)
+    add(
+        "text-temp",
+        str(SAMPLING.text_temperature),
+        "Sampling temperature of the semantic (text) stage",
+        type=temperature,
+    )
+    add(
+        "waveform-temp",
+        str(SAMPLING.waveform_temperature),
+        "Sampling temperature of the coarse (waveform) stage",
+        type=temperature,
+    )
     add("seed", None, "Seed each sentence's sampling for reproducible audio", type=_int_in(0, MAX_SEED))
-    add("sentence-silence", "0", "Seconds of silence between sentences", type=_number_in(0, 10))
+    add(
+        "sentence-silence",
+        f"{GenerationSettings.sentence_silence:g}",
+        "Seconds of silence between sentences",
+        type=_number_in(0, 10),
+    )
     add(
         "audio-streaming",
-        "auto",
+        EngineSettings.audio_streaming,
         "Release audio inside a sentence as it is generated: on, off, or auto (on with a GPU)",
         choices=("auto", "on", "off"),
     )
     add(
         "max-batch",
-        "8",
+        str(ModelSettings.max_batch),
         "Sentences decoded together, across all clients (1: one at a time)",
         type=_int_in(1, 64),
     )
@@ -281,7 +302,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     switch("cache", "Keep spoken sentences on disk and replay repeats from there")
     add(
         "cache-size-mb",
-        "200",
+        str(DEFAULT_CACHE_SIZE_MB),
         "Size bound of the sentence cache (least recently used go first)",
         type=_number_in(0, 1_000_000),
     )

@@ -28,14 +28,18 @@ from wyoming.tts import (
 )
 
 from . import __version__
-from .contract import TextStream, TtsEngine
+from .contract import TtsEngine
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
 from .protocol import STATUS_EVENT, ConnectionLimits, IdleTimeout, ProtocolError, read_event
+from .sentences import TextStream
+from .settings import ServerSettings
 from .text import clean_text
+from .voices import Voice
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MAX_CHARS = 10_000
+DEFAULT_SERVER = ServerSettings()
+
 # Requests (synthesize, or a streaming request from synthesize-start) that may wait for their turn
 # on one connection; each holds at most --max-chars of text, so this bounds a connection's memory.
 MAX_QUEUED_REQUESTS = 16
@@ -77,10 +81,10 @@ def build_info(engine: TtsEngine, streaming: bool) -> Info:
 
 
 @dataclass
-class _Stream:
-    """One audio stream sent to the client: a synthesize, or a start...stop streaming request."""
+class _Request:
+    """One request's answer to the client: a synthesize, or a start...stop streaming request."""
 
-    voice: str | None  # as the client named it (None: the default voice)
+    voice: Voice | None  # resolved once, when the request opens (None: refused at its start)
     text: TextStream | None = None  # streaming requests only, while text may still come
     chars: int = 0  # text received so far (streaming)
     queued: bool = False  # its work was queued (else synthesize-stop is answered at once)
@@ -108,16 +112,15 @@ class BarkEventHandler(AsyncEventHandler):
         reader,
         writer,
         engine: TtsEngine,
-        streaming: bool = True,
-        max_chars: int = DEFAULT_MAX_CHARS,
+        *,
+        settings: ServerSettings = DEFAULT_SERVER,
         limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(reader, writer)
         self.engine = engine
-        self.streaming = streaming
-        self.max_chars = max_chars
+        self.settings = settings
         self.limits = limits  # shared by all connections; None: no limits (tests, bench)
-        self._stream: _Stream | None = None  # the open streaming request, if any
+        self._streaming: _Request | None = None  # the open streaming request, if any
         self._jobs: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
@@ -150,8 +153,8 @@ class BarkEventHandler(AsyncEventHandler):
                     await self._error(f"Bad event: {err}; closing the connection", err.code)
                     break
                 except IdleTimeout:
-                    stream = self._stream
-                    if stream is not None and (stream.text is None or stream.text.idle):
+                    request = self._streaming
+                    if request is not None and (request.text is None or request.text.idle):
                         # A streaming request that sends no text and has nothing left to say
                         # would hold its place (and the client's) for ever: end it.
                         await self._error(
@@ -180,7 +183,7 @@ class BarkEventHandler(AsyncEventHandler):
 
     def _in_flight(self) -> bool:
         """A request is open or being answered (then silence from the client is no idleness)."""
-        return self._stream is not None or (self._worker is not None and not self._worker.done())
+        return self._streaming is not None or (self._worker is not None and not self._worker.done())
 
     async def handle_event(self, event: Event) -> bool:
         _LOGGER.debug("Received %s (%d bytes of data)", quoted(event.type), len(str(event.data or "")))
@@ -204,10 +207,10 @@ class BarkEventHandler(AsyncEventHandler):
         """Act on one event; ``message`` is its parsed form (see ``_parse``)."""
         if Describe.is_type(event.type):
             # Off the event loop: the custom voices folder may be large (or on a slow disk).
-            info = await asyncio.to_thread(build_info, self.engine, self.streaming)
+            info = await asyncio.to_thread(build_info, self.engine, self.settings.streaming)
             await self.write_event(info.event())
         elif Synthesize.is_type(event.type):
-            if self._stream is not None:
+            if self._streaming is not None:
                 # Home Assistant repeats the whole text for older servers while streaming.
                 _LOGGER.debug("Ignoring synthesize during a streaming request")
             elif not await self._busy():
@@ -218,42 +221,42 @@ class BarkEventHandler(AsyncEventHandler):
                 else:
                     self._submit(self._speak_text(opened, clean_text(synthesize.text)))
         elif SynthesizeStart.is_type(event.type):
-            if self._stream is not None:
+            if self._streaming is not None:
                 await self._error("synthesize-start while a streaming request is open", "bad-order")
             elif await self._busy():
-                self._stream = _Stream(voice=None, failed=True)
+                self._streaming = _Request(voice=None, failed=True)
             else:
-                stream = self._open(message.voice)
-                if isinstance(stream, Error):
-                    await self._send_error(stream)
-                    self._stream = _Stream(voice=None, failed=True)
+                request = self._open(message.voice)
+                if isinstance(request, Error):
+                    await self._send_error(request)
+                    self._streaming = _Request(voice=None, failed=True)
                 else:
-                    self._stream = stream
-                    stream.text = self.engine.open_stream(stream.voice, quick_start=True)
-                    stream.queued = True
-                    self._submit(self._speak_streamed(stream, stream.text))
+                    self._streaming = request
+                    request.text = self.engine.open_stream(request.voice, quick_start=True)
+                    request.queued = True
+                    self._submit(self._speak_streamed(request, request.text))
         elif SynthesizeChunk.is_type(event.type):
             chunk = message
-            if self._stream is None:
+            if self._streaming is None:
                 await self._error("synthesize-chunk without synthesize-start", "bad-order")
-            elif self._stream.text is not None:
-                stream = self._stream
-                stream.refusal = self._too_long(chunk.text, stream.chars)
-                if stream.refusal is not None:  # what came before is still spoken, then the error
-                    stream.text.close(speak_rest=False)
-                    stream.text = None
+            elif self._streaming.text is not None:
+                request = self._streaming
+                request.refusal = self._too_long(chunk.text, request.chars)
+                if request.refusal is not None:  # what came before is still spoken, then the error
+                    request.text.close(speak_rest=False)
+                    request.text = None
                 else:
-                    stream.chars += len(chunk.text)
-                    stream.text.add(clean_text(chunk.text))
+                    request.chars += len(chunk.text)
+                    request.text.add(clean_text(chunk.text))
         elif SynthesizeStop.is_type(event.type):
-            if self._stream is None:
+            if self._streaming is None:
                 await self._error("synthesize-stop without synthesize-start", "bad-order")
             else:
-                stream, self._stream = self._stream, None
-                if stream.text is not None:
-                    stream.text.close()
-                stream.stopped.set()
-                if not stream.queued:  # refused at its start: nothing of it is waiting
+                request, self._streaming = self._streaming, None
+                if request.text is not None:
+                    request.text.close()
+                request.stopped.set()
+                if not request.queued:  # refused at its start: nothing of it is waiting
                     await self.write_event(SynthesizeStopped().event())
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=message.text).event())
@@ -274,21 +277,21 @@ class BarkEventHandler(AsyncEventHandler):
 
     def _too_long(self, text: str, so_far: int) -> Error | None:
         """The error for text beyond --max-chars (``so_far``: what the request sent before)."""
-        if so_far + len(text) <= self.max_chars:
+        if so_far + len(text) <= self.settings.max_chars:
             return None
         return Error(
-            text=f"Text of {so_far + len(text)} characters exceeds the limit of {self.max_chars} (--max-chars)",
+            text=f"Text of {so_far + len(text)} characters exceeds the limit of {self.settings.max_chars} (--max-chars)",
             code="text-too-long",
         )
 
-    def _open(self, requested: SynthesizeVoice | None) -> _Stream | Error:
+    def _open(self, requested: SynthesizeVoice | None) -> _Request | Error:
         """The request's voice: its name, else its language's default (the wyoming spec), else ours.
 
         A voice that does not exist (a custom voice whose file was removed, say) is spoken with
         our default, with a warning in the log: Home Assistant turns an error into an empty HTTP
         500, and a pipeline should keep speaking."""
         if requested is None or not (requested.name or requested.language):
-            return _Stream(voice=None)
+            return _Request(voice=self.engine.resolve_voice(None))
         try:
             voice = self.engine.resolve_voice(requested.name, requested.language)
         except UnknownVoice as err:
@@ -296,7 +299,7 @@ class BarkEventHandler(AsyncEventHandler):
             _LOGGER.warning("%s Speaking with %s instead", err, voice.name)
         except TtsError as err:
             return Error(text=str(err), code=err.code)
-        return _Stream(voice=voice.name)
+        return _Request(voice=voice)
 
     # --- queued work, run in order on this connection's worker task ---
 
@@ -319,12 +322,12 @@ class BarkEventHandler(AsyncEventHandler):
         except ConnectionError:
             _LOGGER.debug("Client went away during synthesis")
 
-    async def _speak_text(self, stream: _Stream, text: str) -> None:
-        await self._speak(stream, self.engine.speak(text, stream.voice))
-        if stream.failed:
+    async def _speak_text(self, request: _Request, text: str) -> None:
+        await self._speak(request, self.engine.speak(text, request.voice))
+        if request.failed:
             await self._close_after_failure()
         else:
-            await self._finish(stream, streaming=False)
+            await self._finish(request, streaming=False)
 
     async def _refuse(self, error: Error) -> None:
         await self._send_error(error)
@@ -336,41 +339,41 @@ class BarkEventHandler(AsyncEventHandler):
         self._drop_queued()
         await self.stop()
 
-    async def _speak_streamed(self, stream: _Stream, text: TextStream) -> None:
+    async def _speak_streamed(self, request: _Request, text: TextStream) -> None:
         """A streaming request: its audio while text still comes, then the answer to synthesize-stop."""
-        await self._speak(stream, text.audio())
-        if stream.refusal is not None and not stream.failed:
-            stream.failed = True
-            await self._send_error(stream.refusal)
-        await stream.stopped.wait()
-        await self._finish(stream, streaming=True)
+        await self._speak(request, text.audio())
+        if request.refusal is not None and not request.failed:
+            request.failed = True
+            await self._send_error(request.refusal)
+        await request.stopped.wait()
+        await self._finish(request, streaming=True)
 
-    async def _speak(self, stream: _Stream, chunks: AsyncGenerator[bytes, None]) -> None:
-        if stream.failed:
+    async def _speak(self, request: _Request, chunks: AsyncGenerator[bytes, None]) -> None:
+        if request.failed:
             await chunks.aclose()
             return
         try:
             async with aclosing(chunks):
                 async for pcm in chunks:
-                    if not stream.started:
+                    if not request.started:
                         await self.write_event(AudioStart(**AUDIO_FORMAT).event())
-                        stream.started = True
+                        request.started = True
                     await self.write_event(AudioChunk(audio=pcm, **AUDIO_FORMAT).event())
         except SynthesisCancelled:
-            stream.failed = True
+            request.failed = True
         except TtsError as err:
-            stream.failed = True
+            request.failed = True
             await self._error(str(err), err.code)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:  # one bad request must not end the connection
             _LOGGER.exception("Synthesis failed")
-            stream.failed = True
+            request.failed = True
             await self._error(f"Synthesis failed: {err}", "synthesis-failed")
 
-    async def _finish(self, stream: _Stream, streaming: bool) -> None:
-        if not stream.failed:
-            if not stream.started:  # no speakable text: a short silence, so it is a valid WAV
+    async def _finish(self, request: _Request, streaming: bool) -> None:
+        if not request.failed:
+            if not request.started:  # no speakable text: a short silence, so it is a valid WAV
                 await self.write_event(AudioStart(**AUDIO_FORMAT).event())
                 await self.write_event(AudioChunk(audio=EMPTY_AUDIO, **AUDIO_FORMAT).event())
             await self.write_event(AudioStop().event())

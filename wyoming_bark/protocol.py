@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from wyoming.event import Event
 
 from .errors import quoted
+from .settings import ServerSettings
 
 STATUS_EVENT = "bark-status"  # our extension: ask for (and receive) the engine's status
 MAX_DATA_BYTES = 1 << 20  # synthesize text lives here; --max-chars bounds it further
@@ -47,9 +48,9 @@ class IdleTimeout(Exception):
 class ConnectionLimits:
     """Bounds shared by every connection of one server."""
 
-    max_connections: int = 64
-    max_per_address: int = 16  # one client address (Home Assistant opens a few at a time)
-    idle_timeout: float = 120.0  # no request in flight and no event begun
+    max_connections: int = ServerSettings.max_connections
+    max_per_address: int = ServerSettings.max_connections_per_address  # Home Assistant opens a few
+    idle_timeout: float = ServerSettings.idle_timeout  # no request in flight and no event begun
     event_timeout: float = EVENT_TIMEOUT
     buffer_budget: int = BUFFER_BUDGET
     connections: int = 0  # open now

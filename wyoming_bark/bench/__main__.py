@@ -25,6 +25,7 @@ import torch
 from .. import precision as precisions
 from ..contract import TtsEngine
 from ..fast import FastBark, SamplingSettings
+from ..fast.stages import coarse_tokens, fine_tokens, semantic_tokens
 from ..self_check import MODES as SELF_CHECK_MODES
 from .precision import at_precision, compare_precisions
 from .random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs
@@ -57,9 +58,9 @@ class Run:
 
 def run_ours(fast: FastBark, device, inputs, settings: SamplingSettings) -> Run:
     ids, mask, history = inputs
-    semantic, t_sem = _timed(device, lambda: fast.semantic_tokens(ids, mask, history, settings))
-    coarse, t_coarse = _timed(device, lambda: fast.coarse_tokens(semantic, history, settings))
-    fine, t_fine = _timed(device, lambda: fast.fine_tokens(coarse, history, settings))
+    semantic, t_sem = _timed(device, lambda: semantic_tokens(fast, ids, mask, history, settings))
+    coarse, t_coarse = _timed(device, lambda: coarse_tokens(fast, semantic, history, settings))
+    fine, t_fine = _timed(device, lambda: fine_tokens(fast, coarse, history, settings))
     audio, t_codec = _timed(device, lambda: fast.decode(fine))
     return Run(
         wall=t_sem + t_coarse + t_fine + t_codec,

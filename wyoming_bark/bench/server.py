@@ -45,11 +45,11 @@ async def _serve(
     from transformers import BertTokenizerFast
     from wyoming.server import AsyncTcpServer
 
-    from ..engine import BarkEngine, GenerationSettings
+    from ..engine import BarkEngine
     from ..handler import BarkEventHandler
-    from ..hub import LoadedBark
+    from ..loader import LoadedBark
     from ..self_check import prepare
-    from ..voices import VoiceLibrary
+    from ..settings import EngineSettings, GenerationSettings, ModelSettings
 
     model, precision = served
     _, _, history = random_inputs(torch.device("cpu"))
@@ -57,23 +57,21 @@ async def _serve(
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
-    settings = GenerationSettings(SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False))
+    sampling = SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
     # capture and warm up, on a thread that ends (as the server loads: see on_own_thread)
     fast = on_own_thread(lambda: prepare(FastBark(model, max_batch), "off", folder, "random").fast)
     dtype = next(model.parameters()).dtype
-    engine = BarkEngine(
-        "random",
-        folder,
-        str(device),
-        VoiceLibrary(folder),
-        "bench",
-        settings,
+    settings = EngineSettings(
+        model=ModelSettings(model="random", data_dir=folder, device=str(device), max_batch=max_batch),
+        generation=GenerationSettings(sampling=sampling),
+        voice="bench",
+        voices_dir=folder,
         audio_streaming=audio_streaming,
-        max_batch=max_batch,
-        loaded=LoadedBark(
-            model, SimpleNamespace(tokenizer=tokenizer), folder, device, dtype, fast, precision=precision
-        ),
     )
+    loaded = LoadedBark(
+        model, SimpleNamespace(tokenizer=tokenizer), folder, device, dtype, fast, precision=precision
+    )
+    engine = BarkEngine(settings, loaded=loaded)
     with socket.socket() as probe:  # a free loopback port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -162,7 +160,7 @@ async def serve_and_measure(
         try:
             text = "The washing machine is done."
             await _request(uri, text)  # warm
-            streams = engine.streams_audio()
+            streams = engine.audio_in_pieces()
             result: dict = {
                 "audio_streaming": "on" if streams else "off",
                 "max_batch": max_batch,

@@ -28,8 +28,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .generate import FastBark
-from .program import Audio, Cancelled, NonFiniteLogits, Prefill, Program, Step, reply, requests
+from .core import Core
+from .program import (
+    Audio,
+    Cancelled,
+    NonFiniteLogits,
+    Prefill,
+    Program,
+    SamplingSettings,
+    Step,
+    reply,
+    requests,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +75,53 @@ class Job:
     restart: Callable[[], Program] | None = None  # the program anew, exactly (see Scheduler._preempt)
     released: bool = False  # it has released audio (then it cannot start again unheard)
     admitted: int = 0  # when it last got a row
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SpeechRequest:
+    """A sentence prepared for ``Scheduler.submit``: tokenized, its voice prompt and inputs already
+    on the core's device (made off the decode thread), its seed fixed (a restart is exact)."""
+
+    input_ids: torch.Tensor  # (1, T)
+    attention_mask: torch.Tensor
+    history: dict[str, torch.Tensor] | None  # the voice prompt
+    sampling: SamplingSettings
+    seed: int
+    in_pieces: bool = False  # release audio inside the sentence (see ``FastBark.speech``)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    urgent: threading.Event = _NOW  # set: a listener waits for it now; clear: made ahead
+    client: object = None  # whose sentence: equals are served round-robin by client
+
+
+class AudioStream:
+    """A submitted sentence's audio pieces (float arrays), read on the event loop that submitted
+    it: one queue, filled from the scheduler's threads. Ends by raising what ended the program
+    (``Cancelled`` once cancelled); a reader that stops early cancels the sentence."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
+        self._loop = asyncio.get_running_loop()
+        self._items: asyncio.Queue[Any] = asyncio.Queue()
+
+    def emit(self, item: Any) -> None:
+        """A piece, ``DONE`` or the exception that ended it (called on the scheduler's threads)."""
+        with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        finished = False
+        try:
+            while (item := await self._items.get()) is not DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            finished = True
+        finally:
+            if not finished:
+                self._cancel.set()
 
 
 class _Releaser:
@@ -140,10 +197,10 @@ class _Releaser:
 class Scheduler:
     """Runs jobs on one thread; their model requests are answered by ``core.run``, batched.
 
-    ``core`` is a ``FastBark`` or anything with its interface (``reference.TransformersCore``,
-    whose programs ask for nothing and so are simply run one at a time)."""
+    ``core`` is any ``Core``: ours, or ``TransformersCore``, whose programs ask for nothing and so
+    are simply run one at a time."""
 
-    def __init__(self, core: FastBark, name: str = "bark") -> None:
+    def __init__(self, core: Core, name: str = "bark") -> None:
         self.core = core
         self.capacity = core.max_batch
         self._free = list(range(self.capacity))  # a heap: the lowest rows, the smallest graphs
@@ -167,40 +224,29 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
         self._thread.start()
 
-    async def stream(
-        self,
-        program: Program,
-        cancel: threading.Event,
-        urgent: threading.Event | None = None,
-        client: object = None,
-        restart: Callable[[], Program] | None = None,
-    ) -> AsyncIterator[np.ndarray]:
-        """Run ``program`` as a job and yield its audio pieces on the calling event loop.
+    def submit(self, request: SpeechRequest) -> AudioStream:
+        """Queue a prepared sentence; its audio arrives on the returned stream, on the calling event
+        loop. A sentence made ahead that has released nothing can give its row up and start again
+        later, exactly (``_preempt``)."""
+        stream = AudioStream(request.cancel)
 
-        ``urgent`` (unset: made ahead) and ``client`` order it among waiting jobs (``_admit``);
-        ``restart`` makes the same program anew, so that it can give its row up (``_preempt``).
-        Raises what ended the program (``Cancelled`` once ``cancel`` is set); a caller that stops
-        iterating early cancels it."""
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[Any] = asyncio.Queue()
+        def program() -> Program:
+            return self.core.speech(
+                request.input_ids,
+                request.attention_mask,
+                request.history,
+                request.sampling,
+                request.seed,
+                in_pieces=request.in_pieces,
+            )
 
-        def emit(item: Any) -> None:  # on the audio thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
-                loop.call_soon_threadsafe(items.put_nowait, item)
+        job = Job(program(), stream.emit, request.cancel, urgent=request.urgent, client=request.client)
+        job.restart = program
+        self.enqueue(job)
+        return stream
 
-        self.submit(Job(program, emit, cancel, urgent=urgent or _NOW, client=client, restart=restart))
-        finished = False
-        try:
-            while (item := await items.get()) is not DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            finished = True
-        finally:
-            if not finished:
-                cancel.set()
-
-    def submit(self, job: Job) -> None:
+    def enqueue(self, job: Job) -> None:
+        """Run ``job`` (the thread-level form of ``submit``: its ``emit`` is called on our threads)."""
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -226,6 +272,13 @@ class Scheduler:
             "waiting_now": now[1],
             "waiting_ahead": len(waiting) - now[1],
         }
+
+    def cancel_all(self) -> None:
+        """Cancel every sentence queued or running (they end with ``Cancelled``)."""
+        with self._wake:
+            for job in [*self._waiting, *self._running]:
+                job.cancel.set()
+            self._wake.notify()
 
     def close(self) -> None:
         with self._wake:
@@ -253,7 +306,9 @@ class Scheduler:
                 try:
                     started = time.perf_counter()
                     for job in list(self._running):
-                        if job.op is None:  # answered (or new): on to its next request
+                        # answered (or new): on to its next request; cancelled: its row is free now,
+                        # even while its request waits (a paused sentence made ahead)
+                        if job.op is None or job.cancel.is_set():
                             self._advance(job)
                     if self._answer(self._to_answer()):
                         self.busy_s += time.perf_counter() - started

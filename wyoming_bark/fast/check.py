@@ -173,10 +173,10 @@ def check_sentence(fast, timeout: float = 120.0) -> dict[str, str]:
 
     ids = torch.zeros(1, 8, dtype=torch.long, device=fast.device)
     settings = SamplingSettings(max_semantic_tokens=16)
-    program = fast.speech(ids, torch.ones_like(ids), None, settings, seed=CHECK_SEED, stream=True)
+    program = fast.speech(ids, torch.ones_like(ids), None, settings, seed=CHECK_SEED, in_pieces=True)
     scheduler = Scheduler(fast, name="bark-check")
     try:
-        scheduler.submit(Job(program, emit))
+        scheduler.enqueue(Job(program, emit))
         if not finished.wait(timeout):
             return {"sentence": f"no audio within {timeout:.0f} s"}
     finally:

@@ -22,13 +22,13 @@ class CoarseStage:
     waits for all semantic tokens, so the first audio of a long sentence comes much sooner.
     """
 
-    def __init__(self, shapes: BarkShapes, semantic, history, s: SamplingSettings, seed: int) -> None:
+    def __init__(self, shapes: BarkShapes, semantic, history, sampling: SamplingSettings, seed: int) -> None:
         self.shapes, self.semantic, self.seed = shapes, semantic, seed
         self.draws = itertools.count(COARSE_DRAWS)
         semantic_history, self.coarse = self._histories(history)
         self.history = semantic_history.tolist()
         self.n_history = len(self.coarse)
-        self.floats = (temperature(s.waveform_temperature),)
+        self.floats = (temperature(sampling.waveform_temperature),)
         self.generated = 0
 
     def _n_out(self, n_semantic: int) -> int:

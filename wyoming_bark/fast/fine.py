@@ -114,12 +114,12 @@ class FinePieces:
         decode: Callable[[torch.Tensor], np.ndarray],
         hop: int,
         history: dict[str, torch.Tensor] | None,
-        s: SamplingSettings,
+        sampling: SamplingSettings,
         seed: int,
     ) -> None:
         self.fine, self.decode, self.hop, self.seed = fine, decode, hop, seed
         self.prompt = history["fine_prompt"] if history is not None else None
-        self.temperature = temperature(s.fine_temperature)
+        self.temperature = temperature(sampling.fine_temperature)
         self.draws = itertools.count(FINE_DRAWS)
         self.kept: torch.Tensor | None = None
         self.emitted = 0  # frames

@@ -5,8 +5,8 @@ end-of-speech rule; with greedy decoding the tokens are identical, see ``tests/t
 but the autoregressive stages decode into a static KV cache, one replayed CUDA graph per token,
 the fine model uses SDPA, and weights stay in half precision on CUDA.
 
-A sentence is a program (see ``program.py``): ``FastBark.generate`` runs one alone;
-``batch.Scheduler`` runs many, answering all their steps with one batched decode.
+A sentence is a program (see ``program.py``): ``batch.Scheduler`` runs many, answering all their
+steps with one batched decode; ``FastBark.solo`` runs one alone (the self-check, ``stages.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Generator, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,6 @@ from .program import (
     random_seed,
     reply,
     requests,
-    temperature,
 )
 from .sample import CoarseHead, SemanticHead
 from .semantic import SemanticStage
@@ -50,13 +48,12 @@ STREAM_HOLDBACK_FRAMES = 30  # ... but not the last 0.4 s, whose fine codes may 
 class FastBark:
     """Bark generation over a loaded transformers ``BarkModel``'s weights.
 
-    ``max_batch`` is how many sentences can be decoded together (one KV-cache row each).
-    ``reference.TransformersCore`` has the same interface (``name``, ``streams_audio``,
-    ``max_batch``, ``device``, ``speech``, ``run``, ``decode_paths``).
+    ``max_batch`` is how many sentences can be decoded together (one KV-cache row each). A
+    ``Core`` (``core.py``), as ``TransformersCore`` is.
     """
 
     name = "fast"
-    streams_audio = True  # can release audio inside a sentence
+    releases_pieces = True  # can release audio inside a sentence
 
     def __init__(self, bark, max_batch: int = 1) -> None:
         from transformers.models.bark.generation_configuration_bark import (
@@ -219,9 +216,10 @@ class FastBark:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         history: dict[str, torch.Tensor] | None,
-        s: SamplingSettings,
+        sampling: SamplingSettings,
         seed: int | None = None,
-        stream: bool = False,
+        *,
+        in_pieces: bool = False,
         cancel: threading.Event | None = None,
         chunk_frames: int = STREAM_CHUNK_FRAMES,
         holdback: int = STREAM_HOLDBACK_FRAMES,
@@ -230,7 +228,7 @@ class FastBark:
 
         (``cancel`` is for the interface: whoever drives the program stops it between requests.)
 
-        With ``stream``, audio comes in pieces while the coarse stage is still running: after each
+        With ``in_pieces``, audio comes in pieces while the coarse stage is still running: after each
         coarse window the fine stage runs over the codes so far (as Bark would for a sentence that
         ended there) and the audio of all but the last ``holdback`` frames is released; those
         frames' codes are then kept, so the pieces join into exactly the audio of the final codes
@@ -240,9 +238,9 @@ class FastBark:
         fine stage (a full 1024-frame pass each time) runs a few times per sentence, not per window.
         """
         seed = random_seed() if seed is None else seed
-        semantic = SemanticStage(self.shapes, input_ids, attention_mask, history, s, seed)
-        coarse = CoarseStage(self.shapes, semantic, history, s, seed)
-        pieces = FinePieces(self.fine, self.decode, self.hop, history, s, seed)
+        semantic = SemanticStage(self.shapes, input_ids, attention_mask, history, sampling, seed)
+        coarse = CoarseStage(self.shapes, semantic, history, sampling, seed)
+        pieces = FinePieces(self.fine, self.decode, self.hop, history, sampling, seed)
         # Two sub-programs run side by side: the semantic stage, and the coarse window running now
         # (None between windows, and before the first can start). Each is waiting for the answer
         # to the request it last yielded; a finished one has no request.
@@ -273,43 +271,12 @@ class FastBark:
                 except StopIteration as finished:  # the window's value: all coarse codes so far
                     window_request = window = None
                     codes, window_done = finished.value, True
-            if stream and window_done and not coarse.done:  # the last piece goes out below
+            if in_pieces and window_done and not coarse.done:  # the last piece goes out below
                 stable = codes.shape[1] - holdback
                 if stable - pieces.emitted >= max(chunk_frames, pieces.emitted):
                     yield Audio(pieces.release(codes, stable))
-        if not stream or codes.shape[1] > pieces.emitted:
+        if not in_pieces or codes.shape[1] > pieces.emitted:
             yield Audio(pieces.release(codes, codes.shape[1]))
-
-    # --- stages, one at a time ----------------------------------------------------------
-
-    def semantic_tokens(
-        self, input_ids, attention_mask, history, s: SamplingSettings, cancel=None, seed=None
-    ) -> torch.Tensor:
-        """Text -> semantic tokens (1-D, without the EOS token)."""
-        seed = random_seed() if seed is None else seed
-        stage = SemanticStage(self.shapes, input_ids, attention_mask, history, s, seed)
-        return _value(self.solo(stage.program(), cancel))
-
-    def coarse_tokens(
-        self, semantic: torch.Tensor, history, s: SamplingSettings, cancel=None, seed=None
-    ) -> torch.Tensor:
-        """Semantic tokens -> the first two EnCodec codebooks, shape (2, frames), values 0..1023."""
-        seed = random_seed() if seed is None else seed
-        coarse = CoarseStage(
-            self.shapes, SimpleNamespace(tokens=semantic.tolist(), done=True), history, s, seed
-        )
-        codes = torch.zeros(2, 0, dtype=torch.long, device=self.device)
-        while not coarse.done:
-            codes = _value(self.solo(coarse.window(), cancel))
-        return codes
-
-    def fine_tokens(
-        self, coarse: torch.Tensor, history, s: SamplingSettings, seed: int | None = None, draw: int = 0
-    ) -> torch.Tensor:
-        """Two coarse codebooks -> all eight, shape (8, frames), in 1024-frame windows as Suno."""
-        prompt = history["fine_prompt"] if history is not None else None
-        seed = random_seed() if seed is None else seed
-        return self.fine.tokens(coarse, prompt, temperature(s.fine_temperature), seed, draw)
 
     @torch.inference_mode()
     def decode(self, fine: torch.Tensor) -> np.ndarray:
@@ -317,30 +284,6 @@ class FastBark:
         if fine.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         return self.bark.codec_decode(fine[None]).float().cpu().numpy().reshape(-1)
-
-    # --- whole sentences, one at a time -------------------------------------------------
-
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        history: dict[str, torch.Tensor] | None,
-        s: SamplingSettings,
-        cancel: threading.Event | None = None,
-        seed: int | None = None,
-    ) -> np.ndarray:
-        """Tokenized text (1, T) and a voice prompt -> float audio."""
-        pieces = list(self.solo(self.speech(input_ids, attention_mask, history, s, seed), cancel))
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-
-
-def _value(driver: Generator[Any, None, Any]) -> Any:
-    """Run a driver to its end and return its value."""
-    while True:
-        try:
-            next(driver)
-        except StopIteration as done:
-            return done.value
 
 
 def _check(cancel: threading.Event | None) -> None:

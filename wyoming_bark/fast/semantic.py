@@ -18,9 +18,9 @@ class SemanticStage:
     """
 
     def __init__(
-        self, shapes: BarkShapes, input_ids, attention_mask, history, s: SamplingSettings, seed: int
+        self, shapes: BarkShapes, input_ids, attention_mask, history, sampling: SamplingSettings, seed: int
     ):
-        self.shapes, self.s, self.seed = shapes, s, seed
+        self.shapes, self.sampling, self.seed = shapes, sampling, seed
         sem = shapes.sem
         length = sem.max_input_semantic_length
         ids = (input_ids[:, :length] + sem.text_encoding_offset).masked_fill(
@@ -39,14 +39,14 @@ class SemanticStage:
 
     def program(self) -> Program:
         """Decode until EOS or the limit; returns the tokens as a tensor."""
-        shapes, s = self.shapes, self.s
+        shapes, sampling = self.shapes, self.sampling
         draws = itertools.count(SEMANTIC_DRAWS)
         prefix = self.embeds.shape[1]
-        may_stop = int(s.allow_early_stop)
-        floats = (temperature(s.text_temperature), s.min_eos_p)
+        may_stop = int(sampling.allow_early_stop)
+        floats = (temperature(sampling.text_temperature), sampling.min_eos_p)
         token = yield Prefill("semantic", self.embeds, (self.seed, next(draws), may_stop), floats)
         # Token k is predicted at position prefix + k - 2: positions end at the block size.
-        limit = min(s.max_semantic_tokens, shapes.semantic_block_size - prefix + 1)
+        limit = min(sampling.max_semantic_tokens, shapes.semantic_block_size - prefix + 1)
         for i in range(limit):
             if token == shapes.sem.eos_token_id:
                 break

@@ -1,4 +1,4 @@
-"""The reference core: transformers' own ``BarkModel.generate``, behind the same interface as ours.
+"""Transformers' core: its own ``BarkModel.generate``, behind the ``Core`` interface as ours.
 
 ``--core transformers`` picks it, and the self-check falls back to it when our core disagrees
 with transformers on a device. A sentence is a program like ours, but it asks the models for
@@ -38,10 +38,10 @@ def suno_coarse_suppressed(bark) -> list[int]:
 
 
 class TransformersCore:
-    """``BarkModel.generate`` one sentence at a time; the interface of ``FastBark``."""
+    """``BarkModel.generate`` one sentence at a time (a ``Core``)."""
 
     name = "transformers"
-    streams_audio = False  # a whole sentence at a time
+    releases_pieces = False  # a whole sentence at a time
     max_batch = 1
 
     def __init__(self, bark) -> None:
@@ -59,12 +59,13 @@ class TransformersCore:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         history: dict[str, torch.Tensor] | None,
-        s: SamplingSettings,
+        sampling: SamplingSettings,
         seed: int | None = None,
-        stream: bool = False,
+        *,
+        in_pieces: bool = False,
         cancel: threading.Event | None = None,
     ) -> Program:
-        """One sentence -> one ``Audio`` (``stream`` is ignored: there are no pieces)."""
+        """One sentence -> one ``Audio`` (``in_pieces`` is ignored: there are no pieces)."""
         if seed is not None:
             torch.manual_seed(seed)
         stop = _stop_when(cancel)
@@ -74,11 +75,11 @@ class TransformersCore:
                 attention_mask=attention_mask,
                 history_prompt=history,
                 do_sample=True,
-                min_eos_p=s.min_eos_p,
-                semantic_max_new_tokens=s.max_semantic_tokens,
-                semantic_temperature=s.text_temperature,
-                coarse_temperature=s.waveform_temperature,
-                fine_temperature=s.fine_temperature,
+                min_eos_p=sampling.min_eos_p,
+                semantic_max_new_tokens=sampling.max_semantic_tokens,
+                semantic_temperature=sampling.text_temperature,
+                coarse_temperature=sampling.waveform_temperature,
+                fine_temperature=sampling.fine_temperature,
                 semantic_stopping_criteria=stop,
                 coarse_stopping_criteria=stop,
                 coarse_suppress_tokens=suno_coarse_suppressed(self.bark),

@@ -1,0 +1,200 @@
+"""Loading Bark: the weights (through transformers, from the folder ``hub.py`` finds), the
+precision, the core and its self-check — and ``ModelLoader``, which loads once on a thread of its
+own and backs off after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import precision as precisions
+from .errors import ModelLoadError
+from .fast import FastBark
+from .fast.transformers_core import TransformersCore
+from .hub import model_directory
+from .self_check import prepare
+from .settings import ModelSettings
+
+_LOGGER = logging.getLogger(__name__)
+
+CORES = ("fast", "transformers")  # --core: ours, or transformers' BarkModel.generate
+# After a failed model load, no new attempt for this long (doubling while it keeps failing).
+LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0
+LOADER_THREAD = "bark-load"  # the model loads on a thread of this name (prefix)
+
+
+@dataclass
+class LoadedBark:
+    """A ready Bark: model, processor (tokenizer) and where it came from."""
+
+    model: object  # transformers.BarkModel
+    processor: object  # transformers.BarkProcessor
+    model_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    core: FastBark | TransformersCore  # ours, or transformers' (--core transformers, or a fallback)
+    precision: str = "fp32"  # fp16, fp32 or int8 (see precision.py)
+    self_check: str = "not run"  # the self-check's verdict, for status
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> first CUDA device if there is one, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as given."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ModelLoadError(f"Invalid --device '{spec}': use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            missing = (
+                "this torch is a CUDA build, so the NVIDIA driver or a visible GPU is missing "
+                "(check nvidia-smi; in Docker, the GPU reservation and the NVIDIA Container Toolkit)"
+                if torch.version.cuda
+                else "this torch is a CPU build: install a CUDA build of torch"
+            )
+            raise ModelLoadError(
+                f"--device {spec} was requested but PyTorch sees no CUDA GPU (torch {torch.__version__}): "
+                f"{missing}; or use --device cpu."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) found")
+    elif device.type != "cpu":
+        raise ModelLoadError(f"Unsupported --device '{spec}': use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def load_bark(settings: ModelSettings) -> LoadedBark:
+    """Load Bark (float16 on CUDA, int8 GPTs on a CPU by default; see ``precision.py``), set up
+    the chosen core and check it (``self_check.py``). Slow: run it off the event loop."""
+    from transformers import BarkModel, BarkProcessor
+
+    model, data_dir = settings.model, settings.data_dir
+    device = resolve_device(settings.device)
+    resolved = precisions.resolve(settings.precision, device)
+    if device.type == "cpu":
+        precisions.use_threads(settings.threads)
+    model_dir = model_directory(model, data_dir)
+    dtype = precisions.dtype(resolved)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        try:
+            processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
+            bark = BarkModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+            bark = bark.to(device).eval()
+        except torch.cuda.OutOfMemoryError as err:
+            raise ModelLoadError(
+                f"Not enough GPU memory to load {model} on {device}. "
+                "Use --model suno/bark-small, free the GPU, or use --device cpu."
+            ) from err
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
+        if not hasattr(bark.generation_config, "semantic_config"):
+            raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
+        if resolved == "int8":
+            try:
+                precisions.quantize(bark)
+            except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
+                _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
+                resolved = "fp32"
+        loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved)
+        if settings.core == "fast":  # the one place that picks the core
+            started = time.monotonic()
+            fast = _fast_core(bark, settings.max_batch, model)
+            outcome = prepare(fast, settings.self_check, data_dir / "self-check", model)
+            loaded.core = outcome.fast or loaded.core
+            loaded.self_check = outcome.summary
+            _LOGGER.info("Core set up and checked in %.1f s", time.monotonic() - started)
+    _LOGGER.info("Bark runs on %s with the %s core", device_summary(device, resolved), loaded.core.name)
+    return loaded
+
+
+def _fast_core(bark, max_batch: int, model: str) -> FastBark:
+    """Our core with KV-cache rows for ``max_batch`` sentences, or as many as GPU memory holds."""
+    while True:
+        try:
+            return FastBark(bark, max_batch)
+        except torch.cuda.OutOfMemoryError as err:
+            if max_batch == 1:
+                raise ModelLoadError(
+                    f"Not enough GPU memory for {model}'s decode cache even for one sentence; "
+                    "use --model suno/bark-small, free the GPU, or use --device cpu"
+                ) from err
+            torch.cuda.empty_cache()
+            _LOGGER.warning(
+                "Not enough GPU memory for --max-batch %d (each row holds a KV cache); using %d",
+                max_batch,
+                max_batch // 2,
+            )
+            max_batch //= 2
+
+
+def device_summary(device: torch.device, precision: str | None = None) -> str:
+    """What a user checks to know the GPU is really used: its name and memory; and the precision."""
+    names = {"fp16": "float16", "fp32": "float32", "int8": "int8 weights"}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, {names[precision or 'fp16']}"
+    return f"the CPU ({torch.get_num_threads()} threads), {names[precision or 'fp32']}"
+
+
+class ModelLoader:
+    """Loads the model once, on a thread that ends with the attempt (on a CPU, the OpenMP workers
+    a thread starts live as long as the thread, and a second set alive slows every decode step:
+    see ``fast.batch._Releaser``). After a failure, calls within a back-off (2 s, doubling up to
+    60 s while it keeps failing) get the same error: requests that arrived together cause one
+    attempt, not one each."""
+
+    def __init__(self, settings: ModelSettings, loaded: LoadedBark | None = None) -> None:
+        self.settings = settings
+        self.loaded = loaded  # the benchmark hands an in-memory model in
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._failure: ModelLoadError | None = None  # the last attempt's, during the back-off
+        self._retry_at = 0.0  # monotonic time before which no new attempt is made
+        self._backoff = 0.0
+        self._thread: ThreadPoolExecutor | None = None
+
+    async def load(self) -> LoadedBark:
+        async with self._lock:
+            if self.loaded is None:
+                if self._failure is not None and time.monotonic() < self._retry_at:
+                    raise ModelLoadError(str(self._failure))
+                try:
+                    self.loaded = await self._attempt()
+                except ModelLoadError as err:
+                    self._backoff = min(LOAD_BACKOFF_MAX, max(LOAD_BACKOFF_MIN, 2 * self._backoff))
+                    self._failure, self._retry_at = err, time.monotonic() + self._backoff
+                    raise
+                self._failure, self._backoff = None, 0.0
+            return self.loaded
+
+    async def _attempt(self) -> LoadedBark:
+        """One attempt; failures become ``ModelLoadError`` (logged)."""
+        model, started = self.settings.model, time.monotonic()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=LOADER_THREAD)
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(self._thread, load_bark, self.settings)
+        except ModelLoadError as err:
+            self.last_error = str(err)
+            _LOGGER.error("Model not loaded: %s", err)
+            raise
+        except Exception as err:
+            self.last_error = f"Loading Bark model '{model}' failed: {err}"
+            _LOGGER.exception("Model not loaded")
+            raise ModelLoadError(self.last_error) from err
+        finally:
+            self._thread.shutdown(wait=False)
+        self.last_error = None
+        _LOGGER.info("Loaded %s in %.1f s", model, time.monotonic() - started)
+        return loaded
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=False, cancel_futures=True)
