@@ -111,7 +111,7 @@ async def eventually_true(check, timeout: float = 60.0) -> None:
 async def test_on_a_cpu_one_thread_computes(engine):
     """After loading and speaking, no loader thread and no audio thread is left: on a CPU every
     thread that ran parallel work keeps its OpenMP workers, and a second set alive slows each
-    decode step by half (see fast.batch._Releaser)."""
+    decode step by half (see fast.release.Releaser)."""
     assert len(await collect(engine.speak("One sentence here."))) == BYTES_PER_SENTENCE
     names = [thread.name for thread in threading.enumerate()]
     assert sum(name == "bark-batch" for name in names) == 1, names

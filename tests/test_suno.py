@@ -16,12 +16,12 @@ from suno_bark import greedy_suno, import_suno, load_into_suno
 from tiny_bark import random_voice
 from transformers import BarkModel, BarkProcessor
 
-from wyoming_bark.engine import tokenize
 from wyoming_bark.fast import FastBark, SamplingSettings
 from wyoming_bark.fast import fine as fine_module
 from wyoming_bark.fast import sample as sample_module
 from wyoming_bark.fast.batch import Scheduler, SpeechRequest
 from wyoming_bark.fast.stages import coarse_tokens, fine_tokens, semantic_tokens
+from wyoming_bark.prepare import tokenize
 
 SHORT_TEXT = "Short one."
 TEXT = "Hello world, this is a test of the fast core."

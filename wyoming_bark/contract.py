@@ -14,6 +14,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .pcm import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH
 from .sentences import SentenceAudio, TextStream, Turn
 from .voices import Voice
 
@@ -31,9 +32,9 @@ class TtsEngine(ABC):
     """A text-to-speech engine producing 16-bit mono PCM at ``sample_rate``."""
 
     name: ClassVar[str] = ""
-    sample_rate: ClassVar[int] = 24_000
-    sample_width: ClassVar[int] = 2
-    channels: ClassVar[int] = 1
+    sample_rate: ClassVar[int] = SAMPLE_RATE
+    sample_width: ClassVar[int] = SAMPLE_WIDTH
+    channels: ClassVar[int] = CHANNELS
     lookahead: int = 0  # sentences of one text made ahead of the one playing
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from typing import Any
 
-import numpy as np
 import torch
 
 from .cache import AudioCache, cache_key
@@ -29,48 +27,20 @@ from .contract import HealthCheckResult, TtsEngine
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled
 from .fast.batch import AudioStream, Scheduler, SpeechRequest
-from .fast.program import NonFiniteLogits, random_seed
+from .fast.program import NonFiniteLogits
 from .length_cap import SEMANTIC_RATE_HZ, max_semantic_tokens
 from .loader import LoadedBark, ModelLoader
+from .pcm import SAMPLE_RATE, SAMPLE_WIDTH, chunked, to_pcm
+from .prepare import prepare
 from .sentences import Turn
 from .settings import EngineSettings
 from .voices import Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_RATE = TtsEngine.sample_rate
-SAMPLE_WIDTH = TtsEngine.sample_width
 HEALTH_PHRASE = "Test."
 # Part of every cache key: change it when the same settings start to give other audio.
 GENERATION_RULES = "suno-0.1.5"
-_WHITESPACE_RE = re.compile(r"\s+")
-
-
-def tokenize(tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text -> (input ids, attention mask), each (1, 256), as Suno's ``generate_text_semantic``
-    reads it: whitespace collapsed, no special tokens, cut at 256 tokens."""
-    inputs = tokenizer(
-        _WHITESPACE_RE.sub(" ", text).strip(),
-        return_tensors="pt",
-        padding="max_length",
-        max_length=256,
-        truncation=True,
-        add_special_tokens=False,
-        return_attention_mask=True,
-        return_token_type_ids=False,
-    )
-    return inputs.input_ids, inputs.attention_mask
-
-
-def to_pcm(audio: np.ndarray) -> bytes:
-    """Float audio in [-1, 1] -> 16-bit little-endian PCM."""
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-
-def chunked(pcm: bytes, samples_per_chunk: int) -> Iterator[bytes]:
-    step = samples_per_chunk * SAMPLE_WIDTH
-    for start in range(0, len(pcm), step):
-        yield pcm[start : start + step]
 
 
 def voice_library(settings: EngineSettings) -> VoiceLibrary:
@@ -348,7 +318,7 @@ class BarkEngine(TtsEngine):
         self._preparing += 1
         try:
             request = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.prepare, bark, sentence.text, sentence.voice, sentence.turn
+                self._executor, self._prepare, bark, sentence
             )
         finally:
             self._preparing -= 1
@@ -357,26 +327,12 @@ class BarkEngine(TtsEngine):
         sentence.stream = self._scheduler.submit(request)
         return None
 
-    def prepare(self, bark: LoadedBark, text: str, voice: Voice, turn: Turn) -> SpeechRequest:
-        """Everything a sentence needs before it is decoded, made on the I/O thread (not the
-        decode thread, whose every row would wait): the voice prompt read, the text tokenized,
-        both on the device; the seed drawn (so a restart is exact); the length cap applied."""
-        prompt = self.voices.load(voice, bark.model_dir)
-        ids, mask = (tensor.to(bark.device) for tensor in tokenize(bark.processor.tokenizer, text))
-        history = {key: torch.from_numpy(value).to(bark.device) for key, value in prompt.items()}
-        seed = self.generation.seed_for(voice.name)
-        sampling = self.generation.sampling
-        limit = max_semantic_tokens(text, self.generation.max_speech_ratio, sampling.max_semantic_tokens)
-        return SpeechRequest(
-            input_ids=ids,
-            attention_mask=mask,
-            history=history,
-            sampling=dataclasses.replace(sampling, max_semantic_tokens=limit),
-            seed=random_seed() if seed is None else seed,
-            in_pieces=self.audio_in_pieces(),
-            urgent=turn.now,
-            client=turn.client,
-        )
+    def _prepare(self, bark: LoadedBark, sentence: _Sentence) -> SpeechRequest:
+        prompt = self.voices.load(sentence.voice, bark.model_dir)
+        seed = self.generation.seed_for(sentence.voice.name)
+        return prepare(bark, sentence.text, prompt, self.generation.sampling, seed, sentence.turn,
+                       max_speech_ratio=self.generation.max_speech_ratio,
+                       in_pieces=self.audio_in_pieces())  # fmt: skip
 
     async def _audio(self, sentence: _Sentence) -> AsyncIterator[bytes]:
         """The sentence's PCM as the scheduler makes it; its failures as ``TtsError``s."""

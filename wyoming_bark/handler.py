@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
@@ -30,7 +29,7 @@ from wyoming.tts import (
 from . import __version__
 from .contract import TtsEngine
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
-from .protocol import STATUS_EVENT, ConnectionLimits, IdleTimeout, ProtocolError, read_event
+from .protocol import BarkStatus, ConnectionLimits, IdleTimeout, ProtocolError, parse_event, read_event
 from .sentences import TextStream
 from .settings import ServerSettings
 from .text import clean_text
@@ -188,7 +187,7 @@ class BarkEventHandler(AsyncEventHandler):
     async def handle_event(self, event: Event) -> bool:
         _LOGGER.debug("Received %s (%d bytes of data)", quoted(event.type), len(str(event.data or "")))
         try:
-            message = _parse(event)
+            message = parse_event(event)
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # the client's data, not our code
             await self._error(f"Malformed {quoted(event.type)} event: {quoted(str(err))}", "bad-event")
             return True
@@ -260,18 +259,17 @@ class BarkEventHandler(AsyncEventHandler):
                     await self.write_event(SynthesizeStopped().event())
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=message.text).event())
-        elif event.type == STATUS_EVENT:
+        elif BarkStatus.is_type(event.type):
             verdict = await self.engine.health_check()
-            status = {
+            details = {
                 **verdict.details,
                 "model": for_client(str(verdict.details["model"])),  # no server paths to clients
                 "last_error": for_client(verdict.details["last_error"] or "") or None,
-                "healthy": verdict.healthy,
-                "health": for_client(verdict.message),
                 "tasks": len(asyncio.all_tasks()),
                 "threads": threading.active_count(),
             }
-            await self.write_event(Event(STATUS_EVENT, data=status))
+            status = BarkStatus(healthy=verdict.healthy, health=for_client(verdict.message), details=details)
+            await self.write_event(status.event())
         else:  # the wyoming spec: events a program does not know are ignored
             _LOGGER.debug("Ignoring event of type %s", quoted(event.type))
 
@@ -397,28 +395,3 @@ class BarkEventHandler(AsyncEventHandler):
     def _drop_queued(self) -> None:
         while not self._jobs.empty():
             self._jobs.get_nowait().close()
-
-
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-
-
-def _parse(event: Event) -> Any:
-    """The typed form of an event we act on (None for the others), with the fields a client could
-    get wrong checked here, so that only the client's data, never our own code, can make an event
-    "malformed"."""
-    for kind in (Synthesize, SynthesizeStart, SynthesizeChunk, Ping):
-        if kind.is_type(event.type):
-            message = kind.from_event(event)
-            if kind in (Synthesize, SynthesizeChunk) and not isinstance(message.text, str):
-                raise TypeError("text must be a string")
-            if kind is Ping and not isinstance(message.text, (str, type(None))):
-                raise TypeError("text must be a string")
-            if kind is Ping and message.text:  # echoed back: a lone surrogate cannot be sent as UTF-8
-                message.text = _SURROGATE_RE.sub("\ufffd", message.text)
-            voice = getattr(message, "voice", None)
-            if voice is not None:
-                for field in ("name", "language", "speaker"):
-                    if not isinstance(getattr(voice, field), (str, type(None))):
-                        raise TypeError(f"voice {field} must be a string")
-            return message
-    return None

@@ -16,11 +16,10 @@ import time
 
 from wyoming.audio import AudioChunk
 from wyoming.client import AsyncClient
-from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize
 
-from .protocol import STATUS_EVENT
+from .protocol import BarkStatus
 
 # Seconds for the whole check: a describe answers at once, but a sentence takes a while on a CPU.
 TIMEOUT_S = 10.0
@@ -63,11 +62,12 @@ async def check(
             f"bark {programs[0].version}, {len(programs[0].voices)} voices, describe {describe_ms:.0f} ms"
         )
         progress.stage = "waiting for bark-status"
-        await client.write_event(Event(STATUS_EVENT))
+        await client.write_event(BarkStatus().event())
         event = await asyncio.wait_for(client.read_event(), timeout)
         healthy = True
-        if event is not None and event.type == STATUS_EVENT:
-            state = event.data
+        if event is not None and BarkStatus.is_type(event.type):
+            answer = BarkStatus.from_event(event)
+            state = answer.details
             if state.get("loaded"):
                 model = f"loaded on {state['device']}"
             else:
@@ -76,7 +76,7 @@ async def check(
             if "cache_hits" in state:
                 status += f", {state['cache_hits']} replayed from the cache"
             status += f", last error: {state.get('last_error') or 'none'}"
-            healthy = bool(state.get("healthy", True))
+            healthy = answer.healthy is not False
         if phrase is None or not healthy:
             return healthy, status
         started = time.monotonic()

@@ -147,7 +147,7 @@ def device_summary(device: torch.device, precision: str | None = None) -> str:
 class ModelLoader:
     """Loads the model once, on a thread that ends with the attempt (on a CPU, the OpenMP workers
     a thread starts live as long as the thread, and a second set alive slows every decode step:
-    see ``fast.batch._Releaser``). After a failure, calls within a back-off (2 s, doubling up to
+    see ``fast.release.Releaser``). After a failure, calls within a back-off (2 s, doubling up to
     60 s while it keeps failing) get the same error: requests that arrived together cause one
     attempt, not one each."""
 

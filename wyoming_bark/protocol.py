@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
-from wyoming.event import Event
+from wyoming.event import Event, Eventable
+from wyoming.ping import Ping
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart
 
 from .errors import quoted
 from .settings import ServerSettings
@@ -26,6 +30,32 @@ BUFFER_BUDGET = 16 << 20  # bytes of large events being read, all connections to
 SMALL_EVENT = 64 << 10  # data and payload up to this always pass (their sum is bounded by the
 # connection cap); only larger ones draw on the budget, so half-sent large events cannot lock
 # ordinary requests out
+
+
+@dataclass
+class BarkStatus(Eventable):
+    """Our extension event ``bark-status``: asked with no data; answered with the engine's
+    verdict (``healthy``, ``health``) and its state (``details``), sent as one flat object."""
+
+    healthy: bool | None = None
+    health: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def is_type(event_type: str) -> bool:
+        return event_type == STATUS_EVENT
+
+    def event(self) -> Event:
+        if self.healthy is None:  # the question
+            return Event(STATUS_EVENT)
+        return Event(STATUS_EVENT, data={**self.details, "healthy": self.healthy, "health": self.health})
+
+    @staticmethod
+    def from_event(event: Event) -> BarkStatus:
+        details = dict(event.data or {})
+        return BarkStatus(
+            healthy=details.pop("healthy", None), health=details.pop("health", None), details=details
+        )
 
 
 class ProtocolError(ValueError):
@@ -135,3 +165,28 @@ async def _read_rest(reader: asyncio.StreamReader, first: bytes, limits: Connect
         if limits is not None and claimed > SMALL_EVENT:
             limits.buffered -= claimed
     return Event(type=header["type"], data=data, payload=payload)
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def parse_event(event: Event) -> Any:
+    """The typed form of an event we act on (None for the others), with the fields a client could
+    get wrong checked here, so that only the client's data, never our own code, can make an event
+    "malformed"."""
+    for kind in (Synthesize, SynthesizeStart, SynthesizeChunk, Ping):
+        if kind.is_type(event.type):
+            message = kind.from_event(event)
+            if kind in (Synthesize, SynthesizeChunk) and not isinstance(message.text, str):
+                raise TypeError("text must be a string")
+            if kind is Ping and not isinstance(message.text, (str, type(None))):
+                raise TypeError("text must be a string")
+            if kind is Ping and message.text:  # echoed back: a lone surrogate cannot be sent as UTF-8
+                message.text = _SURROGATE_RE.sub("\ufffd", message.text)
+            voice = getattr(message, "voice", None)
+            if voice is not None:
+                for field in ("name", "language", "speaker"):
+                    if not isinstance(getattr(voice, field), (str, type(None))):
+                        raise TypeError(f"voice {field} must be a string")
+            return message
+    return None

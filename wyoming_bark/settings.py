@@ -88,6 +88,8 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The one translation from the command line (``cli.parse_args``) to settings."""
         data_dir = Path(args.data_dir).expanduser()
+        cache_size_mb = args.cache_size_mb  # kept when --cache is off: every flag is read
+        voices_dir = args.voices_dir
         model = ModelSettings(
             model=args.model,
             data_dir=data_dir,
@@ -115,9 +117,9 @@ class Settings:
             generation=generation,
             voice=args.voice,
             language_voices=dict(args.language_voices),
-            voices_dir=Path(args.voices_dir).expanduser() if args.voices_dir else data_dir / "voices",
+            voices_dir=Path(voices_dir).expanduser() if voices_dir else data_dir / "voices",
             samples_per_chunk=args.samples_per_chunk,
-            cache_size_mb=args.cache_size_mb if args.cache else None,
+            cache_size_mb=cache_size_mb if args.cache else None,
             audio_streaming=args.audio_streaming,
             lookahead=args.lookahead,
         )

@@ -30,7 +30,7 @@ T = TypeVar("T")
 def on_own_thread(fn: Callable[[], T]) -> T:
     """``fn()`` on a thread that ends with it. On a CPU the OpenMP workers a thread starts (filling
     a KV cache is enough) live as long as the thread, and a second set alive slows the server's
-    scheduler thread (see ``fast.batch._Releaser``): the server loads on such a thread too."""
+    scheduler thread (see ``fast.release.Releaser``): the server loads on such a thread too."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench") as pool:
         return pool.submit(fn).result()
 

@@ -5,193 +5,34 @@ holding a cache row while it runs. Every iteration the scheduler advances each p
 next request, answers all decode steps of a model with one batched (graph-replayed) step and
 equal-length prefills with one pass. On CUDA the audio a program releases is made (fine stage,
 EnCodec) by a second thread on a stream of its own while decoding goes on; on a CPU the scheduler
-thread makes it between iterations (see ``_Releaser``). Either way it reaches the listener in
+thread makes it between iterations (see ``release.py``). Either way it reaches the listener in
 order. A new sentence joins at the next iteration, so it never waits for another one to finish —
 only for a free row when ``max_batch`` sentences are already running.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import heapq
 import logging
-import queue
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from .core import Core
-from .program import (
-    Audio,
-    Cancelled,
-    NonFiniteLogits,
-    Prefill,
-    Program,
-    SamplingSettings,
-    Step,
-    reply,
-    requests,
-)
+from .program import Audio, Cancelled, NonFiniteLogits, Program, reply, requests
+from .release import Releaser, use_device
+from .request import DONE, AudioStream, Job, SpeechRequest
+
+__all__ = ["DONE", "AudioStream", "Job", "Scheduler", "SpeechRequest"]
 
 _LOGGER = logging.getLogger(__name__)
 
-DONE = None  # what ``emit`` gets after a program's last audio
 MAX_CLIENTS_REMEMBERED = 256
 GIL_SWITCH_S = 0.0005  # Python's thread switch interval while a GPU scheduler runs
-
-
-_NOW = threading.Event()
-_NOW.set()
-
-
-@dataclass(eq=False)
-class Job:
-    """One program and where its output goes.
-
-    ``emit`` is called with each audio piece (a float array), then with ``DONE`` or with the
-    exception that ended the program (``Cancelled`` once ``cancel`` is set) — on the audio thread
-    (CUDA) or the scheduler thread (CPU).
-    """
-
-    program: Program
-    emit: Callable[[Any], None]
-    cancel: threading.Event = field(default_factory=threading.Event)
-    row: int = -1
-    op: Prefill | Step | tuple[Prefill | Step, ...] | None = None  # waiting for an answer
-    answer: Any = None
-    error: BaseException | None = None  # to raise inside the program at its next advance
-    failed: bool = False  # making its audio failed: nothing more goes to the listener
-    # Set: a listener waits for this sentence now; clear: it is made ahead (see Scheduler._admit).
-    urgent: threading.Event = field(default_factory=lambda: _NOW)
-    client: object = None  # whose sentence: equals are served round-robin by client
-    restart: Callable[[], Program] | None = None  # the program anew, exactly (see Scheduler._preempt)
-    released: bool = False  # it has released audio (then it cannot start again unheard)
-    admitted: int = 0  # when it last got a row
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class SpeechRequest:
-    """A sentence prepared for ``Scheduler.submit``: tokenized, its voice prompt and inputs already
-    on the core's device (made off the decode thread), its seed fixed (a restart is exact)."""
-
-    input_ids: torch.Tensor  # (1, T)
-    attention_mask: torch.Tensor
-    history: dict[str, torch.Tensor] | None  # the voice prompt
-    sampling: SamplingSettings
-    seed: int
-    in_pieces: bool = False  # release audio inside the sentence (see ``FastBark.speech``)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    urgent: threading.Event = _NOW  # set: a listener waits for it now; clear: made ahead
-    client: object = None  # whose sentence: equals are served round-robin by client
-
-
-class AudioStream:
-    """A submitted sentence's audio pieces (float arrays), read on the event loop that submitted
-    it: one queue, filled from the scheduler's threads. Ends by raising what ended the program
-    (``Cancelled`` once cancelled); a reader that stops early cancels the sentence."""
-
-    def __init__(self, cancel: threading.Event) -> None:
-        self._cancel = cancel
-        self._loop = asyncio.get_running_loop()
-        self._items: asyncio.Queue[Any] = asyncio.Queue()
-
-    def emit(self, item: Any) -> None:
-        """A piece, ``DONE`` or the exception that ended it (called on the scheduler's threads)."""
-        with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
-            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
-        finished = False
-        try:
-            while (item := await self._items.get()) is not DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            finished = True
-        finally:
-            if not finished:
-                self._cancel.set()
-
-
-class _Releaser:
-    """Makes released audio and hands every item of a job — audio to make, then ``DONE`` or an
-    error — to its listener in the order it was put; after a failure to make audio the job is
-    cancelled and gets nothing more.
-
-    On CUDA it works on a thread (and a stream) of its own, so the GPU decodes while audio is made.
-    On a CPU it works on the caller's thread, the scheduler's: both would share the same cores
-    anyway, and PyTorch's OpenMP spins its idle workers only while a single thread in the process
-    runs parallel work — with a second team alive, every small op of a decode step waits for its
-    workers to wake (measured: docs/performance.md).
-    """
-
-    def __init__(self, device: torch.device | None, name: str) -> None:
-        cuda = device is not None and device.type == "cuda"
-        self._device = device
-        self._stream = torch.cuda.Stream(device) if cuda else None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = None
-        if cuda:
-            self._thread = threading.Thread(target=self._loop, name=f"{name}-audio", daemon=True)
-            self._thread.start()
-
-    def put(self, job: Job, item: Any) -> None:
-        if self._thread is None:
-            self._deliver(job, item, None)
-            return
-        ready = None
-        if isinstance(item, Audio):
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self._device))  # the work that made the codes
-        self._queue.put((job, item, ready))
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        _use_device(self._device)
-        with torch.inference_mode():
-            while (entry := self._queue.get()) is not None:
-                self._deliver(*entry)
-
-    def _deliver(self, job: Job, item: Any, ready) -> None:
-        if job.failed:
-            return
-        if job.cancel.is_set():
-            if isinstance(item, Audio):
-                return
-            if item is DONE:  # cancelled while its last audio was still to go out
-                item = Cancelled()
-        if isinstance(item, Audio):
-            try:
-                item = self._make(item, ready)
-            except Exception as err:  # noqa: BLE001 - e.g. out of memory: this job ends
-                job.failed = True
-                job.cancel.set()
-                item = err
-        _emit(job, item)
-
-    def _make(self, audio: Audio, ready) -> Any:
-        if self._stream is None:
-            return audio.make()
-        with torch.cuda.stream(self._stream):
-            self._stream.wait_event(ready)
-            return audio.make()  # ends with a copy to the host: its GPU work is done on return
 
 
 class Scheduler:
@@ -211,7 +52,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closed = False
         device = core.device
-        self._releaser = _Releaser(device, name)
+        self._releaser = Releaser(device, name)
         self.steps = 0  # batched decode iterations, for status
         self.preempted = 0  # sentences made ahead that gave their row to one waited for now
         self._compute_bound = device is None or device.type != "cuda"  # see _to_answer
@@ -294,7 +135,7 @@ class Scheduler:
     # --- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        _use_device(self.core.device)
+        use_device(self.core.device)
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -446,16 +287,3 @@ class Scheduler:
         heapq.heappush(self._free, job.row)
         job.row = -1
         self._releaser.put(job, outcome)
-
-
-def _use_device(device: torch.device | None) -> None:
-    """Make ``device`` current for this thread: CUDA streams, events and graphs are per device."""
-    if device is not None and device.type == "cuda":
-        torch.cuda.set_device(device)
-
-
-def _emit(job: Job, item: Any) -> None:
-    try:
-        job.emit(item)
-    except Exception:  # a listener that is gone must not stop the others
-        _LOGGER.debug("Listener failed", exc_info=True)
