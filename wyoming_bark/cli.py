@@ -21,7 +21,7 @@ from .config import MAX_SEED, ConfigError, flag_keys, load_config
 from .contract import ENGINES
 from .discovery import default_service_name
 from .fast import SamplingSettings
-from .loader import CORES
+from .loader import COMPILE_MODES, CORES
 from .precision import PRECISIONS
 from .self_check import MODES as SELF_CHECK_MODES
 from .settings import DEFAULT_CACHE_SIZE_MB, EngineSettings, GenerationSettings, ModelSettings, ServerSettings
@@ -191,6 +191,13 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         ModelSettings.precision,
         "auto (int8 weights on a CPU, float16 on CUDA), fp32 (exact; slower), or int8 (CPU only)",
         choices=PRECISIONS,
+    )
+    add(
+        "compile",
+        ModelSettings.compile,
+        "Compile the decode steps with torch.compile (fewer, fused kernels; minutes at the first "
+        "start, cached in DATA_DIR/compile-cache): auto (on with CUDA), on, or off",
+        choices=COMPILE_MODES,
     )
     add(
         "threads",

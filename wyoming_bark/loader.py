@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from .settings import ModelSettings
 _LOGGER = logging.getLogger(__name__)
 
 CORES = ("fast", "transformers")  # --core: ours, or transformers' BarkModel.generate
+COMPILE_MODES = ("auto", "on", "off")  # --compile
+COMPILE_CACHE = "compile-cache"  # under the data dir: inductor's kernels, keyed by inductor itself
 # After a failed model load, no new attempt for this long (doubling while it keeps failing).
 LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0
 LOADER_THREAD = "bark-load"  # the model loads on a thread of this name (prefix)
@@ -107,7 +110,10 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
         if settings.core == "fast":  # the one place that picks the core
             started = time.monotonic()
             fast = _fast_core(bark, settings.max_batch, model)
-            outcome = prepare(fast, settings.self_check, data_dir / "self-check", model)
+            compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
+            if compile:  # a restart finds the kernels it compiled before
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_dir / COMPILE_CACHE))
+            outcome = prepare(fast, settings.self_check, data_dir / "self-check", model, compile=compile)
             loaded.core = outcome.fast or loaded.core
             loaded.self_check = outcome.summary
             _LOGGER.info("Core set up and checked in %.1f s", time.monotonic() - started)

@@ -4,7 +4,9 @@ The fast core proves itself on the device it will serve from (see ``fast/check.p
 failure moves one step down the ladder, with one log line that says what was found and what runs
 instead:
 
-1. decode graphs that fail to capture or disagree with the eager step -> that model decodes eagerly;
+0. a decode step that fails to compile (``--compile``) -> that model's step runs uncompiled;
+1. decode graphs (or a compiled step) that fail to capture or disagree with the eager step -> that
+   model runs uncompiled, then eagerly;
 2. our networks disagree with transformers' modules -> the transformers core;
 3. a test sentence through the scheduler fails -> eager steps, then the transformers core.
 
@@ -32,11 +34,12 @@ from . import __version__
 from .errors import ModelLoadError
 from .fast import FastBark
 from .fast.check import check_against_transformers, check_graphs, check_sentence, precision_of
+from .fast.model import BatchedStep
 
 _LOGGER = logging.getLogger(__name__)
 
 MODES = ("on", "off", "strict")
-STEPS = ("graphs", "core", "sentence")  # in order; a crash in one skips it next time
+STEPS = ("compile", "graphs", "core", "sentence")  # in order; a crash in one skips it next time
 
 
 @dataclass
@@ -102,13 +105,23 @@ class _Markers:
                 _LOGGER.warning("Self-check: cannot keep its marker in %s (%s)", self.path.parent, err)
 
 
-def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str, sentence: bool | None = None) -> Outcome:
-    """Capture the graphs and run the self-check with its fallback ladder.
+def prepare(
+    fast: FastBark,
+    mode: str,
+    marker_dir: Path,
+    model: str,
+    sentence: bool | None = None,
+    compile: bool = False,
+) -> Outcome:
+    """Compile the decode steps (``compile``), capture the graphs and run the self-check with its
+    fallback ladder.
 
     The test sentence (``sentence``) runs on CUDA by default, where it is also the warm-up; on a
     CPU it would cost a fine pass (seconds) and exercise nothing the other checks have not."""
     sentence = fast.device.type == "cuda" if sentence is None else sentence
     if mode == "off":
+        for name, err in (fast.compile() if compile else {}).items():
+            _LOGGER.warning("The %s step did not compile (%s); it runs uncompiled", name, err)
         failed = fast.capture()
         for name, err in failed.items():
             _LOGGER.warning("No CUDA graph for the %s model (%s); %s runs eagerly", name, err, name)
@@ -138,6 +151,8 @@ def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str, sentence: b
             _CONSEQUENCE[step],
         )
 
+    if compile:
+        _compile(fast, markers, skip, fall_back)
     fast = _graphs(fast, markers, skip, fall_back)
     if "core" in skip or "sentence" in skip:
         return _verdict(Outcome(None, "", fallbacks), markers, started)
@@ -149,11 +164,13 @@ def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str, sentence: b
         return _verdict(Outcome(fast, "", fallbacks), markers, started)
     markers.write(running="sentence")
     if problems := check_sentence(fast):
-        if any(part.path == "cuda graphs" for part in fast.graphed().values()):
+        if any(part.path != "eager" for part in fast.graphed().values()):
             fall_back(
                 f"a test sentence failed ({_join(problems)})", "running without graphs and trying again"
             )
             for part in fast.graphed().values():
+                if isinstance(part, BatchedStep):
+                    part.uncompile()
                 part.use_eager("a test sentence failed with graphs")
             problems = check_sentence(fast)
         if problems:
@@ -163,10 +180,25 @@ def prepare(fast: FastBark, mode: str, marker_dir: Path, model: str, sentence: b
 
 
 _CONSEQUENCE = {
+    "compile": "running uncompiled",
     "graphs": "running eagerly, without CUDA graphs",
     "core": "using the transformers core",
     "sentence": "using the transformers core",
 }
+
+
+def _compile(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> None:
+    """Rung 0: compile the decode steps; a model whose step fails to compile runs uncompiled.
+    (Its numbers are checked with the graphs, next.)"""
+    if "compile" in skip:
+        return
+    markers.write(running="compile")
+    started = time.monotonic()
+    failed = fast.compile()
+    for name, err in failed.items():
+        fall_back(f"the {name} step did not compile ({err})", f"{name} runs uncompiled")
+    if len(failed) < len(fast.steps):
+        _LOGGER.info("Decode steps compiled in %.1f s", time.monotonic() - started)
 
 
 def _graphs(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> FastBark:
@@ -179,7 +211,22 @@ def _graphs(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> Fas
     for name, err in fast.capture().items():
         fall_back(f"no CUDA graph for the {name} model ({err})", f"{name} runs eagerly")
     for name, problem in check_graphs(fast).items():
-        fast.graphed()[name].use_eager(problem)
+        part = fast.graphed()[name]
+        if isinstance(part, BatchedStep) and part.compiled is not None:
+            fall_back(
+                f"the compiled {name} step disagrees with the eager code ({problem})",
+                f"{name} runs uncompiled",
+            )
+            part.uncompile()
+            with fast.on_device(), torch.inference_mode():
+                try:
+                    part.capture()
+                except Exception as err:  # noqa: BLE001 - as any capture failure
+                    part.use_eager(f"capture failed: {err}")
+            problem = check_graphs(fast, only=name).get(name)
+            if problem is None:
+                continue
+        part.use_eager(problem)
         fall_back(f"the {name} graphs disagree with the eager code ({problem})", f"{name} runs eagerly")
     return fast
 

@@ -30,6 +30,7 @@ class ModelSettings:
     precision: str = "auto"  # auto | fp32 | int8 (precision.PRECISIONS)
     threads: int | None = None  # CPU threads; None: one per physical core
     max_batch: int = 8  # sentences decoded together
+    compile: str = "auto"  # auto | on | off: decode steps through torch.compile (auto: on CUDA)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +100,7 @@ class Settings:
             precision=args.precision,
             threads=args.threads,
             max_batch=args.max_batch,
+            compile=args.compile,
         )
         generation = GenerationSettings(
             sampling=SamplingSettings(

@@ -134,20 +134,24 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def load_core() -> FastBark:
+    compiles = compile_variants(args.compile, device)
+
+    def load_core(compile: bool) -> FastBark:
         import tempfile
 
         from ..self_check import prepare
 
         with tempfile.TemporaryDirectory() as markers:
-            outcome = prepare(FastBark(ours_model), args.self_check, Path(markers), f"random {args.arch}")
+            outcome = prepare(
+                FastBark(ours_model), args.self_check, Path(markers), f"random {args.arch}", compile=compile
+            )
         if outcome.fast is None:
             raise SystemExit(f"the self-check turned our core off: {outcome.summary}")
         checked.append(outcome.summary)
         return outcome.fast
 
     checked: list[str] = []
-    fast, warmup_s = _timed(device, load_core)
+    fast, warmup_s = _timed(device, lambda: load_core(compiles[0]))
     first = run_ours(fast, device, inputs, settings)
     runs = [run_ours(fast, device, inputs, settings) for _ in range(args.reps)]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -176,9 +180,27 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
             "warmup_s": round(warmup_s, 3),
             "self_check": checked[0],
             "peak_gpu_mib": round(peak, 1) if peak is not None else None,
+            "compiled": compiles[0],
         },
         "model_build_s": round(load_s, 2),
     }
+    for compile in compiles[1:]:  # the other variant, same weights, same run
+        other, other_warmup = _timed(device, lambda compile=compile: load_core(compile))
+        run_ours(other, device, inputs, settings)
+        timed = [run_ours(other, device, inputs, settings) for _ in range(args.reps)]
+        result.setdefault("compile", {})["on" if compile else "off"] = {
+            "rtf": round(statistics.median(run.wall for run in timed) / audio_s, 4),
+            "semantic_ms_per_step": round(
+                1000 * statistics.median(run.semantic_s for run in timed) / max(timed[0].semantic_tokens, 1),
+                3,
+            ),
+            "coarse_ms_per_step": round(
+                1000 * statistics.median(run.coarse_s for run in timed) / max(timed[0].coarse_tokens, 1), 3
+            ),
+            "warmup_s": round(other_warmup, 2),  # with compiling: the first start's extra time
+            "self_check": checked[-1],
+        }
+        del other
     if len(names) > 1:
         result["precisions"] = compare_precisions(
             model, device, lambda core: run_ours(core, device, inputs, settings), names, args.reps
@@ -195,7 +217,16 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
             "first_call_s": round(reference_first.wall, 4),
         }
         result["speedup"] = round(ref_wall / wall, 2)
-    return result, (ours_model, precision)
+    return result, (ours_model, precision, compiles[0])
+
+
+def compile_variants(spec: str, device: torch.device) -> list[bool]:
+    """``--compile off,on`` -> [False, True]; ``auto``: on with CUDA, as the server."""
+    names = [name.strip() for name in spec.split(",") if name.strip()] or ["auto"]
+    unknown = set(names) - {"auto", "on", "off"}
+    if unknown:
+        raise SystemExit(f"--compile: unknown {', '.join(sorted(unknown))} (auto, on, off)")
+    return [name == "on" or (name == "auto" and device.type == "cuda") for name in names]
 
 
 def print_table(result: dict) -> None:
@@ -221,6 +252,12 @@ def print_table(result: dict) -> None:
     if "speedup" in result:
         print(f"speed-up over transformers: {result['speedup']}x")
     print(f"self-check: {ours['self_check']}")
+    for name, row in result.get("compile", {}).items():
+        print(
+            f"compile {name} (vs {'on' if ours['compiled'] else 'off'} above): RTF {row['rtf']}, semantic "
+            f"{row['semantic_ms_per_step']} ms/step, coarse {row['coarse_ms_per_step']} ms/step, "
+            f"warm-up at load {row['warmup_s']} s; self-check: {row['self_check']}"
+        )
     for name, row in result.get("precisions", {}).items():
         quality = row.get(next((key for key in row if key.startswith("quality_vs_")), ""), {})
         gate = ", ".join(
@@ -309,6 +346,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--self-check", choices=SELF_CHECK_MODES, default="on", help="the server's --self-check"
+    )
+    parser.add_argument(
+        "--compile",
+        default="auto",
+        help="the decode steps through torch.compile, as the server's --compile: auto, on or off; a "
+        "list, e.g. off,on, also compares them in one run (the first is the baseline and the server's)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()

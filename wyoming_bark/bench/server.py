@@ -39,7 +39,7 @@ async def _serve(
     served: tuple, device: torch.device, n_semantic: int, folder: Path, audio_streaming: str, max_batch: int
 ):
     """The real server (handler + engine) on a loopback port, over the in-memory random model
-    (``served``: the model and its precision)."""
+    (``served``: the model, its precision and whether its steps are compiled)."""
     from types import SimpleNamespace
 
     from transformers import BertTokenizerFast
@@ -51,7 +51,7 @@ async def _serve(
     from ..self_check import prepare
     from ..settings import EngineSettings, GenerationSettings, ModelSettings
 
-    model, precision = served
+    model, precision, compiled = served
     _, _, history = random_inputs(torch.device("cpu"))
     np.savez(folder / "bench.npz", **{key: value.numpy() for key, value in history.items()})
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -59,7 +59,9 @@ async def _serve(
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     sampling = SamplingSettings(max_semantic_tokens=n_semantic, allow_early_stop=False)
     # capture and warm up, on a thread that ends (as the server loads: see on_own_thread)
-    fast = on_own_thread(lambda: prepare(FastBark(model, max_batch), "off", folder, "random").fast)
+    fast = on_own_thread(
+        lambda: prepare(FastBark(model, max_batch), "off", folder, "random", compile=compiled).fast
+    )
     dtype = next(model.parameters()).dtype
     settings = EngineSettings(
         model=ModelSettings(model="random", data_dir=folder, device=str(device), max_batch=max_batch),

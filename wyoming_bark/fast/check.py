@@ -56,10 +56,16 @@ def precision_of(fast) -> torch.dtype | str:
     return fast.semantic.embed.weight.dtype
 
 
-def check_graphs(fast) -> dict[str, str]:
-    """Replayed graphs against eager steps, every bucket, both models launched together."""
-    steps = {name: step for name, step in fast.steps.items() if step.graphs}
-    if not steps and fast.fine.graph is None:
+def check_graphs(fast, only: str | None = None) -> dict[str, str]:
+    """Replayed graphs (and compiled steps) against eager steps, every bucket, both models
+    launched together; ``only``: that part alone."""
+    steps = {
+        name: step
+        for name, step in fast.steps.items()
+        if (step.graphs or step.compiled is not None) and only in (None, name)
+    }
+    fine = fast.fine.graph is not None and only in (None, "fine")
+    if not steps and not fine:
         return {}
     problems: dict[str, str] = {}
     generator = torch.Generator().manual_seed(CHECK_SEED)
@@ -69,7 +75,7 @@ def check_graphs(fast) -> dict[str, str]:
             for cache in step.gpt.caches:
                 cache.k.normal_(generator=on_device)
                 cache.v.normal_(generator=on_device)
-        buckets = sorted(set().union(*(step.graphs for step in steps.values())))
+        buckets = sorted(set().union(*(step.graphs or step.buckets for step in steps.values())))
         for b in buckets:
             rows = list(range(b))
             outputs = {}
@@ -91,7 +97,7 @@ def check_graphs(fast) -> dict[str, str]:
                         problem = "tokens differ from the eager step's on equal logits"
                 if problem is not None:
                     problems[name] = f"batch-{b} graph: {problem}"
-        if fast.fine.graph is not None and (problem := _check_fine_graph(fast.fine, generator)):
+        if fine and (problem := _check_fine_graph(fast.fine, generator)):
             problems["fine"] = problem
     return problems
 

@@ -127,12 +127,24 @@ class FastBark:
                     part.use_eager(f"capture failed: {err}")
         return failed
 
+    def compile(self) -> dict[str, str]:
+        """Compile each model's decode step (``BatchedStep.compile``), before ``capture``; a model
+        whose compile fails stays uncompiled. Returns what failed, by model."""
+        failed = {}
+        with self.on_device(), torch.inference_mode():
+            for name, step in self.steps.items():
+                try:
+                    step.compile()
+                except Exception as err:  # noqa: BLE001 - inductor, a compiler, a kernel: run uncompiled
+                    failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return failed
+
     def graphed(self) -> dict[str, BatchedStep | FineStage]:
         """The parts that replay CUDA graphs, by name: the two decode steps and the fine pass."""
         return {**self.steps, "fine": self.fine}
 
     def decode_paths(self) -> dict[str, str]:
-        """How each part runs (for status): ``cuda graphs`` or ``eager``."""
+        """How each part runs (for status): ``compiled``, ``cuda graphs``, both, or ``eager``."""
         return {name: part.path for name, part in self.graphed().items()}
 
     # --- answering programs -------------------------------------------------------------

@@ -9,6 +9,7 @@ so ``BatchedStep`` captures one CUDA graph per batch-size bucket and replays it 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 BUCKETS = (1, 2, 4, 8, 16, 32)  # batch sizes with a captured decode graph (CUDA)
+# --compile: inductor's autotuned kernels without its own CUDA graphs (ours are captured over them).
+COMPILE_MODE = "max-autotune-no-cudagraphs"
 SPAN = 128  # eager steps attend to cache positions up to the batch's highest, in steps of this
 
 
@@ -214,6 +217,7 @@ class BatchedStep:
             self.buckets = list(range(1, gpt.batch + 1))
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.eager_reason: str | None = None  # why this model decodes eagerly on CUDA
+        self.compiled: Callable | None = None  # the step through torch.compile (``compile``)
         # Its own high-priority CUDA stream, so the semantic and the coarse step of one iteration
         # overlap (a replayed step leaves the GPU mostly idle between its small kernels) and the
         # audio thread's fine passes do not delay them. Capture gets a stream of its own too: the
@@ -228,8 +232,34 @@ class BatchedStep:
 
     @property
     def path(self) -> str:
-        """How steps run: ``cuda graphs`` or ``eager``."""
-        return "cuda graphs" if self.graphs else "eager"
+        """How steps run: ``compiled``, ``cuda graphs``, both, or ``eager``."""
+        graphs = "cuda graphs" if self.graphs else "eager"
+        return ("compiled + " + graphs if self.graphs else "compiled") if self.compiled else graphs
+
+    def compile(self) -> None:
+        """Run the step through ``torch.compile`` (inductor: fused kernels, fewer launches) from now
+        on, compiling each bucket now; on CUDA the graphs are then captured over the compiled step.
+        Raises what compiling raised (and stays uncompiled)."""
+        cuda = self.device.type == "cuda"
+        # On CUDA one compile per bucket (static shapes, as the graphs are); on a CPU the row count
+        # and the attention span change every step: one compile with symbolic sizes.
+        self.compiled = torch.compile(self.run_eager, mode=COMPILE_MODE if cuda else None, dynamic=not cuda)
+        try:
+            with torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
+                for b in self.buckets if cuda else self.buckets[-1:]:
+                    self.ints[:b].copy_(torch.tensor([self.padding[0]] * b))
+                    self.compiled(b, None if cuda else SPAN)
+        except Exception:
+            self.compiled = None
+            raise
+
+    def uncompile(self) -> None:
+        """Back to the plain step (graphs, if any, are captured again by ``capture``)."""
+        self.compiled = None
+        self.graphs.clear()
+
+    def _step(self, b: int, span: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.compiled(b, span) if self.compiled is not None else self.run_eager(b, span)
 
     def run_eager(self, b: int, span: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The step over the first ``b`` rows' current inputs, without graphs: ``(packed, logits)``;
@@ -261,11 +291,11 @@ class BatchedStep:
         with torch.cuda.stream(stream):
             for b in self.buckets:  # warm up the allocator and kernels outside the graphs
                 for _ in range(2):
-                    self.run_eager(b)
+                    self._step(b)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         pool = None
         for b in reversed(self.buckets):  # largest first, so the smaller ones reuse its memory
-            graph, out = capture_graph(lambda b=b: self.run_eager(b), stream, pool, f"batch-{b} step")
+            graph, out = capture_graph(lambda b=b: self._step(b), stream, pool, f"batch-{b} step")
             pool = graph.pool()
             self.graphs[b] = graph, out
 
@@ -303,7 +333,7 @@ class BatchedStep:
             graph, out = self.graphs[b]
             graph.replay()
             return out
-        return self.run_eager(b, span)
+        return self._step(b, span)
 
     def read(self, out: tuple[torch.Tensor, torch.Tensor]) -> tuple[list[int], list[int]]:
         """Tokens and finite-flags of the step ``launch`` started, once it is done (valid until
