@@ -52,6 +52,6 @@ VOLUME ["/data"]
 EXPOSE 10200
 
 HEALTHCHECK --start-period=10m --interval=1m --timeout=15s \
-    CMD ["python", "-m", "wyoming_bark.health", "--uri", "tcp://127.0.0.1:10200"]
+    CMD ["python", "-m", "wyoming_bark.health"]
 
 ENTRYPOINT ["python", "-m", "wyoming_bark"]

@@ -85,3 +85,19 @@ def test_a_crash_while_compiling_skips_compiling_next_time(fast, tmp_path, caplo
     assert outcome.fast is fast
     assert "the compile check crashed the last start" in caplog.text and "running uncompiled" in caplog.text
     assert all(step.compiled is None for step in fast.steps.values())
+
+
+@pytest.mark.cuda
+def test_on_cuda_graphs_are_captured_over_the_compiled_steps(tiny_model, tmp_path):
+    """As served with --compile on a GPU: float16, compiled, graphs captured over the compiled step,
+    the strict self-check passes, and greedy tokens are the uncompiled core's."""
+    model = BarkModel.from_pretrained(str(tiny_model), dtype=torch.float16).eval().to("cuda")
+    ids = _ids().to("cuda")
+    plain = self_check.prepare(FastBark(model, max_batch=4), "strict", tmp_path / "plain", "tiny").fast
+    expected = semantic_tokens(plain, ids, torch.ones_like(ids), None, GREEDY, seed=1)
+    outcome = self_check.prepare(FastBark(model, max_batch=4), "strict", tmp_path, "tiny", compile=True)
+    assert outcome.summary.startswith("passed"), outcome.summary
+    paths = outcome.fast.decode_paths()
+    assert paths["semantic"] == paths["coarse"] == "compiled + cuda graphs", paths
+    got = semantic_tokens(outcome.fast, ids, torch.ones_like(ids), None, GREEDY, seed=1)
+    assert got.tolist() == expected.tolist()

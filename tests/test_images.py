@@ -10,6 +10,7 @@ engine. ``script/test-images`` runs only these.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.server
 import json
@@ -270,3 +271,68 @@ async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, 
         assert state["default_voice"] == "v2/fr_speaker_1" and state["device"] == "cpu"
         assert state["cache"] is options["cache"] and state["lookahead"] == 0
         assert "healthy: bark" in health_check(addon_image, name)
+
+
+@pytest.fixture(scope="module")
+def haproxy_image(stand_in_bases) -> str:
+    return build("bark-test/haproxy:2.8", str(STAND_INS / "haproxy"))
+
+
+async def _describing(uri: str, name: str) -> None:
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+    while True:
+        assert docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", logs(name)
+        try:
+            await describe(uri)
+            return
+        except (OSError, asyncio.TimeoutError):
+            assert asyncio.get_running_loop().time() < deadline, f"{name}: no describe answer in time"
+            await asyncio.sleep(1)
+
+
+async def test_servers_behind_haproxy_share_the_load_and_survive_a_stop(
+    gpu_image, haproxy_image, tiny_model, tmp_path
+):
+    """examples/scale-out as it runs: two servers (CPU here, one per GPU there) behind HAProxy with
+    the example's own haproxy.cfg. Requests spread over both; one stopped, the other serves every
+    request (a refused connection is redispatched; the health check takes the server out)."""
+    example = ROOT / "examples/scale-out"
+    compose = yaml.safe_load((example / "docker-compose.yml").read_text())["services"]
+    backends = compose["balancer"]["environment"]
+    names = []
+    with contextlib.ExitStack() as stack:
+        for n, service in enumerate(("bark-1", "bark-2"), start=1):
+            env = {
+                "BARK_URI": compose[service]["environment"]["BARK_URI"],
+                "BARK_MAX_CONNECTIONS_PER_ADDRESS": "64",
+                "HF_HUB_OFFLINE": "1",
+                "BARK_DEVICE": "cpu",
+                "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
+            }
+            data = hub_data(tmp_path / service, tiny_model, "suno/bark-small")
+            names.append(stack.enter_context(container(gpu_image, env, {data: "/data"})))
+            await _describing(env["BARK_URI"], names[-1])
+            assert backends[f"BARK_SERVER_{n}"] in env["BARK_URI"], "the balancer points at this server"
+        balancer = stack.enter_context(
+            container(
+                haproxy_image, backends, {example / "haproxy.cfg": "/usr/local/etc/haproxy/haproxy.cfg:ro"}
+            )
+        )
+        await _describing(URI, balancer)
+        results = await asyncio.gather(*(synthesize(URI, f"Request {n} here.") for n in range(6)))
+        for result in results:
+            assert_stream(result, sentences=1)
+        served = [
+            (await status(compose[s]["environment"]["BARK_URI"]))["sentences"] for s in ("bark-1", "bark-2")
+        ]
+        assert all(served) and sum(served) == 6, f"sentences per server: {served}"
+
+        docker("stop", "-t", "5", names[1])
+        for n in range(4):  # at once, before and after the health check notices
+            assert_stream(await synthesize(URI, f"Still here {n}."), sentences=1)
+        await eventually(lambda: _down(balancer), what="HAProxy marking the stopped server down")
+        assert (await status(compose["bark-1"]["environment"]["BARK_URI"]))["sentences"] == served[0] + 4
+
+
+async def _down(balancer: str) -> bool:
+    return "bark2 is DOWN" in logs(balancer)

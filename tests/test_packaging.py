@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import json
 import re
 import shutil
 import subprocess
@@ -193,6 +194,36 @@ def test_gpu_image_and_compose():
         env_name(action.option_strings[0][2:]) for action in build_parser()._actions if action.option_strings
     }
     assert set(compose["environment"]) <= flags, "every variable in the compose file is a server setting"
+
+
+def test_scale_out_example_is_consistent():
+    """examples/scale-out: each server is a backend of the balancer, one alone announces (the
+    balancer's port), and the per-address cap allows the balancer's connections."""
+    example = ROOT / "examples/scale-out"
+    services = load(example / "docker-compose.yml")["services"]
+    config = (example / "haproxy.cfg").read_text()
+    balancer = services.pop("balancer")
+    assert (
+        balancer["network_mode"] == "host" and "/usr/local/etc/haproxy/haproxy.cfg" in balancer["volumes"][0]
+    )
+    assert re.search(r"^\s+bind :10200$", config, re.MULTILINE) and "balance leastconn" in config
+    flags = {env_name(a.option_strings[0][2:]) for a in build_parser()._actions if a.option_strings}
+    backends = set(re.findall(r'server \w+ "\$\{(\w+)\}" check', config))
+    assert backends == set(balancer["environment"]), "every server line has its address"
+    uris = {service["environment"]["BARK_URI"] for service in services.values()}
+    assert {f"tcp://{balancer['environment'][name]}" for name in backends} == uris
+    announcing = [s for s in services.values() if s["environment"].get("BARK_ZEROCONF")]
+    assert len(announcing) == 1 and announcing[0]["environment"]["BARK_ZEROCONF_PORT"] == 10200
+    for service in services.values():
+        assert set(service["environment"]) <= flags
+        assert service["environment"]["BARK_MAX_CONNECTIONS_PER_ADDRESS"] >= 32
+        assert service["network_mode"] == "host"
+    devices = [
+        s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in services.values()
+    ]
+    assert sorted(d for ids in devices for d in ids) == [str(n) for n in range(len(services))], "a GPU each"
+    check = re.search(r"tcp-check send-binary (\w+)", config).group(1)
+    assert json.loads(bytes.fromhex(check)) == {"type": "bark-status"}, "the health check asks bark-status"
 
 
 def test_dockerfiles_and_scripts_pass_linters():

@@ -177,3 +177,18 @@ def test_default_name_is_unique_per_host_and_port():
     assert re.fullmatch(r"bark-[0-9a-f]{12}", default_service_name())
     assert default_service_name(10200) == default_service_name()
     assert default_service_name(10201) == f"{default_service_name()}-10201"
+
+
+def test_behind_a_balancer_the_balancer_is_announced():
+    """--zeroconf-port: a server on loopback behind a balancer announces the balancer's port from
+    this host's outgoing address (one announcement for all servers)."""
+    from wyoming_bark.__main__ import make_advertiser
+    from wyoming_bark.discovery import outgoing_ipv4
+    from wyoming_bark.settings import ServerSettings
+
+    behind = ServerSettings(uri="tcp://127.0.0.1:10201", zeroconf=default_service_name(), zeroconf_port=10200)
+    advertiser = make_advertiser(behind)
+    assert (advertiser.port, advertiser.host) == (10200, outgoing_ipv4())
+    assert advertiser.name == default_service_name(10200), "the name of the port announced"
+    alone = make_advertiser(ServerSettings(uri="tcp://127.0.0.1:10201", zeroconf=default_service_name()))
+    assert (alone.port, alone.host) == (10201, "127.0.0.1")

@@ -40,11 +40,15 @@ def make_advertiser(settings: ServerSettings) -> ZeroconfAdvertiser | None:
     if uri.scheme != "tcp":
         _LOGGER.warning("Zeroconf needs a tcp:// --uri; not announcing %s", settings.uri)
         return None
+    # Behind a balancer the balancer's port is announced, from this host's outgoing address.
+    port, bind_host = (
+        (settings.zeroconf_port, "") if settings.zeroconf_port else (uri.port, uri.hostname or "")
+    )
     try:
         # The default name gains the port when it is not 10200: one server per GPU on one host.
         wanted = settings.zeroconf
-        name = default_service_name(uri.port) if wanted == default_service_name() else wanted
-        return ZeroconfAdvertiser(name, uri.port, uri.hostname or "", settings.zeroconf_host)
+        name = default_service_name(port) if wanted == default_service_name() else wanted
+        return ZeroconfAdvertiser(name, port, bind_host, settings.zeroconf_host)
     except (OSError, ValueError) as err:
         _announcement_failed(err)
         return None

@@ -324,6 +324,13 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         f"with -PORT added when the port is not 10200; env {env_name('zeroconf')}=NAME or 1)",
     )
     add("zeroconf-host", None, "Address to announce (default: the bound address, else the outgoing one)")
+    add(
+        "zeroconf-port",
+        None,
+        "Port to announce instead of the bound one: a balancer's, with servers behind it (then the "
+        "outgoing address is announced unless --zeroconf-host says otherwise)",
+        type=_int_in(1, 65_535),
+    )
     switch("debug", "Log at DEBUG level")
     add("log-format", DEFAULT_LOG_FORMAT, "Python logging format", type=_log_format)
     parser.add_argument("--version", action="version", version=__version__)

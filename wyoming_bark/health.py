@@ -13,6 +13,7 @@ import asyncio
 import os
 import threading
 import time
+from urllib.parse import urlparse
 
 from wyoming.audio import AudioChunk
 from wyoming.client import AsyncClient
@@ -108,13 +109,24 @@ def _verdict(uri: str, phrase: str | None, timeout: float, progress: _Progress) 
         return False, f"malformed answer from {uri}: {type(err).__name__}: {err}"
 
 
+def default_uri() -> str:
+    """The server this host runs: ``BARK_URI`` (a wildcard address asked on loopback), else 10200."""
+    uri = urlparse(os.environ.get("BARK_URI") or "tcp://127.0.0.1:10200")
+    if uri.scheme != "tcp":
+        return uri.geturl()
+    host = "127.0.0.1" if uri.hostname in (None, "", "0.0.0.0", "::") else uri.hostname
+    return f"tcp://{host}:{uri.port or 10200}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m wyoming_bark.health",
         description="Ask a wyoming-bark server whether it is healthy: prints one line, exits 0 if "
         "it is, 1 if not.",
     )
-    parser.add_argument("--uri", default="tcp://127.0.0.1:10200", help="the server (default: %(default)s)")
+    parser.add_argument(
+        "--uri", default=default_uri(), help="the server (default: %(default)s, from BARK_URI if set)"
+    )
     parser.add_argument("--synthesize", nargs="?", const="Test.", metavar="TEXT", help="also speak TEXT")
     parser.add_argument(
         "--timeout",

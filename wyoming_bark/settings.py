@@ -75,6 +75,7 @@ class ServerSettings:
     preload: bool = False
     zeroconf: str | None = None  # the service name to announce; None: not announced
     zeroconf_host: str | None = None
+    zeroconf_port: int | None = None  # announce this port (a balancer's in front) instead of ours
     debug: bool = False
     log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -135,6 +136,7 @@ class Settings:
             preload=args.preload,
             zeroconf=args.zeroconf,
             zeroconf_host=args.zeroconf_host,
+            zeroconf_port=args.zeroconf_port,
             debug=args.debug,
             log_format=args.log_format,
         )
