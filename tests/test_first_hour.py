@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import TIMEOUT, eventually, status, synthesize
+from helpers import TIMEOUT, assert_stream, eventually, status, synthesize
 from wyoming.event import async_read_event
 
 from wyoming_bark.hub import progress_lines
@@ -194,3 +195,14 @@ def test_setup_installs_the_cpu_torch_and_nothing_when_nothing_changed():
             check=True,
         )
     assert done.stdout == "" and done.stderr == "", "nothing changed: nothing to do"
+
+
+async def test_the_log_says_what_the_model_takes_and_what_speed_to_expect(server_factory, tiny_model):
+    """On a small board the first thing to know: memory after the load, and the speed measured on
+    the first sentence (work per second of speech; slower than real time says so)."""
+    server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")
+    assert_stream(await synthesize(server.uri, "The first sentence."), sentences=1)
+    log = server.log_text()
+    assert re.search(r"Loaded .* in [\d.]+ s \(peak memory \d+ MiB\)", log), log
+    assert re.search(r"First sentence: [\d.]+ s of speech in [\d.]+ s, [\d.]+ s of work per second", log), log
+    assert "int8 quality gate passed" in log

@@ -94,3 +94,38 @@ def test_threads_default_to_physical_cores():
         assert precision.use_threads(None) == precision.physical_cores()
     finally:
         torch.set_num_threads(previous)
+
+
+def test_int8_is_gated_at_load_and_falls_back_when_its_kernels_are_wrong(
+    tiny_model, tmp_path, monkeypatch, caplog
+):
+    """At load, on this machine's own kernels: int8 that gives other numbers without raising (as
+    an untested CPU's kernels might) is caught by the gate and float32 serves, with one line."""
+    settings = ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", max_batch=2)
+    with caplog.at_level("INFO"):
+        assert load_bark(settings).precision == "int8"
+    assert (
+        "int8 quality gate passed" in caplog.text and "top-1 agreement with float32: semantic" in caplog.text
+    )
+    real = torch.ao.quantization.quantize_dynamic
+
+    def miscomputing(module, *args, **kwargs):  # int8 kernels that compute something else
+        quantized = real(module, *args, **kwargs)
+        for layer in quantized.modules():
+            if isinstance(layer, torch.ao.nn.quantized.dynamic.Linear):
+                weight, bias = layer._packed_params._weight_bias()
+                scrambled = weight.dequantize()[torch.randperm(weight.shape[0])]
+                layer.set_weight_bias(
+                    torch.quantize_per_tensor(scrambled, weight.q_scale(), 0, torch.qint8), bias
+                )
+        return quantized
+
+    monkeypatch.setattr(torch.ao.quantization, "quantize_dynamic", miscomputing)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        loaded = load_bark(
+            ModelSettings(model=str(tiny_model), data_dir=tmp_path / "b", device="cpu", max_batch=2)
+        )
+    assert loaded.precision == "fp32" and isinstance(loaded.model.semantic.lm_head, torch.nn.Linear)
+    assert "int8 weights disagree with float32 on this machine (semantic: top-1 agreement" in caplog.text
+    assert "running in float32" in caplog.text

@@ -354,6 +354,15 @@ class BarkEngine(TtsEngine):
     def _spoken(self, sentence: _Sentence, samples: int, started: float) -> None:
         self.sentences += 1
         self._log_timing(sentence.text, samples, started)
+        elapsed = time.monotonic() - started
+        if self.sentences == 1 and samples:  # what to expect of this machine, said once
+            _LOGGER.info(
+                "First sentence: %.1f s of speech in %.1f s, %.1f s of work per second of speech here%s",
+                samples / SAMPLE_RATE,
+                elapsed,
+                elapsed * SAMPLE_RATE / samples,
+                "" if elapsed * SAMPLE_RATE < samples else " (slower than real time: expect pauses)",
+            )
         sampling = self.generation.sampling
         limit = max_semantic_tokens(
             sentence.text, self.generation.max_speech_ratio, sampling.max_semantic_tokens

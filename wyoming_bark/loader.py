@@ -101,11 +101,7 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
         if not hasattr(bark.generation_config, "semantic_config"):
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
         if resolved == "int8":
-            try:
-                precisions.quantize(bark)
-            except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
-                _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
-                resolved = "fp32"
+            resolved = _int8(bark)
         loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved)
         if settings.core == "fast":  # the one place that picks the core
             started = time.monotonic()
@@ -119,6 +115,34 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
             _LOGGER.info("Core set up and checked in %.1f s", time.monotonic() - started)
     _LOGGER.info("Bark runs on %s with the %s core", device_summary(device, resolved), loaded.core.name)
     return loaded
+
+
+def _int8(bark) -> str:
+    """Quantize the GPTs and gate the result against float32 on this machine's own kernels:
+    ``int8``, or ``fp32`` (with a log line) where int8 raises or gives other numbers."""
+    started = time.monotonic()
+    try:
+        originals = precisions.quantize(bark)
+    except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
+        _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
+        return "fp32"
+    try:
+        agreement, problems = precisions.int8_gate(bark, originals)
+    except (RuntimeError, NotImplementedError) as err:  # kernels that exist but fail when run
+        agreement, problems = {}, [f"the int8 kernels failed ({err})"]
+    numbers = ", ".join(f"{name} {share:.0%}" for name, share in agreement.items())
+    if problems:
+        precisions.restore(bark, originals)
+        _LOGGER.warning(
+            "int8 weights disagree with float32 on this machine (%s); running in float32", "; ".join(problems)
+        )
+        return "fp32"
+    _LOGGER.info(
+        "int8 quality gate passed in %.1f s (top-1 agreement with float32: %s)",
+        time.monotonic() - started,
+        numbers,
+    )
+    return "int8"
 
 
 def _fast_core(bark, max_batch: int, model: str) -> FastBark:
@@ -198,9 +222,21 @@ class ModelLoader:
         finally:
             self._thread.shutdown(wait=False)
         self.last_error = None
-        _LOGGER.info("Loaded %s in %.1f s", model, time.monotonic() - started)
+        _LOGGER.info("Loaded %s in %.1f s (%s)", model, time.monotonic() - started, _memory(loaded))
         return loaded
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _memory(loaded: LoadedBark) -> str:
+    """What the model takes: the process's peak resident memory (what a small board must hold),
+    and on CUDA the GPU memory allocated."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    text = f"peak memory {peak:.0f} MiB"
+    if loaded.device.type == "cuda":
+        text += f", GPU {torch.cuda.memory_allocated(loaded.device) / 2**20:.0f} MiB"
+    return text

@@ -40,16 +40,66 @@ def dtype(resolved: str) -> torch.dtype:
     return torch.float16 if resolved == "fp16" else torch.float32
 
 
-def quantize(bark: nn.Module) -> None:
-    """Int8 linear layers for the three GPTs of a loaded ``BarkModel``, in place (all or none)."""
+def quantize(bark: nn.Module) -> dict[str, nn.Module]:
+    """Int8 linear layers for the three GPTs of a loaded ``BarkModel``, in place (all or none).
+    Returns the float modules they replaced (for ``int8_gate``, then ``restore`` or drop)."""
     with warnings.catch_warnings():  # torch 2.13 marks it deprecated; its CPU kernels remain
         warnings.simplefilter("ignore")
         quantized = {
             name: torch.ao.quantization.quantize_dynamic(getattr(bark, name), {nn.Linear}, torch.qint8)
             for name in QUANTIZED
         }
+    originals = {name: getattr(bark, name) for name in QUANTIZED}
     for name, module in quantized.items():
         setattr(bark, name, module)
+    return originals
+
+
+def restore(bark: nn.Module, originals: dict[str, nn.Module]) -> None:
+    for name, module in originals.items():
+        setattr(bark, name, module)
+
+
+# The int8 gate: each quantized GPT's top-1 agreement with its float32 self, teacher-forced on the
+# same random inputs. Kernels that work give 0.84-0.88 even on random weights (flat logits; real
+# weights agree more); kernels that silently compute something else fall far below.
+INT8_MIN_TOP1 = 0.6
+GATE_SEED, GATE_TOKENS, GATE_FRAMES = 1234, 64, 96
+
+
+@torch.inference_mode()
+def int8_gate(bark: nn.Module, originals: dict[str, nn.Module]) -> tuple[dict[str, float], list[str]]:
+    """``(top-1 agreement by GPT, problems)`` of the quantized GPTs in ``bark`` against the float
+    ``originals``, on this machine's own kernels (an int8 path that silently gives other numbers
+    is caught here, not only one that raises)."""
+    from .fast.model import fine_logits
+
+    generator = torch.Generator().manual_seed(GATE_SEED)
+    agreement: dict[str, float] = {}
+    problems: list[str] = []
+
+    def top1(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
+        if not torch.isfinite(ours).all():
+            problems.append(f"{name}: non-finite logits")
+        agreement[name] = float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())
+        if agreement[name] < INT8_MIN_TOP1:
+            problems.append(f"{name}: top-1 agreement {agreement[name]:.0%} < {INT8_MIN_TOP1:.0%}")
+
+    for name, key in (("semantic", "semantic"), ("coarse", "coarse_acoustics")):
+        vocab = originals[key].config.input_vocab_size
+        ids = torch.randint(0, vocab, (1, GATE_TOKENS), generator=generator)
+        top1(name, getattr(bark, key)(input_ids=ids).logits[0], originals[key](input_ids=ids).logits[0])
+    fine = originals["fine_acoustics"]
+    codes = torch.randint(
+        0, fine.config.output_vocab_size, (1, GATE_FRAMES, fine.config.n_codes_total), generator=generator
+    )
+    books = range(fine.config.n_codes_given, fine.config.n_codes_total)
+    top1(
+        "fine",
+        torch.cat([fine_logits(bark.fine_acoustics, book, codes)[0] for book in books]),
+        torch.cat([fine_logits(fine, book, codes)[0] for book in books]),
+    )
+    return agreement, problems
 
 
 def physical_cores() -> int:
