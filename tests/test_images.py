@@ -15,9 +15,11 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -336,3 +338,145 @@ async def test_servers_behind_haproxy_share_the_load_and_survive_a_stop(
 
 async def _down(balancer: str) -> bool:
     return "bark2 is DOWN" in logs(balancer)
+
+
+# --- the add-on on aarch64, emulated --------------------------------------------------------
+
+DEBIAN_ARM64 = "bark-test/debian:bookworm-arm64"
+HA_BASE_ARM64 = "bark-test/ha-base-debian:bookworm-arm64"
+# torch for the emulated aarch64 image: PyPI's aarch64 CPU build. (From 2.10 PyPI's aarch64 wheels
+# are CUDA builds; the add-on installs TORCH_VERSION from PyTorch's CPU index, which this machine
+# cannot reach.)
+ARM64_TORCH = "2.9.1"
+BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+EMULATED_START_TIMEOUT = 900.0
+
+
+@pytest.fixture(scope="module")
+def aarch64_emulation(engine) -> None:
+    """Runs aarch64 binaries under qemu-user-static: never skipped quietly where it is set up."""
+    if not BINFMT.exists():
+        pytest.skip(
+            "no aarch64 emulation on this machine: install qemu-user-static and binfmt-support and "
+            "run update-binfmts --enable qemu-aarch64 (script/docker-engine does it as root)"
+        )
+    if "enabled" not in BINFMT.read_text():
+        pytest.skip("aarch64 emulation is registered but disabled: update-binfmts --enable qemu-aarch64")
+
+
+@pytest.fixture(scope="module")
+def arm64_bases(aarch64_emulation, stand_in_bases, tmp_path_factory) -> None:
+    """Debian bookworm for arm64 (debootstrap runs its second stage under emulation) and the
+    Home Assistant base stand-in on it. Docker here keeps no platform per image: the images say
+    amd64, their binaries are arm64 and run under qemu (``uname -m`` says aarch64)."""
+    if not image_exists(DEBIAN_ARM64):
+        rootfs = tmp_path_factory.mktemp("rootfs-arm64")
+        subprocess.run(
+            ["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+             "bookworm", str(rootfs), MIRROR],
+            check=True, capture_output=True, timeout=BUILD_TIMEOUT,
+        )  # fmt: skip
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        docker("import", "-", DEBIAN_ARM64, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
+        assert tar.wait() == 0
+    machine = docker("run", "--rm", DEBIAN_ARM64, "uname", "-m").stdout.strip()
+    assert machine == "aarch64", f"the arm64 stand-in runs as {machine}"
+    docker("build", "--network", "host", "--build-arg", f"BASE={DEBIAN_ARM64}", "-t", HA_BASE_ARM64,
+           str(STAND_INS / "ha-base"), timeout=BUILD_TIMEOUT)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def arm64_wheelhouse(wheelhouse, tmp_path_factory) -> Path:
+    """The wheelhouse for aarch64: its pure wheels, the same versions of the others built for
+    aarch64, and torch's aarch64 CPU build."""
+    folder = tmp_path_factory.mktemp("wheelhouse-arm64")
+    binary = []
+    for wheel in wheelhouse.glob("*.whl"):
+        name, version = wheel.name.split("-")[:2]
+        if wheel.name.endswith("-none-any.whl"):
+            shutil.copy(wheel, folder)
+        elif name != "torch" and not name.startswith(("nvidia", "cuda", "triton")):
+            binary.append(f"{name}=={version}")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+         "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux_2_17_aarch64",
+         "--platform", "manylinux2014_aarch64", "--dest", str(folder), *binary, f"torch=={ARM64_TORCH}"],
+        check=True, timeout=BUILD_TIMEOUT,
+    )  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def addon_image_arm64(arm64_bases, arm64_wheelhouse) -> str:
+    args = yaml.safe_load((ROOT / "addon/build.yaml").read_text())["args"]
+    assert "aarch64" in yaml.safe_load((ROOT / "addon/config.yaml").read_text())["arch"]
+    args["TORCH_VERSION"] = ARM64_TORCH
+    build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
+    with _served(arm64_wheelhouse) as pip_args:
+        return build(
+            "bark-test/wyoming-bark:addon-arm64", "--build-arg", f"BUILD_FROM={HA_BASE_ARM64}",
+            *build_args, *pip_args, str(ROOT / "addon"),
+        )  # fmt: skip
+
+
+@contextmanager
+def _served(folder: Path) -> Iterator[list[str]]:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        yield [
+            *("--build-arg", "PIP_NO_INDEX=1"),
+            *("--build-arg", f"PIP_FIND_LINKS={url}"),
+            *("--build-arg", "PIP_TRUSTED_HOST=127.0.0.1"),
+        ]
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+async def test_addon_on_aarch64_speaks_under_emulation(addon_image_arm64, tiny_model, tmp_path, precision):
+    """The aarch64 add-on, emulated: the real run script with options.json, describe, one sentence,
+    health; int8 gated against float32 on aarch64's own kernels (it passes or falls back, never
+    silently wrong); memory after the load for both precisions. Emulated times are not speeds."""
+    machine = docker("run", "--rm", "--entrypoint", "uname", addon_image_arm64, "-m").stdout.strip()
+    assert machine == "aarch64"
+    config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
+    data = hub_data(tmp_path, tiny_model, "suno/bark-small")
+    (data / "options.json").write_text(json.dumps(config["options"]), encoding="utf-8")
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
+        "BARK_PRECISION": precision,
+    }
+    with container(addon_image_arm64, env, {data: "/data"}) as name:
+        deadline = asyncio.get_running_loop().time() + EMULATED_START_TIMEOUT
+        while "Loaded" not in logs(name):  # options preload the model; under qemu, minutes
+            assert docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", logs(
+                name
+            )
+            assert asyncio.get_running_loop().time() < deadline, logs(name)[-3000:]
+            await asyncio.sleep(2)
+        await serving(name)
+        assert_stream(await synthesize(URI, "Hello from a small board."), sentences=1)
+        state = await status(URI)
+        log = logs(name)
+        assert state["device"] == "cpu" and state["model"] == "suno/bark-small"
+        if precision == "auto":
+            gate = [
+                line for line in log.splitlines() if "int8 quality gate passed" in line or "disagree" in line
+            ]
+            assert gate, "the int8 gate ran at load"
+            assert state["precision"] == ("int8" if "passed" in gate[0] else "fp32")
+            print(f"aarch64 (emulated) int8 gate: {gate[0]}")
+        else:
+            assert state["precision"] == "fp32"
+        memory = re.search(r"Loaded .* \(peak memory (\d+) MiB\)", log)
+        assert memory, log[-3000:]
+        print(
+            f"aarch64 (emulated) {precision}: peak memory after the tiny model's load {memory.group(1)} MiB"
+        )
+        assert "healthy: bark" in health_check(addon_image_arm64, name)
