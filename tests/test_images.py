@@ -471,7 +471,8 @@ async def test_addon_on_aarch64_speaks_under_emulation(addon_image_arm64, tiny_m
             ]
             assert gate, "the int8 gate ran at load"
             assert state["precision"] == ("int8" if "passed" in gate[0] else "fp32")
-            print(f"aarch64 (emulated) int8 gate: {gate[0]}")
+            probes = [line for line in log.splitlines() if "int8 kernels do not run" in line]
+            print(f"aarch64 (emulated) int8: {' | '.join(probes + gate)}")
         else:
             assert state["precision"] == "fp32"
         memory = re.search(r"Loaded .* \(peak memory (\d+) MiB\)", log)

@@ -129,3 +129,29 @@ def test_int8_is_gated_at_load_and_falls_back_when_its_kernels_are_wrong(
     assert loaded.precision == "fp32" and isinstance(loaded.model.semantic.lm_head, torch.nn.Linear)
     assert "int8 weights disagree with float32 on this machine (semantic: top-1 agreement" in caplog.text
     assert "running in float32" in caplog.text
+
+
+def test_an_int8_engine_that_kills_its_process_is_ruled_out_in_a_child(monkeypatch, caplog):
+    """Off x86-64 the engines are tried in a child process first: one whose kernels die on an
+    illegal instruction (oneDNN's JIT under qemu did) is ruled out by name, the next one used."""
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    real_run = precision.subprocess.run
+    probed = []
+
+    def run(argv, **kwargs):
+        probed.append(argv[-1])
+        if len(probed) == 1:  # the first engine tried dies as with SIGILL
+            return precision.subprocess.CompletedProcess(argv, -4, "", "")
+        return real_run(argv, **kwargs)
+
+    monkeypatch.setattr(precision.subprocess, "run", run)
+    with caplog.at_level("WARNING"):
+        chosen = precision.int8_engine()
+    if len(engines) < 2:
+        assert chosen is None and "killed by SIGILL" in caplog.text
+    else:
+        assert chosen == probed[1] != probed[0], probed
+        assert f"The {probed[0]} int8 kernels do not run on this machine (killed by SIGILL)" in caplog.text
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    assert precision.int8_engine() == torch.backends.quantized.engine, "x86-64: the build's default, no child"

@@ -87,10 +87,17 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     model_dir = model_directory(model, data_dir)
     dtype = precisions.dtype(resolved)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+
+        def weights():
+            return (
+                BarkModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
+                .to(device)
+                .eval()
+            )
+
         try:
             processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
-            bark = BarkModel.from_pretrained(str(model_dir), dtype=dtype, local_files_only=True)
-            bark = bark.to(device).eval()
+            bark = weights()
         except torch.cuda.OutOfMemoryError as err:
             raise ModelLoadError(
                 f"Not enough GPU memory to load {model} on {device}. "
@@ -102,6 +109,8 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
         if resolved == "int8":
             resolved = _int8(bark)
+            if resolved == "fp32":  # some GPTs may be int8 already: all float32, from the files
+                bark = weights()
         loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved)
         if settings.core == "fast":  # the one place that picks the core
             started = time.monotonic()
@@ -118,28 +127,29 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
 
 
 def _int8(bark) -> str:
-    """Quantize the GPTs and gate the result against float32 on this machine's own kernels:
-    ``int8``, or ``fp32`` (with a log line) where int8 raises or gives other numbers."""
+    """Quantize the GPTs, each gated against float32 on this machine's own kernels: ``int8``, or
+    ``fp32`` (with a log line) where int8 raises or gives other numbers."""
     started = time.monotonic()
+    engine = precisions.int8_engine()
+    if engine is None:
+        _LOGGER.warning("No int8 kernels run on this machine; running in float32")
+        return "fp32"
+    torch.backends.quantized.engine = engine
     try:
-        originals = precisions.quantize(bark)
+        agreement, problems = precisions.quantize(bark)
     except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
         _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
         return "fp32"
-    try:
-        agreement, problems = precisions.int8_gate(bark, originals)
-    except (RuntimeError, NotImplementedError) as err:  # kernels that exist but fail when run
-        agreement, problems = {}, [f"the int8 kernels failed ({err})"]
-    numbers = ", ".join(f"{name} {share:.0%}" for name, share in agreement.items())
     if problems:
-        precisions.restore(bark, originals)
         _LOGGER.warning(
             "int8 weights disagree with float32 on this machine (%s); running in float32", "; ".join(problems)
         )
         return "fp32"
+    numbers = ", ".join(f"{name.removesuffix('_acoustics')} {share:.0%}" for name, share in agreement.items())
     _LOGGER.info(
-        "int8 quality gate passed in %.1f s (top-1 agreement with float32: %s)",
+        "int8 quality gate passed in %.1f s (%s kernels; top-1 agreement with float32: %s)",
         time.monotonic() - started,
+        engine,
         numbers,
     )
     return "int8"

@@ -10,8 +10,14 @@ quantization, whose int8 kernels need no compiler). EnCodec stays in float32. Wh
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import platform
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -40,66 +46,106 @@ def dtype(resolved: str) -> torch.dtype:
     return torch.float16 if resolved == "fp16" else torch.float32
 
 
-def quantize(bark: nn.Module) -> dict[str, nn.Module]:
-    """Int8 linear layers for the three GPTs of a loaded ``BarkModel``, in place (all or none).
-    Returns the float modules they replaced (for ``int8_gate``, then ``restore`` or drop)."""
-    with warnings.catch_warnings():  # torch 2.13 marks it deprecated; its CPU kernels remain
-        warnings.simplefilter("ignore")
-        quantized = {
-            name: torch.ao.quantization.quantize_dynamic(getattr(bark, name), {nn.Linear}, torch.qint8)
-            for name in QUANTIZED
-        }
-    originals = {name: getattr(bark, name) for name in QUANTIZED}
-    for name, module in quantized.items():
-        setattr(bark, name, module)
-    return originals
-
-
-def restore(bark: nn.Module, originals: dict[str, nn.Module]) -> None:
-    for name, module in originals.items():
-        setattr(bark, name, module)
-
-
 # The int8 gate: each quantized GPT's top-1 agreement with its float32 self, teacher-forced on the
-# same random inputs. Kernels that work give 0.84-0.88 even on random weights (flat logits; real
+# same random inputs. Kernels that work give 0.84-0.93 even on random weights (flat logits; real
 # weights agree more); kernels that silently compute something else fall far below.
 INT8_MIN_TOP1 = 0.6
 GATE_SEED, GATE_TOKENS, GATE_FRAMES = 1234, 64, 96
 
 
+def quantize(bark: nn.Module) -> tuple[dict[str, float], list[str]]:
+    """Int8 linear layers for the three GPTs of a loaded ``BarkModel``, one GPT at a time, each
+    gated against its float self on this machine's own kernels (``gate``) before its float weights
+    are dropped (so memory peaks at the model plus one GPT's copy). Returns the agreement by GPT
+    and the problems; at the first problem it stops, with the GPTs before it already int8: the
+    caller loads the model again in float32. Raises what the int8 kernels raise."""
+    agreement: dict[str, float] = {}
+    for name in QUANTIZED:
+        original = getattr(bark, name)
+        with warnings.catch_warnings():  # torch 2.13 marks it deprecated; its CPU kernels remain
+            warnings.simplefilter("ignore")
+            quantized = torch.ao.quantization.quantize_dynamic(original, {nn.Linear}, torch.qint8)
+        agreement[name], problem = gate(name, quantized, original)
+        if problem:
+            return agreement, [problem]
+        setattr(bark, name, quantized)
+        del original, quantized
+        gc.collect()  # the float weights go now, before the next GPT's copy is made
+    return agreement, []
+
+
 @torch.inference_mode()
-def int8_gate(bark: nn.Module, originals: dict[str, nn.Module]) -> tuple[dict[str, float], list[str]]:
-    """``(top-1 agreement by GPT, problems)`` of the quantized GPTs in ``bark`` against the float
-    ``originals``, on this machine's own kernels (an int8 path that silently gives other numbers
-    is caught here, not only one that raises)."""
+def gate(name: str, quantized: nn.Module, original: nn.Module) -> tuple[float, str | None]:
+    """``(top-1 agreement, problem or None)`` of one quantized GPT against its float original."""
     from .fast.model import fine_logits
 
     generator = torch.Generator().manual_seed(GATE_SEED)
-    agreement: dict[str, float] = {}
-    problems: list[str] = []
+    config = original.config
+    if name == "fine_acoustics":
+        codes = torch.randint(
+            0, config.output_vocab_size, (1, GATE_FRAMES, config.n_codes_total), generator=generator
+        )
+        books = range(config.n_codes_given, config.n_codes_total)
+        ours = torch.cat([fine_logits(quantized, book, codes)[0] for book in books])
+        theirs = torch.cat([fine_logits(original, book, codes)[0] for book in books])
+    else:
+        ids = torch.randint(0, config.input_vocab_size, (1, GATE_TOKENS), generator=generator)
+        ours, theirs = quantized(input_ids=ids).logits[0], original(input_ids=ids).logits[0]
+    agreement = float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())
+    if not torch.isfinite(ours).all():
+        return agreement, f"{name}: non-finite logits"
+    if agreement < INT8_MIN_TOP1:
+        return agreement, f"{name}: top-1 agreement {agreement:.0%} < {INT8_MIN_TOP1:.0%}"
+    return agreement, None
 
-    def top1(name: str, ours: torch.Tensor, theirs: torch.Tensor) -> None:
-        if not torch.isfinite(ours).all():
-            problems.append(f"{name}: non-finite logits")
-        agreement[name] = float((ours.argmax(-1) == theirs.argmax(-1)).float().mean())
-        if agreement[name] < INT8_MIN_TOP1:
-            problems.append(f"{name}: top-1 agreement {agreement[name]:.0%} < {INT8_MIN_TOP1:.0%}")
 
-    for name, key in (("semantic", "semantic"), ("coarse", "coarse_acoustics")):
-        vocab = originals[key].config.input_vocab_size
-        ids = torch.randint(0, vocab, (1, GATE_TOKENS), generator=generator)
-        top1(name, getattr(bark, key)(input_ids=ids).logits[0], originals[key](input_ids=ids).logits[0])
-    fine = originals["fine_acoustics"]
-    codes = torch.randint(
-        0, fine.config.output_vocab_size, (1, GATE_FRAMES, fine.config.n_codes_total), generator=generator
-    )
-    books = range(fine.config.n_codes_given, fine.config.n_codes_total)
-    top1(
-        "fine",
-        torch.cat([fine_logits(bark.fine_acoustics, book, codes)[0] for book in books]),
-        torch.cat([fine_logits(fine, book, codes)[0] for book in books]),
-    )
-    return agreement, problems
+# Run in a child process: quantize a small linear layer with ENGINE and use it. A kernel built for
+# instructions this CPU (or an emulator) lacks kills the process (SIGILL), which nothing in-process
+# survives; in a child it only rules that engine out.
+_ENGINE_PROBE = """
+import sys, warnings, torch
+warnings.simplefilter("ignore")
+torch.backends.quantized.engine = sys.argv[1]
+layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 64)), {torch.nn.Linear}, torch.qint8)
+assert torch.isfinite(layer(torch.randn(8, 64))).all()
+"""
+ENGINE_PROBE_TIMEOUT_S = 300  # importing torch under emulation takes a while
+
+
+def int8_engine() -> str | None:
+    """The quantized engine to use: this build's default where int8 is well trodden (x86-64);
+    elsewhere (aarch64: oneDNN, then QNNPACK) the first whose int8 kernels run in a child process.
+    None: no engine works here."""
+    default = torch.backends.quantized.engine
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return default
+    supported = torch.backends.quantized.supported_engines
+    for engine in dict.fromkeys([default, "onednn", "qnnpack"]):
+        if engine not in supported or engine == "none":
+            continue
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _ENGINE_PROBE, engine],
+                capture_output=True,
+                text=True,
+                timeout=ENGINE_PROBE_TIMEOUT_S,
+                check=False,
+            )
+            why = "" if done.returncode == 0 else _exit_reason(done.returncode, done.stderr)
+        except subprocess.TimeoutExpired:
+            why = f"no answer in {ENGINE_PROBE_TIMEOUT_S} s"
+        if not why:
+            return engine
+        _LOGGER.warning("The %s int8 kernels do not run on this machine (%s); trying the next", engine, why)
+    return None
+
+
+def _exit_reason(code: int, stderr: str) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    last = stderr.strip().splitlines()[-1:] or [f"exit status {code}"]
+    return last[0][:200]
 
 
 def physical_cores() -> int:
