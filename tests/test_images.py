@@ -292,6 +292,7 @@ async def _describing(uri: str, name: str) -> None:
             await asyncio.sleep(1)
 
 
+@pytest.mark.timeout(900)
 async def test_servers_behind_haproxy_share_the_load_and_survive_a_stop(
     gpu_image, haproxy_image, tiny_model, tmp_path
 ):
@@ -437,6 +438,7 @@ def _served(folder: Path) -> Iterator[list[str]]:
         server.shutdown()
 
 
+@pytest.mark.timeout(3000)  # building and starting under emulation: minutes
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 async def test_addon_on_aarch64_speaks_under_emulation(addon_image_arm64, tiny_model, tmp_path, precision):
     """The aarch64 add-on, emulated: the real run script with options.json, describe, one sentence,

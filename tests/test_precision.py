@@ -155,3 +155,24 @@ def test_an_int8_engine_that_kills_its_process_is_ruled_out_in_a_child(monkeypat
         assert f"The {probed[0]} int8 kernels do not run on this machine (killed by SIGILL)" in caplog.text
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     assert precision.int8_engine() == torch.backends.quantized.engine, "x86-64: the build's default, no child"
+
+
+def test_onednn_that_kills_its_process_is_turned_off(monkeypatch, caplog):
+    """Off x86-64, EnCodec's decoder runs once in a child first: where oneDNN's kernels kill it
+    (SIGILL under qemu's aarch64), oneDNN is turned off and the log says so; where it runs (here,
+    for real), nothing changes."""
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    precision.check_onednn()  # a real child process, on this machine's kernels
+    assert torch.backends.mkldnn.enabled
+    monkeypatch.setattr(
+        precision.subprocess,
+        "run",
+        lambda argv, **kwargs: precision.subprocess.CompletedProcess(argv, -4, "", ""),
+    )
+    with caplog.at_level("WARNING"):
+        precision.check_onednn()
+    assert not torch.backends.mkldnn.enabled
+    assert (
+        "oneDNN's kernels do not run on this machine (killed by SIGILL); using PyTorch's own" in caplog.text
+    )

@@ -84,6 +84,7 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     resolved = precisions.resolve(settings.precision, device)
     if device.type == "cpu":
         precisions.use_threads(settings.threads)
+        precisions.check_onednn()
     model_dir = model_directory(model, data_dir)
     dtype = precisions.dtype(resolved)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():

@@ -109,7 +109,49 @@ torch.backends.quantized.engine = sys.argv[1]
 layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 64)), {torch.nn.Linear}, torch.qint8)
 assert torch.isfinite(layer(torch.randn(8, 64))).all()
 """
-ENGINE_PROBE_TIMEOUT_S = 300  # importing torch under emulation takes a while
+PROBE_TIMEOUT_S = 300  # importing torch (and transformers) under emulation takes a while
+
+
+# EnCodec's decoder as it runs at serving time (random weights, a few frames): oneDNN's float
+# kernels, JIT-compiled for the CPU it detects, died with SIGILL under qemu's aarch64.
+_ONEDNN_PROBE = """
+import torch
+from transformers import EncodecConfig, EncodecModel
+codec = EncodecModel(EncodecConfig()).eval()
+with torch.inference_mode():
+    assert torch.isfinite(codec.decode(torch.randint(0, 1024, (1, 1, 8, 10)), [None])[0]).all()
+"""
+
+
+def _off_the_beaten_path() -> bool:
+    """Kernels are probed in a child process first everywhere but x86-64."""
+    return platform.machine().lower() not in ("x86_64", "amd64")
+
+
+def check_onednn() -> None:
+    """Off x86-64, run EnCodec's decoder once in a child process; if oneDNN's kernels kill it,
+    turn oneDNN off (PyTorch's own kernels: slower, but they run) and say so."""
+    if not _off_the_beaten_path() or not torch.backends.mkldnn.is_available():
+        return
+    why = _probe(_ONEDNN_PROBE)
+    if why:
+        torch.backends.mkldnn.enabled = False
+        _LOGGER.warning("oneDNN's kernels do not run on this machine (%s); using PyTorch's own", why)
+
+
+def _probe(code: str, *args: str) -> str:
+    """Run ``code`` in a child process: "" if it worked, else why not."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"no answer in {PROBE_TIMEOUT_S} s"
+    return "" if done.returncode == 0 else _exit_reason(done.returncode, done.stderr)
 
 
 def int8_engine() -> str | None:
@@ -117,23 +159,13 @@ def int8_engine() -> str | None:
     elsewhere (aarch64: oneDNN, then QNNPACK) the first whose int8 kernels run in a child process.
     None: no engine works here."""
     default = torch.backends.quantized.engine
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if not _off_the_beaten_path():
         return default
     supported = torch.backends.quantized.supported_engines
     for engine in dict.fromkeys([default, "onednn", "qnnpack"]):
         if engine not in supported or engine == "none":
             continue
-        try:
-            done = subprocess.run(
-                [sys.executable, "-c", _ENGINE_PROBE, engine],
-                capture_output=True,
-                text=True,
-                timeout=ENGINE_PROBE_TIMEOUT_S,
-                check=False,
-            )
-            why = "" if done.returncode == 0 else _exit_reason(done.returncode, done.stderr)
-        except subprocess.TimeoutExpired:
-            why = f"no answer in {ENGINE_PROBE_TIMEOUT_S} s"
+        why = _probe(_ENGINE_PROBE, engine)
         if not why:
             return engine
         _LOGGER.warning("The %s int8 kernels do not run on this machine (%s); trying the next", engine, why)
