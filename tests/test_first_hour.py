@@ -206,3 +206,12 @@ async def test_the_log_says_what_the_model_takes_and_what_speed_to_expect(server
     assert re.search(r"Loaded .* in [\d.]+ s \(peak memory \d+ MiB\)", log), log
     assert re.search(r"First sentence: [\d.]+ s of speech in [\d.]+ s, [\d.]+ s of work per second", log), log
     assert "int8 quality gate passed" in log
+
+
+def test_the_health_check_does_not_import_torch():
+    """Docker runs it every minute (on a small board too): it must stay a light Wyoming client."""
+    code = "import sys, wyoming_bark.health; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr

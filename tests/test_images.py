@@ -312,7 +312,8 @@ async def test_servers_behind_haproxy_share_the_load_and_survive_a_stop(
                 "BARK_DEVICE": "cpu",
                 "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
             }
-            data = hub_data(tmp_path / service, tiny_model, "suno/bark-small")
+            env["BARK_MODEL"] = compose[service]["environment"]["BARK_MODEL"]
+            data = hub_data(tmp_path / service, tiny_model, env["BARK_MODEL"])
             names.append(stack.enter_context(container(gpu_image, env, {data: "/data"})))
             await _describing(env["BARK_URI"], names[-1])
             assert backends[f"BARK_SERVER_{n}"] in env["BARK_URI"], "the balancer points at this server"

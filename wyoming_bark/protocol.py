@@ -20,7 +20,6 @@ from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart
 
 from .errors import quoted
-from .settings import ServerSettings
 
 STATUS_EVENT = "bark-status"  # our extension: ask for (and receive) the engine's status
 MAX_DATA_BYTES = 1 << 20  # synthesize text lives here; --max-chars bounds it further
@@ -78,9 +77,9 @@ class IdleTimeout(Exception):
 class ConnectionLimits:
     """Bounds shared by every connection of one server."""
 
-    max_connections: int = ServerSettings.max_connections
-    max_per_address: int = ServerSettings.max_connections_per_address  # Home Assistant opens a few
-    idle_timeout: float = ServerSettings.idle_timeout  # no request in flight and no event begun
+    max_connections: int  # --max-connections (settings.ServerSettings)
+    max_per_address: int  # one client address (Home Assistant opens a few)
+    idle_timeout: float  # no request in flight and no event begun
     event_timeout: float = EVENT_TIMEOUT
     buffer_budget: int = BUFFER_BUDGET
     connections: int = 0  # open now
