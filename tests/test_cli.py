@@ -58,6 +58,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_SEED": "7",
         "BARK_ZEROCONF": "kitchen-bark",
         "BARK_ZEROCONF_HOST": "192.0.2.5",
+        "BARK_ZEROCONF_PORT": "10300",
+        "BARK_COMPILE": "on",
         "BARK_ENGINE": "bark",
         "BARK_CONFIG": str(tmp_path / "bark.json"),
         "BARK_SENTENCE_SILENCE": "0.25",
@@ -98,7 +100,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     assert args.no_streaming and args.preload and args.debug
     assert (args.min_eos_p, args.text_temp, args.waveform_temp) == (0.2, 0.6, 0.5)
     assert args.max_speech_ratio == 3.5
-    assert (args.zeroconf, args.zeroconf_host) == ("kitchen-bark", "192.0.2.5")
+    assert (args.zeroconf, args.zeroconf_host, args.zeroconf_port) == ("kitchen-bark", "192.0.2.5", 10300)
+    assert args.compile == "on"
     assert (args.engine, args.config, args.sentence_silence) == ("bark", str(tmp_path / "bark.json"), 0.25)
     assert args.cache and args.cache_size_mb == 50 and args.audio_streaming == "off"
     assert parser.parse_args(["--model", "/models/bark"]).model == "/models/bark", (

@@ -113,6 +113,11 @@ def test_help_shows_each_default_once():
 async def test_start_up_says_what_the_first_request_will_do(server_factory, tmp_path):
     """A hub model not yet downloaded, and a voices folder that does not exist, are mentioned."""
     server = server_factory("--model", "suno/bark-small", "--voices-dir", str(tmp_path / "no-such-folder"))
+
+    async def said() -> bool:  # describe may be answered a moment before the start-up lines
+        return "The first request downloads" in server.log_text()
+
+    await eventually(said, what="the start-up lines")
     log = server.log_text()
     assert "The first request downloads suno/bark-small (about 1.7 GB)" in log
     assert f"No custom voices: {tmp_path / 'no-such-folder'} does not exist" in log

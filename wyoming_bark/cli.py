@@ -327,8 +327,8 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     add(
         "zeroconf-port",
         None,
-        "Port to announce instead of the bound one: a balancer's, with servers behind it (then the "
-        "outgoing address is announced unless --zeroconf-host says otherwise)",
+        "Port to announce instead of the bound one: a balancer's, with servers behind it (announced "
+        "from the outgoing address unless a zeroconf host is given)",
         type=_int_in(1, 65_535),
     )
     switch("debug", "Log at DEBUG level")
