@@ -25,6 +25,7 @@ def make_engine(model: Path, data_dir: Path, **settings) -> BarkEngine:
     engine = {
         key: settings.pop(key) for key in ("cache_size_mb", "lookahead", "voices_dir") if key in settings
     }
+    engine["cache"] = "cache_size_mb" in engine
     return create_engine(
         "bark",
         settings=EngineSettings(

@@ -95,19 +95,25 @@ def engine() -> None:
 @pytest.fixture(scope="module")
 def stand_in_bases(engine, tmp_path_factory) -> None:
     """Debian bookworm from debootstrap, and the two stand-ins built on it (kept for later runs)."""
-    if not image_exists(DEBIAN):
-        assert shutil.which("debootstrap"), "the image tests need debootstrap (apt-get install debootstrap)"
-        rootfs = tmp_path_factory.mktemp("rootfs")
-        subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-             "bookworm", str(rootfs), MIRROR],
-            check=True, capture_output=True, timeout=BUILD_TIMEOUT,
-        )  # fmt: skip
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        docker("import", "-", DEBIAN, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
-        assert tar.wait() == 0
+    debian_image(DEBIAN, tmp_path_factory)
     docker("build", "--network", "host", "-t", PYTHON_BASE, str(STAND_INS / "python-base"))
     docker("build", "--network", "host", "-t", HA_BASE, str(STAND_INS / "ha-base"))
+
+
+def debian_image(tag: str, tmp_path_factory, *debootstrap_args: str) -> None:
+    """``tag``: Debian bookworm with Python from debootstrap, imported once (kept for later runs)."""
+    if image_exists(tag):
+        return
+    assert shutil.which("debootstrap"), "the image tests need debootstrap (apt-get install debootstrap)"
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    subprocess.run(
+        ["debootstrap", *debootstrap_args, "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+         "bookworm", str(rootfs), MIRROR],
+        check=True, capture_output=True, timeout=BUILD_TIMEOUT,
+    )  # fmt: skip
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    docker("import", "-", tag, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
+    assert tar.wait() == 0
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -118,17 +124,26 @@ class Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def pip_from_wheelhouse(wheelhouse) -> Iterator[list[str]]:
     """Build arguments that make pip in a build install from ``wheelhouse``, served on loopback."""
+    with served_to_pip(wheelhouse) as build_args:
+        yield build_args
+
+
+@contextmanager
+def served_to_pip(folder: Path) -> Iterator[list[str]]:
+    """``folder`` served on loopback, and the build arguments that make pip install from it."""
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(wheelhouse))
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))
     )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
-    yield [
-        *("--build-arg", "PIP_NO_INDEX=1"),
-        *("--build-arg", f"PIP_FIND_LINKS={url}"),
-        *("--build-arg", "PIP_TRUSTED_HOST=127.0.0.1"),
-    ]
-    server.shutdown()
+    try:
+        yield [
+            *("--build-arg", "PIP_NO_INDEX=1"),
+            *("--build-arg", f"PIP_FIND_LINKS={url}"),
+            *("--build-arg", "PIP_TRUSTED_HOST=127.0.0.1"),
+        ]
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -371,16 +386,7 @@ def arm64_bases(aarch64_emulation, stand_in_bases, tmp_path_factory) -> None:
     """Debian bookworm for arm64 (debootstrap runs its second stage under emulation) and the
     Home Assistant base stand-in on it. Docker here keeps no platform per image: the images say
     amd64, their binaries are arm64 and run under qemu (``uname -m`` says aarch64)."""
-    if not image_exists(DEBIAN_ARM64):
-        rootfs = tmp_path_factory.mktemp("rootfs-arm64")
-        subprocess.run(
-            ["debootstrap", "--arch=arm64", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-             "bookworm", str(rootfs), MIRROR],
-            check=True, capture_output=True, timeout=BUILD_TIMEOUT,
-        )  # fmt: skip
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        docker("import", "-", DEBIAN_ARM64, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
-        assert tar.wait() == 0
+    debian_image(DEBIAN_ARM64, tmp_path_factory, "--arch=arm64")
     machine = docker("run", "--rm", DEBIAN_ARM64, "uname", "-m").stdout.strip()
     assert machine == "aarch64", f"the arm64 stand-in runs as {machine}"
     docker("build", "--network", "host", "--build-arg", f"BASE={DEBIAN_ARM64}", "-t", HA_BASE_ARM64,
@@ -415,28 +421,11 @@ def addon_image_arm64(arm64_bases, arm64_wheelhouse) -> str:
     assert "aarch64" in yaml.safe_load((ROOT / "addon/config.yaml").read_text())["arch"]
     args["TORCH_VERSION"] = ARM64_TORCH
     build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
-    with _served(arm64_wheelhouse) as pip_args:
+    with served_to_pip(arm64_wheelhouse) as pip_args:
         return build(
             "bark-test/wyoming-bark:addon-arm64", "--build-arg", f"BUILD_FROM={HA_BASE_ARM64}",
             *build_args, *pip_args, str(ROOT / "addon"),
         )  # fmt: skip
-
-
-@contextmanager
-def _served(folder: Path) -> Iterator[list[str]]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/"
-    try:
-        yield [
-            *("--build-arg", "PIP_NO_INDEX=1"),
-            *("--build-arg", f"PIP_FIND_LINKS={url}"),
-            *("--build-arg", "PIP_TRUSTED_HOST=127.0.0.1"),
-        ]
-    finally:
-        server.shutdown()
 
 
 @pytest.mark.timeout(3000)  # building and starting under emulation: minutes

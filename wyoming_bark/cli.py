@@ -24,7 +24,7 @@ from .fast import SamplingSettings
 from .loader import COMPILE_MODES, CORES
 from .precision import PRECISIONS
 from .self_check import MODES as SELF_CHECK_MODES
-from .settings import DEFAULT_CACHE_SIZE_MB, EngineSettings, GenerationSettings, ModelSettings, ServerSettings
+from .settings import EngineSettings, GenerationSettings, ModelSettings, ServerSettings
 
 ENV_PREFIX = "BARK_"
 DEFAULT_LOG_FORMAT = ServerSettings.log_format
@@ -309,7 +309,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     switch("cache", "Keep spoken sentences on disk and replay repeats from there")
     add(
         "cache-size-mb",
-        str(DEFAULT_CACHE_SIZE_MB),
+        f"{EngineSettings.cache_size_mb:g}",
         "Size bound of the sentence cache (least recently used go first)",
         type=_number_in(0, 1_000_000),
     )

@@ -28,7 +28,7 @@ from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancel
 from .fast import Cancelled
 from .fast.batch import AudioStream, Scheduler, SpeechRequest
 from .fast.program import NonFiniteLogits
-from .length_cap import SEMANTIC_RATE_HZ, max_semantic_tokens
+from .length_cap import SEMANTIC_RATE_HZ
 from .loader import LoadedBark, ModelLoader
 from .pcm import SAMPLE_RATE, SAMPLE_WIDTH, chunked, to_pcm
 from .prepare import prepare
@@ -65,6 +65,7 @@ class _Sentence:
         self.key: str | None = None  # its cache key, with the cache on
         self.making: asyncio.Future[bytes | None] | None = None  # others making it wait for this
         self.stream: AudioStream | None = None
+        self.limit = 0  # semantic tokens its speech may take (set when it is prepared)
         self._engine = engine
         self._task = asyncio.create_task(engine._submit(self), name="bark sentence")
         # Its failure is raised by play(); one never played (cancelled ahead) is not an error.
@@ -121,7 +122,7 @@ class BarkEngine(TtsEngine):
         self.generation = settings.generation
         self.voices = voice_library(settings)
         self.default_voice = self.voices.resolve(settings.voice)
-        mb = settings.cache_size_mb
+        mb = settings.cache_size_mb if settings.cache else 0
         self.cache = AudioCache(settings.model.data_dir / "cache", int(mb * 2**20)) if mb else None
         self.loader = ModelLoader(settings.model, loaded)
         self.started = time.monotonic()
@@ -324,6 +325,7 @@ class BarkEngine(TtsEngine):
             self._preparing -= 1
         if self._scheduler is None:
             self._scheduler = Scheduler(bark.core)
+        sentence.limit = request.sampling.max_semantic_tokens  # the length cap prepare applied
         sentence.stream = self._scheduler.submit(request)
         return None
 
@@ -363,12 +365,9 @@ class BarkEngine(TtsEngine):
                 elapsed * SAMPLE_RATE / samples,
                 "" if elapsed * SAMPLE_RATE < samples else " (slower than real time: expect pauses)",
             )
-        sampling = self.generation.sampling
-        limit = max_semantic_tokens(
-            sentence.text, self.generation.max_speech_ratio, sampling.max_semantic_tokens
-        )
+        limit = sentence.limit
         if (
-            limit < sampling.max_semantic_tokens
+            limit < self.generation.sampling.max_semantic_tokens
             and samples >= (limit - 1) / SEMANTIC_RATE_HZ * SAMPLE_RATE * 0.99
         ):
             _LOGGER.debug(

@@ -208,8 +208,12 @@ def _graphs(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> Fas
             part.use_eager("its check crashed on an earlier start")
         return fast
     markers.write(running="graphs")
-    for name, err in fast.capture().items():
-        fall_back(f"no CUDA graph for the {name} model ({err})", f"{name} runs eagerly")
+
+    def capture() -> None:  # the graphs not captured yet; a failure means eager steps
+        for failed, err in fast.capture().items():
+            fall_back(f"no CUDA graph for the {failed} model ({err})", f"{failed} runs eagerly")
+
+    capture()
     for name, problem in check_graphs(fast).items():
         part = fast.graphed()[name]
         if isinstance(part, BatchedStep) and part.compiled is not None:
@@ -218,11 +222,7 @@ def _graphs(fast: FastBark, markers: _Markers, skip: set[str], fall_back) -> Fas
                 f"{name} runs uncompiled",
             )
             part.uncompile()
-            with fast.on_device(), torch.inference_mode():
-                try:
-                    part.capture()
-                except Exception as err:  # noqa: BLE001 - as any capture failure
-                    part.use_eager(f"capture failed: {err}")
+            capture()  # the plain step's graphs
             problem = check_graphs(fast, only=name).get(name)
             if problem is None:
                 continue

@@ -15,8 +15,6 @@ from .fast import SamplingSettings
 from .length_cap import DEFAULT_RATIO
 from .voices import DEFAULT_VOICE
 
-DEFAULT_CACHE_SIZE_MB = 200  # --cache-size-mb: the bound once --cache is on
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings:
@@ -57,7 +55,8 @@ class EngineSettings:
     language_voices: dict[str, str] = field(default_factory=dict)
     voices_dir: Path | None = None  # custom NAME.npz voices; None: none
     samples_per_chunk: int = 1024
-    cache_size_mb: float | None = None  # the sentence cache's bound; None: no cache
+    cache: bool = False  # keep spoken sentences on disk, replay repeats
+    cache_size_mb: float = 200  # the cache's bound (least recently used go first)
     audio_streaming: str = "auto"  # auto | on | off
     lookahead: int | None = None  # None: auto
 
@@ -90,7 +89,6 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The one translation from the command line (``cli.parse_args``) to settings."""
         data_dir = Path(args.data_dir).expanduser()
-        cache_size_mb = args.cache_size_mb  # kept when --cache is off: every flag is read
         voices_dir = args.voices_dir
         model = ModelSettings(
             model=args.model,
@@ -122,7 +120,8 @@ class Settings:
             language_voices=dict(args.language_voices),
             voices_dir=Path(voices_dir).expanduser() if voices_dir else data_dir / "voices",
             samples_per_chunk=args.samples_per_chunk,
-            cache_size_mb=cache_size_mb if args.cache else None,
+            cache=args.cache,
+            cache_size_mb=args.cache_size_mb,
             audio_streaming=args.audio_streaming,
             lookahead=args.lookahead,
         )

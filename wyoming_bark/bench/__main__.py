@@ -74,6 +74,19 @@ def run_ours(fast: FastBark, device, inputs, settings: SamplingSettings) -> Run:
     )
 
 
+def _figures(runs: list[Run]) -> dict[str, float]:
+    """Medians of timed runs of one sentence: real-time factor and milliseconds per decode step."""
+
+    def per_step(field: str, tokens: int) -> float:
+        return round(1000 * statistics.median(getattr(run, field) for run in runs) / max(tokens, 1), 3)
+
+    return {
+        "rtf": round(statistics.median(run.wall for run in runs) / runs[0].audio_s, 4),
+        "semantic_ms_per_step": per_step("semantic_s", runs[0].semantic_tokens),
+        "coarse_ms_per_step": per_step("coarse_s", runs[0].coarse_tokens),
+    }
+
+
 def run_reference(model, device, inputs, n_semantic: int) -> Run:
     ids, mask, history = inputs
 
@@ -156,10 +169,7 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
     runs = [run_ours(fast, device, inputs, settings) for _ in range(args.reps)]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
-    def median(field: str) -> float:
-        return statistics.median(getattr(run, field) for run in runs)
-
-    wall, audio_s = median("wall"), runs[0].audio_s
+    wall, audio_s = statistics.median(run.wall for run in runs), runs[0].audio_s
     result = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -171,11 +181,9 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
         "reps": args.reps,
         "ours": {
             "wall_s": round(wall, 4),
-            "rtf": round(wall / audio_s, 4),
-            "semantic_ms_per_step": round(1000 * median("semantic_s") / max(runs[0].semantic_tokens, 1), 3),
-            "coarse_ms_per_step": round(1000 * median("coarse_s") / max(runs[0].coarse_tokens, 1), 3),
-            "fine_ms": round(1000 * median("fine_s"), 2),
-            "codec_ms": round(1000 * median("codec_s"), 2),
+            **_figures(runs),
+            "fine_ms": round(1000 * statistics.median(run.fine_s for run in runs), 2),
+            "codec_ms": round(1000 * statistics.median(run.codec_s for run in runs), 2),
             "first_call_s": round(first.wall, 4),
             "warmup_s": round(warmup_s, 3),
             "self_check": checked[0],
@@ -189,14 +197,7 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
         run_ours(other, device, inputs, settings)
         timed = [run_ours(other, device, inputs, settings) for _ in range(args.reps)]
         result.setdefault("compile", {})["on" if compile else "off"] = {
-            "rtf": round(statistics.median(run.wall for run in timed) / audio_s, 4),
-            "semantic_ms_per_step": round(
-                1000 * statistics.median(run.semantic_s for run in timed) / max(timed[0].semantic_tokens, 1),
-                3,
-            ),
-            "coarse_ms_per_step": round(
-                1000 * statistics.median(run.coarse_s for run in timed) / max(timed[0].coarse_tokens, 1), 3
-            ),
+            **_figures(timed),
             "warmup_s": round(other_warmup, 2),  # with compiling: the first start's extra time
             "self_check": checked[-1],
         }
