@@ -170,7 +170,9 @@ async def test_one_address_cannot_take_every_place(server_factory, tiny_model):
 async def test_half_open_streams_end_after_the_idle_timeout(server_factory, tiny_model):
     """synthesize-start and then nothing: each such stream ends with a timeout error and the
     connection closes, so they cannot hold places for ever (describe keeps being answered)."""
-    server = server_factory("--model", str(tiny_model), "--idle-timeout", "2", "--max-connections", "8")
+    server = server_factory(
+        "--model", str(tiny_model), "--idle-timeout", "2", "--max-connections", "10"
+    )  # 8 usable by one address
     streams = []
     for _ in range(8):
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))

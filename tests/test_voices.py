@@ -107,9 +107,9 @@ def crowded_voices(tmp_path_factory):
     """10,000 custom voice files and a few odd names."""
     folder = tmp_path_factory.mktemp("crowded")
     for i in range(10_000):
-        (folder / f"voice{i:05d}.npz").touch()
+        (folder / f"voice{i:05d}.npz").write_bytes(b"PK")  # listed (not empty); never loaded here
     for odd in ("..npz", "...npz", "-rf.npz", "bell\x07.npz", "x" * 120 + ".npz"):
-        (folder / odd).touch()
+        (folder / odd).write_bytes(b"PK")
     return folder
 
 

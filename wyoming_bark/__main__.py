@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from wyoming.server import AsyncServer
 
 from .cli import parse_args
+from .connections import ConnectionLimits
 from .contract import TtsEngine, create_engine
 from .discovery import ZeroconfAdvertiser, default_service_name
 from .engine import BarkEngine  # noqa: F401 - registers the "bark" engine (--engine)
@@ -24,7 +25,6 @@ from .handler import BarkEventHandler
 from .hub import pending_download
 from .loader import LOADER_THREAD, device_summary, resolve_device
 from .precision import resolve as resolve_precision
-from .protocol import ConnectionLimits
 from .settings import ServerSettings, Settings
 
 _LOGGER = logging.getLogger(__name__)

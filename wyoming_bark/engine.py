@@ -34,11 +34,14 @@ from .pcm import SAMPLE_RATE, SAMPLE_WIDTH, chunked, to_pcm
 from .prepare import prepare
 from .sentences import Turn
 from .settings import EngineSettings
-from .voices import Voice, VoiceLibrary
+from .voice_reader import VoiceReader
+from .voices import Prompt, Voice, VoiceGone, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 
 HEALTH_PHRASE = "Test."
+# A sentence in preparation this long holds the I/O thread every sentence needs: unhealthy.
+STUCK_PREPARATION_S = 30.0
 # Part of every cache key: change it when the same settings start to give other audio.
 GENERATION_RULES = "suno-0.1.5"
 
@@ -129,7 +132,8 @@ class BarkEngine(TtsEngine):
         self.sentences = 0  # generated since start (replays from the cache are the cache's hits)
         self.audio_seconds = 0.0
         self._speaking_error: str | None = None  # e.g. the GPU ran out of memory
-        self._preparing = 0  # sentences being prepared (then the scheduler counts them)
+        self._preparing: dict[int, float] = {}  # sentences being prepared -> since when
+        self.voice_reader = VoiceReader(self.voices)
         self._scheduler: Scheduler | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-io")  # off the loop
         # Cache keys of sentences being made now: a repeat that misses the cache waits for them.
@@ -192,6 +196,14 @@ class BarkEngine(TtsEngine):
             return HealthCheckResult(True, f"spoke {seconds:.2f} s of audio", self.get_status())
         if self._bark is None and self.last_error:
             return HealthCheckResult(False, self.last_error, self.get_status())
+        stuck = min(self._preparing.values(), default=time.monotonic())  # the oldest
+        if time.monotonic() - stuck > STUCK_PREPARATION_S:
+            return HealthCheckResult(
+                False,
+                f"a sentence has been in preparation for {time.monotonic() - stuck:.0f} s: the I/O "
+                "thread is stuck, no sentence can start",
+                self.get_status(),
+            )
         state = f"loaded on {self._bark.device}" if self._bark else "not loaded yet (loads on first request)"
         return HealthCheckResult(True, f"model {self.settings.model.model} {state}", self.get_status())
 
@@ -206,10 +218,11 @@ class BarkEngine(TtsEngine):
             "device": str(bark.device) if bark else self.settings.model.device,
             "dtype": str(bark.dtype).replace("torch.", "") if bark else None,
             "precision": bark.precision if bark else self.settings.model.precision,
-            "threads": torch.get_num_threads(),
+            "threads": bark.threads if bark and bark.threads else torch.get_num_threads(),
             "voices": len(self.voices.list(read_folder=False)),
             "default_voice": self.default_voice.name,
             "sentences_pending": self._pending(),  # being prepared, waiting for a row or being made
+            "voice_reads_stuck": self.voice_reader.stuck()[0],
             "lookahead": self.lookahead,
             "batch": self._batch_status(),
             "sentences": self.sentences,
@@ -231,7 +244,7 @@ class BarkEngine(TtsEngine):
 
     def _pending(self) -> int:
         scheduler = self._scheduler
-        return self._preparing + (scheduler.running + scheduler.waiting if scheduler is not None else 0)
+        return len(self._preparing) + (scheduler.running + scheduler.waiting if scheduler is not None else 0)
 
     def _batch_status(self) -> dict[str, Any]:
         """Rows in use and how full the batched decode steps have been."""
@@ -255,6 +268,7 @@ class BarkEngine(TtsEngine):
             self._scheduler.close()
             self._scheduler.join(timeout=10)  # torch must not be mid-kernel when the process exits
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.voice_reader.close()
         self.loader.close()
 
     def _cache_key(self, sentence: str, voice: Voice) -> str:
@@ -316,21 +330,39 @@ class BarkEngine(TtsEngine):
             if key not in self._making:
                 sentence.making = self._making[key] = asyncio.get_running_loop().create_future()
         bark = await self.load()
-        self._preparing += 1
+        token = id(sentence)
+        self._preparing[token] = time.monotonic()
         try:
+            prompt = await self._custom_prompt(sentence, bark)
             request = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._prepare, bark, sentence
+                self._executor, self._prepare, bark, sentence, prompt
             )
         finally:
-            self._preparing -= 1
+            del self._preparing[token]
         if self._scheduler is None:
             self._scheduler = Scheduler(bark.core)
         sentence.limit = request.sampling.max_semantic_tokens  # the length cap prepare applied
         sentence.stream = self._scheduler.submit(request)
         return None
 
-    def _prepare(self, bark: LoadedBark, sentence: _Sentence) -> SpeechRequest:
-        prompt = self.voices.load(sentence.voice, bark.model_dir)
+    async def _custom_prompt(self, sentence: _Sentence, bark: LoadedBark) -> Prompt | None:
+        """A custom voice's prompt, read off the I/O thread with a deadline (``voice_reader``);
+        None for a built-in voice. A voice whose file went since it was resolved is spoken with
+        the default voice, as an unknown one is."""
+        if sentence.voice.path is None:
+            return None
+        try:
+            return await self.voice_reader.prompt(sentence.voice, bark.model_dir)
+        except VoiceGone as err:
+            if sentence.voice == self.default_voice:
+                raise
+            _LOGGER.warning("%s Speaking with %s instead", err, self.default_voice.name)
+            sentence.voice = self.default_voice
+            return await self._custom_prompt(sentence, bark) if self.default_voice.path else None
+
+    def _prepare(self, bark: LoadedBark, sentence: _Sentence, prompt: Prompt | None) -> SpeechRequest:
+        if prompt is None:
+            prompt = self.voices.load(sentence.voice, bark.model_dir)
         seed = self.generation.seed_for(sentence.voice.name)
         return prepare(bark, sentence.text, prompt, self.generation.sampling, seed, sentence.turn,
                        max_speech_ratio=self.generation.max_speech_ratio,

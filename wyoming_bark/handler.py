@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ from wyoming.tts import (
 )
 
 from . import __version__
+from .connections import ConnectionLimits, client_key
 from .contract import TtsEngine
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
-from .protocol import BarkStatus, ConnectionLimits, IdleTimeout, ProtocolError, parse_event, read_event
+from .protocol import BarkStatus, IdleTimeout, ProtocolError, parse_event, read_event
 from .sentences import TextStream
 from .settings import ServerSettings
 from .text import clean_text
@@ -52,6 +54,18 @@ AUDIO_FORMAT = {
     "channels": TtsEngine.channels,
 }
 BARK_ATTRIBUTION = Attribution(name="Suno / Bark", url="https://github.com/suno-ai/bark")
+
+
+def _is_work(event: Event) -> bool:
+    """Does ``event`` ask for work? Only work keeps a connection from being idle: not a ping, an
+    event we do not know, or a chunk of blank text."""
+    if SynthesizeChunk.is_type(event.type):
+        text = (event.data or {}).get("text")
+        return isinstance(text, str) and bool(text.strip())
+    return any(
+        kind.is_type(event.type)
+        for kind in (Describe, Synthesize, SynthesizeStart, SynthesizeStop, BarkStatus)
+    )
 
 
 def build_info(engine: TtsEngine, streaming: bool) -> Info:
@@ -124,30 +138,27 @@ class BarkEventHandler(AsyncEventHandler):
         self._worker: asyncio.Task | None = None
 
     async def run(self) -> None:
-        """wyoming's loop, with a reader that bounds what a client can make us buffer and wait for."""
+        """wyoming's loop, with a reader that bounds what a client can make us buffer and wait for.
+
+        Only work keeps a connection open (see ``_is_work``): a client that sends pings, unknown
+        events or blank text is closed after ``--idle-timeout`` like a silent one. A client that
+        closes its side after a request (``shutdown(SHUT_WR)``) still gets the whole answer."""
         limits = self.limits
         peer = self.writer.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) and peer else None  # TCP; None for a unix socket
-        refusal = None
-        if limits is not None and limits.connections >= limits.max_connections:
-            refusal = f"Too many connections ({limits.max_connections}, --max-connections); try again later"
-        elif limits is not None and address and limits.by_address.get(address, 0) >= limits.max_per_address:
-            refusal = (
-                f"Too many connections from {address} ({limits.max_per_address}, "
-                "--max-connections-per-address); try again later"
-            )
-        if refusal is not None:
-            await self._error(refusal, "busy")
-            self.writer.close()
-            return
+        key = client_key(peer[0] if isinstance(peer, tuple) and peer else None)  # None: a unix socket
         if limits is not None:
-            limits.connections += 1
-            if address:
-                limits.by_address[address] = limits.by_address.get(address, 0) + 1
+            refusal = await limits.admit(key)
+            if refusal is not None:
+                await self._error(refusal, "busy")
+                self.writer.close()
+                return
+        idle = limits.idle_timeout if limits else None
+        last_work = time.monotonic()
         try:
             while True:  # wyoming's stop() closes the connection: the next read ends the loop
+                left = None if idle is None else max(0.0, last_work + idle - time.monotonic())
                 try:
-                    event = await read_event(self.reader, limits, limits.idle_timeout if limits else None)
+                    event = await read_event(self.reader, limits, left)
                 except ProtocolError as err:
                     await self._error(f"Bad event: {err}; closing the connection", err.code)
                     break
@@ -157,28 +168,42 @@ class BarkEventHandler(AsyncEventHandler):
                         # A streaming request that sends no text and has nothing left to say
                         # would hold its place (and the client's) for ever: end it.
                         await self._error(
-                            f"No text for {limits and limits.idle_timeout:g} s in an open streaming "
-                            "request (--idle-timeout); closing the connection",
+                            f"No text for {idle:g} s in an open streaming request "
+                            "(--idle-timeout); closing the connection",
                             "timeout",
                         )
                         break
                     if self._in_flight():  # text may still come, audio is going out: keep waiting
+                        last_work = time.monotonic()
                         continue
-                    _LOGGER.debug("Closing a connection idle for %s s", limits and limits.idle_timeout)
+                    _LOGGER.debug("Closing a connection without work for %s s", idle)
                     break
-                if event is None or not await self.handle_event(event):
+                if event is None:  # the client closed its side: answer what it asked, then close
+                    await self._answer_rest()
+                    break
+                if _is_work(event):
+                    last_work = time.monotonic()
+                if not await self.handle_event(event):
                     break
         except ConnectionError:
             pass
         finally:
             if limits is not None:
-                limits.connections -= 1
-                if address:
-                    limits.by_address[address] -= 1
-                    if not limits.by_address[address]:
-                        del limits.by_address[address]
+                limits.release(key)
             await self.disconnect()
             self.writer.close()
+
+    async def _answer_rest(self) -> None:
+        """At the end of the client's stream: finish the requests it sent (a streaming request
+        left open ends as if synthesize-stop had come)."""
+        request, self._streaming = self._streaming, None
+        if request is not None:
+            if request.text is not None:
+                request.text.close()
+            request.stopped.set()
+        if self._worker is not None and not self._worker.done():
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await self._worker
 
     def _in_flight(self) -> bool:
         """A request is open or being answered (then silence from the client is no idleness)."""
@@ -266,7 +291,7 @@ class BarkEventHandler(AsyncEventHandler):
                 "model": for_client(str(verdict.details["model"])),  # no server paths to clients
                 "last_error": for_client(verdict.details["last_error"] or "") or None,
                 "tasks": len(asyncio.all_tasks()),
-                "threads": threading.active_count(),
+                "python_threads": threading.active_count(),  # "threads" is the engine's (torch's)
             }
             status = BarkStatus(healthy=verdict.healthy, health=for_client(verdict.message), details=details)
             await self.write_event(status.event())

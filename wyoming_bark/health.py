@@ -3,7 +3,8 @@
 Sends describe and asks for ``bark-status`` (and, with ``--synthesize``, speaks a short phrase),
 prints one status line and exits 0 when the server is healthy, 1 otherwise. Healthy is the
 engine's own verdict (``healthy`` in ``bark-status``), the one definition the Docker images use;
-the whole check ends within ``--timeout``, whatever the peer sends.
+a server that refuses the connection because it holds as many as it may says ``busy:`` (exit 0:
+it is working, only full). The whole check ends within ``--timeout``, whatever the peer sends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 
 from wyoming.audio import AudioChunk
 from wyoming.client import AsyncClient
+from wyoming.error import Error
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize
 
@@ -42,7 +44,8 @@ class _Progress:
 
 async def check(
     uri: str, phrase: str | None, timeout: float, progress: _Progress | None = None
-) -> tuple[bool, str]:
+) -> tuple[bool | None, str]:
+    """(healthy, what it found); healthy is None for a busy server."""
     progress = progress or _Progress()
     started = time.monotonic()
     async with AsyncClient.from_uri(uri) as client:
@@ -53,6 +56,11 @@ async def check(
             await asyncio.sleep(0)  # buffered events are read without a pause: let the deadline fire
             if event is None:
                 return False, "connection closed before info"
+            if Error.is_type(event.type):
+                error = Error.from_event(event)
+                if error.code == "busy":
+                    return None, f"refuses new connections now: {error.text}"
+                return False, f"error before info: {error.text}"
             if Info.is_type(event.type):
                 break
         programs = [p for p in Info.from_event(event).tts if p.name == "bark"]
@@ -98,7 +106,7 @@ async def check(
                 return True, f"{status}; {audio:.2f} s of audio in {time.monotonic() - started:.1f} s"
 
 
-def _verdict(uri: str, phrase: str | None, timeout: float, progress: _Progress) -> tuple[bool, str]:
+def _verdict(uri: str, phrase: str | None, timeout: float, progress: _Progress) -> tuple[bool | None, str]:
     try:
         return asyncio.run(asyncio.wait_for(check(uri, phrase, timeout, progress), timeout))
     except asyncio.TimeoutError:
@@ -122,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m wyoming_bark.health",
         description="Ask a wyoming-bark server whether it is healthy: prints one line, exits 0 if "
-        "it is, 1 if not.",
+        "it is (or is only busy: it holds all the connections it may), 1 if not.",
     )
     parser.add_argument(
         "--uri", default=default_uri(), help="the server (default: %(default)s, from BARK_URI if set)"
@@ -137,7 +145,7 @@ def main() -> None:
     timeout = args.timeout or (SYNTHESIZE_TIMEOUT_S if args.synthesize else TIMEOUT_S)
     # On a thread, with a hard deadline: closing a connection whose peer keeps talking can hold
     # asyncio's own cleanup past any timeout inside the loop.
-    outcome: list[tuple[bool, str]] = []
+    outcome: list[tuple[bool | None, str]] = []
     progress = _Progress()
     worker = threading.Thread(
         target=lambda: outcome.append(_verdict(args.uri, args.synthesize, timeout, progress)), daemon=True
@@ -145,8 +153,8 @@ def main() -> None:
     worker.start()
     worker.join(timeout + 1)
     healthy, message = outcome[0] if outcome else (False, progress.timed_out(args.uri, timeout))
-    print(("healthy: " if healthy else "unhealthy: ") + message, flush=True)
-    os._exit(0 if healthy else 1)  # a worker still stuck in cleanup must not hold the exit
+    print({True: "healthy: ", None: "busy: ", False: "unhealthy: "}[healthy] + message, flush=True)
+    os._exit(1 if healthy is False else 0)  # a worker still stuck in cleanup must not hold the exit
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class LoadedBark:
     core: FastBark | TransformersCore  # ours, or transformers' (--core transformers, or a fallback)
     precision: str = "fp32"  # fp16, fp32 or int8 (see precision.py)
     self_check: str = "not run"  # the self-check's verdict, for status
+    threads: int = 0  # torch's CPU threads for the decode thread (0: not set, a GPU)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -82,8 +83,9 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     model, data_dir = settings.model, settings.data_dir
     device = resolve_device(settings.device)
     resolved = precisions.resolve(settings.precision, device)
-    if device.type == "cpu":
-        precisions.use_threads(settings.threads)
+    threads = 0
+    if device.type == "cpu":  # threads started from now on (the decode thread) use this many
+        threads = precisions.use_threads(settings.threads)
         precisions.check_onednn()
     model_dir = model_directory(model, data_dir)
     dtype = precisions.dtype(resolved)
@@ -112,7 +114,9 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
             resolved = _int8(bark)
             if resolved == "fp32":  # some GPTs may be int8 already: all float32, from the files
                 bark = weights()
-        loaded = LoadedBark(bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved)
+        loaded = LoadedBark(
+            bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved, threads=threads
+        )
         if settings.core == "fast":  # the one place that picks the core
             started = time.monotonic()
             fast = _fast_core(bark, settings.max_batch, model)

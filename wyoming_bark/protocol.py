@@ -4,7 +4,8 @@ wyoming's own reader trusts the header: it will wait for, and buffer, whatever `
 ``payload_length`` a client claims, for as long as the client likes. A server on a home network
 must not: this reader parses the same wire format (a JSON header line, then optional JSON data and
 a binary payload) but refuses oversized, malformed or slow events with a ``ProtocolError`` that
-says what was wrong, and ``ConnectionLimits`` bounds what all connections together may hold.
+says what was wrong, and ``connections.ConnectionLimits`` bounds what all connections together
+may hold.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wyoming.event import Event, Eventable
 from wyoming.ping import Ping
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart
 
 from .errors import quoted
+
+if TYPE_CHECKING:
+    from .connections import ConnectionLimits
 
 STATUS_EVENT = "bark-status"  # our extension: ask for (and receive) the engine's status
 MAX_DATA_BYTES = 1 << 20  # synthesize text lives here; --max-chars bounds it further
@@ -71,20 +75,6 @@ class Overloaded(ProtocolError):
 
 class IdleTimeout(Exception):
     """No event began within the idle timeout."""
-
-
-@dataclass
-class ConnectionLimits:
-    """Bounds shared by every connection of one server."""
-
-    max_connections: int  # --max-connections (settings.ServerSettings)
-    max_per_address: int  # one client address (Home Assistant opens a few)
-    idle_timeout: float  # no request in flight and no event begun
-    event_timeout: float = EVENT_TIMEOUT
-    buffer_budget: int = BUFFER_BUDGET
-    connections: int = 0  # open now
-    by_address: dict[str, int] = field(default_factory=dict)  # open now, per client address
-    buffered: int = 0  # bytes of data and payload being read now
 
 
 def _length(header: dict, key: str, limit: int) -> int:

@@ -9,13 +9,14 @@ are single ``NAME.npz`` files in the voices directory.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
-import stat
 import threading
 import time
+import unicodedata
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UnknownVoice, VoiceError, quoted
+from .userfiles import UserFileError, listable, read_user_file
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -134,23 +136,84 @@ def validate_prompt(arrays: dict[str, np.ndarray], source: str) -> Prompt:
     return {key: array.astype(np.int64) for key, array in prompt.items()}
 
 
+class VoiceGone(UnknownVoice):
+    """A custom voice listed a moment ago whose file is gone now: spoken like an unknown voice."""
+
+
 def load_npz(path: Path) -> Prompt:
-    """Load a custom voice file (Bark's ``.npz`` history-prompt format); blocking, bounded."""
+    """Load a custom voice file (Bark's ``.npz`` history-prompt format); blocking, bounded.
+
+    The file is opened once and read through that descriptor (``userfiles``), the archive parsed
+    in memory: its members' sizes and each array's header are checked before anything is inflated."""
     name = path.name
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the reader forever
-            raise VoiceError(f"Voice file {name} is not a regular file")
-        if info.st_size > MAX_VOICE_FILE_BYTES:
-            raise VoiceError(f"Voice file {name} is larger than {MAX_VOICE_FILE_BYTES >> 20} MiB")
-        with zipfile.ZipFile(path) as archive:  # sizes before inflating anything
-            if sum(member.file_size for member in archive.infolist()) > MAX_VOICE_ARRAY_BYTES:
-                raise VoiceError(f"Voice file {name} expands beyond {MAX_VOICE_ARRAY_BYTES >> 20} MiB")
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raw = read_user_file(path, MAX_VOICE_FILE_BYTES)
+    except FileNotFoundError as err:
+        raise VoiceGone(f"Voice file {quoted(name)} was removed") from err
+    except UserFileError as err:
+        raise VoiceError(f"Voice file {err}") from err
+    try:
+        arrays = _npz_arrays(raw, name)
+    except VoiceError:
+        raise
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise VoiceError(f"Voice file {name} is not a readable .npz: {err}") from err
     return validate_prompt(arrays, name)
+
+
+def _npz_arrays(raw: bytes, name: str) -> dict[str, np.ndarray]:
+    """The prompt arrays of an ``.npz`` held in memory; members other than the prompt's are not read."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > MAX_VOICE_ARRAY_BYTES:
+            raise VoiceError(f"Voice file {name} expands beyond {MAX_VOICE_ARRAY_BYTES >> 20} MiB")
+        arrays = {}
+        for member in members:
+            key = member.filename.removesuffix(".npy")
+            if key not in PROMPT_KEYS:
+                continue
+            with archive.open(member) as stream:  # zipfile stops at the size it declared
+                data = stream.read(member.file_size + 1)
+            arrays[key] = _npy_array(data, name, key)
+        return arrays
+
+
+def _npy_array(data: bytes, name: str, key: str) -> np.ndarray:
+    """One ``.npy`` array from bytes, its header checked first: numpy allocates the shape a header
+    claims before it reads the data, so a 20-byte member could ask for gigabytes."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    if dtype.hasobject or not np.issubdtype(dtype, np.integer):
+        raise VoiceError(f"Voice prompt {name}: {key} must hold integer tokens, not {dtype}")
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(data) - stream.tell():
+        raise VoiceError(f"Voice file {name}: {key}'s shape {shape} does not match its data")
+    stream.seek(0)
+    return np.lib.format.read_array(stream, allow_pickle=False)
+
+
+def voice_name(stem: str) -> str:
+    """A voice's name as listed and matched: Unicode NFC (a name typed on a Mac and on Windows is
+    one name)."""
+    return unicodedata.normalize("NFC", stem)
+
+
+# Unicode categories a voice name may not hold: controls, format characters (zero-width spaces,
+# bidi overrides such as U+202E that make a name read backwards), line and paragraph separators,
+# surrogates, private use and unassigned code points.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def bad_name(name: str) -> str | None:
+    """Why ``name`` cannot be a voice name, or None."""
+    if not 1 <= len(name) <= MAX_VOICE_NAME or not name.strip():
+        return f"a voice name has 1 to {MAX_VOICE_NAME} characters"
+    if _BAD_NAME_RE.search(name) or any(unicodedata.category(char) in _HIDDEN_CATEGORIES for char in name):
+        return "a voice name has no control, invisible or text-direction characters, and no leading '-'"
+    return None
 
 
 class VoiceLibrary:
@@ -162,7 +225,7 @@ class VoiceLibrary:
     def __init__(self, voices_dir: Path | None = None) -> None:
         self.voices_dir = voices_dir
         self._builtin = {voice.name: voice for voice in builtin_voices()}
-        self._cache: dict[tuple[str, float], Prompt] = {}
+        self._cache: dict[tuple[str, int, int], Prompt] = {}  # (source, size, mtime) -> prompt
         self._warned: set[str] = set()  # files already reported as skipped
         self.defaults = builtin_defaults()
         self._scan_lock = threading.Lock()
@@ -207,24 +270,29 @@ class VoiceLibrary:
 
     def _scan(self) -> list[Voice]:
         voices: dict[str, Voice] = {}
-        for path in sorted(self.voices_dir.glob("*.npz")):
+        try:  # names sorted as strings: pathlib's ordering costs seconds for a large folder
+            names = sorted(entry.name for entry in os.scandir(self.voices_dir) if entry.name.endswith(".npz"))
+        except OSError as err:
+            self._skip(self.voices_dir, f"the folder cannot be read ({err.strerror or err})")
+            return []
+        for path in (self.voices_dir / file_name for file_name in names):
             # A history prompt carries no language: Bark speaks any of them with it, unless the
             # file name says which one (NAME.LANG.npz).
             match = _CUSTOM_LANGUAGE_RE.match(path.stem)
             name, languages = (match["name"], (match["lang"],)) if match else (path.stem, tuple(LANGUAGES))
             if not _is_utf8(name):
                 self._skip(path, "its name is not valid UTF-8")
-            elif _BAD_NAME_RE.search(name) or len(name) > MAX_VOICE_NAME:
-                self._skip(
-                    path,
-                    f"a voice name has 1 to {MAX_VOICE_NAME} characters, no control characters, no leading '-'",
-                )
+                continue
+            name = voice_name(name)
+            # Only what can load is listed: a regular file (a link could point anywhere), in bounds.
+            why = bad_name(name) or _unlistable(path)
+            if why is not None:
+                self._skip(path, why)
             elif self._builtin_named(name) is not None or name in voices:
                 self._skip(path, f"voice {name} already exists (built-in names win)")
-            elif not path.is_file():
-                self._skip(path, "it is not a regular file")
             elif len(voices) == MAX_CUSTOM_VOICES:
                 self._skip(self.voices_dir, f"only the first {MAX_CUSTOM_VOICES} custom voices are listed")
+                break
             else:
                 voices[name] = Voice(name, languages, f"Custom voice {name}", path)
         return list(voices.values())
@@ -260,8 +328,9 @@ class VoiceLibrary:
         builtin = self._builtin_named(name)
         if builtin is not None:
             return builtin
+        name = voice_name(name) if _is_utf8(name) else name
         for voice in self.known_custom_voices():
-            if voice.name == name and voice.path is not None and voice.path.is_file():
+            if voice.name == name and voice.path is not None and _unlistable(voice.path) is None:
                 return voice
         found = self._custom_file(name)
         if found is not None:
@@ -270,7 +339,7 @@ class VoiceLibrary:
 
     def _custom_file(self, name: str) -> Voice | None:
         """A custom voice not listed yet (added since the last read): its file, looked up directly."""
-        if self.voices_dir is None or _BAD_NAME_RE.search(name) or len(name) > MAX_VOICE_NAME or "/" in name:
+        if self.voices_dir is None or not _is_utf8(name) or bad_name(name) or "/" in name:
             return None
         if os.sep in name or (os.altsep and os.altsep in name):
             return None
@@ -278,27 +347,40 @@ class VoiceLibrary:
         candidates += [(self.voices_dir / f"{name}.{code}.npz", (code,)) for code in LANGUAGES]
         for path, languages in candidates:
             try:
-                if path.is_file():
+                if _unlistable(path) is None:
                     return Voice(name, languages, f"Custom voice {name}", path)
-            except (OSError, ValueError):  # a name the file system cannot hold
+            except ValueError:  # a name the file system cannot hold
                 return None
         return None
 
     def load(self, voice: Voice, model_dir: Path) -> Prompt:
-        """Return the voice's prompt, from the model repo (built-in) or its file (custom)."""
-        source = voice.path if voice.path is not None else model_dir / EMBEDDINGS_INDEX
-        try:
-            key = (str(source) + "#" + voice.name, source.stat().st_mtime)
-        except OSError as err:
-            raise VoiceError(f"Voice '{voice.name}' is unavailable: {source.name} is missing") from err
+        """Return the voice's prompt, from the model repo (built-in) or its file (custom).
+
+        Raises ``VoiceGone`` for a custom voice whose file was removed since it was resolved."""
+        if voice.path is not None:
+            listed = listable(voice.path, MAX_VOICE_FILE_BYTES)
+            if isinstance(listed, str):
+                if not voice.path.is_symlink() and not os.path.lexists(voice.path):
+                    raise VoiceGone(f"Voice file {quoted(voice.path.name)} was removed")
+                raise VoiceError(f"Voice file {voice.path.name} cannot be used: {listed}")
+            key = (f"{voice.path}#{voice.name}", listed.size, listed.mtime_ns)
+        else:
+            source = model_dir / EMBEDDINGS_INDEX
+            try:
+                key = (f"{source}#{voice.name}", 0, source.stat().st_mtime_ns)
+            except OSError as err:
+                raise VoiceError(f"Voice '{voice.name}' is unavailable: {source.name} is missing") from err
         if key not in self._cache:
-            if voice.path is not None:
-                prompt = load_npz(voice.path)
-            else:
-                prompt = _load_builtin(model_dir, voice.name)
+            prompt = load_npz(voice.path) if voice.path is not None else _load_builtin(model_dir, voice.name)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
             self._cache[key] = prompt
         return self._cache[key]
+
+
+def _unlistable(path: Path) -> str | None:
+    """Why ``path`` cannot be a custom voice file now (see ``userfiles.listable``), or None."""
+    listed = listable(path, MAX_VOICE_FILE_BYTES)
+    return listed if isinstance(listed, str) else None
 
 
 def _is_utf8(name: str) -> bool:
