@@ -180,6 +180,13 @@ def test_language_voices_are_checked_at_start(value, message, tmp_path):
         ("BARK_CORE", "slow"),
         ("BARK_LOG_FORMAT", "%"),
         ("BARK_LOG_FORMAT", "%(nope)s"),
+        ("BARK_MAX_CHARS", "\u0661\u0660\u0660"),  # Arabic-Indic 100: Python's int() reads it
+        ("BARK_IDLE_TIMEOUT", "\u0661\u0660"),
+        ("BARK_URI", "tcp://127.0.0.1:99999"),
+        ("BARK_URI", "tcp://:10200"),
+        ("BARK_URI", "http://127.0.0.1:10200"),
+        ("BARK_DATA_DIR", "~nosuchuser/x"),
+        ("BARK_VOICES_DIR", "~nosuchuser/voices"),
     ],
 )
 def test_settings_that_would_break_the_server_stop_it_at_start(monkeypatch, capsys, variable, value):
@@ -191,6 +198,23 @@ def test_settings_that_would_break_the_server_stop_it_at_start(monkeypatch, caps
     message = capsys.readouterr().err.strip().splitlines()[-1]
     flag = "--" + variable.removeprefix("BARK_").lower().replace("_", "-")
     assert flag in message and "Traceback" not in message
+
+
+def test_a_config_nested_too_deeply_is_a_message(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text('{"tts": {"bark": {"x": ' + "[" * 200_000 + "]" * 200_000 + "}}}", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(path)])
+    message = capsys.readouterr().err
+    assert "nested too deeply" in message and "Traceback" not in message
+
+
+def test_an_unknown_language_in_the_config_file_stops_the_start(tmp_path):
+    path = tmp_path / "bark.json"
+    path.write_text(json.dumps({"tts": {"bark": {"language_voices": {"xx": "v2/en_speaker_1"}}}}))
+    args = parse_args(["--config", str(path), "--data-dir", str(tmp_path)])
+    with pytest.raises(TtsError, match="Unknown language 'xx'"):
+        build_engine(Settings.from_args(args))
 
 
 def test_infinity_in_the_config_file_is_refused(tmp_path, capsys):

@@ -269,5 +269,7 @@ async def test_concurrent_identical_misses_are_made_once(tiny_model, tmp_path):
     engine = make_engine(tiny_model, tmp_path, seed=4, cache_size_mb=5)
     results = await asyncio.gather(*(collect(engine.speak("The doorbell rang.")) for _ in range(4)))
     assert all(result == results[0] for result in results) and results[0]
-    assert engine.get_status()["sentences"] == 1
+    state = engine.get_status()
+    assert state["sentences"] == 1
+    assert (state["cache_misses"], state["cache_hits"]) == (1, 3), "made once, shared three times"
     engine.close()

@@ -217,3 +217,51 @@ async def test_a_stuck_read_fails_its_own_request_within_the_deadline(tmp_path, 
     finally:
         release.set()
         reader.close()
+
+
+async def test_the_engine_speaks_a_voice_removed_after_lookup_with_the_default(
+    tiny_model, tmp_path, prompt_file, caplog
+):
+    from test_contract import collect, make_engine
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    shutil.copy(prompt_file, voices / "brief.npz")
+    engine = make_engine(tiny_model, tmp_path, seed=3, voices_dir=voices)
+    try:
+        voice = engine.resolve_voice("brief")
+        (voices / "brief.npz").unlink()
+        audio = await collect(engine.speak("Still spoken.", voice))
+    finally:
+        engine.close()
+    assert len(audio) > 0
+    assert any("Speaking with v2/en_speaker_6 instead" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_sentence_stuck_in_preparation_makes_the_engine_unhealthy(tiny_model, tmp_path, monkeypatch):
+    from test_contract import make_engine
+
+    from wyoming_bark import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "STUCK_PREPARATION_S", 0.3)
+    engine = make_engine(tiny_model, tmp_path, seed=3)
+    release = threading.Event()
+    prepare = engine._prepare
+
+    def stuck(*args):
+        release.wait(30)
+        return prepare(*args)
+
+    monkeypatch.setattr(engine, "_prepare", stuck)
+    try:
+        assert (await engine.health_check()).healthy
+        speaking = asyncio.ensure_future(engine.speak_sentence("Stuck.").__anext__())
+        await asyncio.sleep(1.0)
+        verdict = await engine.health_check()
+        assert not verdict.healthy and "in preparation" in verdict.message, verdict
+        release.set()
+        assert await asyncio.wait_for(speaking, 30)
+        assert (await engine.health_check()).healthy
+    finally:
+        release.set()
+        engine.close()

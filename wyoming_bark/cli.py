@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from platformdirs import user_cache_path
 
@@ -62,11 +63,18 @@ def _zeroconf_env() -> str | None:
     return DEFAULT_ZEROCONF_NAME if value.lower() in TRUE_WORDS else value
 
 
+def _ascii_number(value: str) -> str:
+    """Python reads ``١٠٠`` (Arabic-Indic digits) as 100; a setting takes ASCII digits only."""
+    if not value.isascii():
+        raise argparse.ArgumentTypeError(f"must be written with ASCII digits, got {value!r}")
+    return value
+
+
 def _int_in(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (values from the environment and file too)."""
 
     def parse(value: str) -> int:
-        number = int(value)
+        number = int(_ascii_number(value))
         if not low <= number <= high:
             raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
         return number
@@ -80,7 +88,7 @@ def _number_in(low: float, high: float, above_low: bool = False) -> Callable[[st
     """An argparse type: a finite number in [low, high] (or (low, high] with ``above_low``)."""
 
     def parse(value: str) -> float:
-        number = float(value)
+        number = float(_ascii_number(value))
         if not (math.isfinite(number) and (low < number if above_low else low <= number) and number <= high):
             bounds = f"({low}, {high}]" if above_low else f"[{low}, {high}]"
             raise argparse.ArgumentTypeError(f"must be a number in {bounds}, got {value}")
@@ -105,6 +113,34 @@ def _threads(value: str) -> int | None:
 
 
 _threads.json_types = (int, str)
+
+
+def _folder(value: str) -> str:
+    """A folder path; ``~`` and ``~user`` expanded now, so a user that does not exist is a
+    message, not a traceback at start."""
+    try:
+        return str(Path(value).expanduser())
+    except RuntimeError as err:  # ~nosuchuser
+        raise argparse.ArgumentTypeError(f"cannot expand {value!r}: {err}") from err
+
+
+def _uri(value: str) -> str:
+    """Where to listen: tcp://HOST:PORT (a port from 1 to 65535), unix://PATH or stdio://."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("tcp", "unix", "stdio"):
+        raise argparse.ArgumentTypeError(f"use tcp://HOST:PORT, unix://PATH or stdio://, got {value!r}")
+    if parsed.scheme == "tcp":
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if not port or not 1 <= port <= 65_535:
+            raise argparse.ArgumentTypeError(f"a tcp:// address needs a port from 1 to 65535, got {value!r}")
+        if not parsed.hostname:
+            raise argparse.ArgumentTypeError(f"a tcp:// address needs a host (0.0.0.0: all), got {value!r}")
+    if parsed.scheme == "unix" and not (parsed.netloc + parsed.path):
+        raise argparse.ArgumentTypeError(f"a unix:// address needs a path, got {value!r}")
+    return value
 
 
 def _log_format(value: str) -> str:
@@ -170,7 +206,7 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     )
     add("engine", "bark", "TTS engine", choices=sorted(ENGINES))
 
-    add("uri", ServerSettings.uri, "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://")
+    add("uri", ServerSettings.uri, "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://", type=_uri)
     add("model", ModelSettings.model, "Hub id (suno/bark-small, suno/bark) or a local model directory")
     add("device", ModelSettings.device, "auto (CUDA if available), cpu, cuda or cuda:N")
     add(
@@ -213,8 +249,8 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
         "Assistant lists first, e.g. de=v2/de_speaker_3,fr=v2/fr_speaker_1",
         type=_language_voices,
     )
-    add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached")
-    add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)")
+    add("data-dir", str(user_cache_path("wyoming-bark")), "Where downloaded models are cached", type=_folder)
+    add("voices-dir", None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)", type=_folder)
     add(
         "samples-per-chunk",
         str(EngineSettings.samples_per_chunk),

@@ -92,6 +92,8 @@ def load_config(path: Path, keys: dict[str, Any]) -> tuple[dict[str, Any], list[
         raise ConfigError(f"{path}: {err}") if "appears twice" in str(err) else err
     except ValueError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError as err:  # json nests by recursion
+        raise ConfigError(f"{path} is nested too deeply to be a configuration") from err
     section = (
         data.get("tts", {}).get("bark")
         if isinstance(data, dict) and isinstance(data.get("tts"), dict)

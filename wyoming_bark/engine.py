@@ -325,6 +325,8 @@ class BarkEngine(TtsEngine):
             cached = await asyncio.to_thread(self.cache.get, key)
             if cached is None and key in self._making:  # being made now: wait for it
                 cached = await asyncio.shield(self._making[key])
+                if cached is not None:
+                    self.cache.shared()
             if cached is not None:
                 return cached
             if key not in self._making:

@@ -79,6 +79,7 @@ class Scheduler:
                 request.sampling,
                 request.seed,
                 in_pieces=request.in_pieces,
+                cancel=request.cancel,  # a core that decodes inside its program (transformers') stops
             )
 
         job = Job(program(), stream.emit, request.cancel, urgent=request.urgent, client=request.client)

@@ -66,10 +66,13 @@ class TransformersCore:
         cancel: threading.Event | None = None,
     ) -> Program:
         """One sentence -> one ``Audio`` (``in_pieces`` is ignored: there are no pieces)."""
-        if seed is not None:
-            torch.manual_seed(seed)
         stop = _stop_when(cancel)
-        with torch.inference_mode():
+        # Seeded on a generator state of its own: the process's (other sentences', the caller's)
+        # random numbers are left as they were.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type), torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
             audio = self.bark.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
