@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .pcm import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH
-from .sentences import SentenceAudio, TextStream, Turn
+from .sentences import Client, SentenceAudio, TextStream, Turn
 from .voices import Voice
 
 ENGINES: dict[str, type[TtsEngine]] = {}
@@ -81,17 +81,22 @@ class TtsEngine(ABC):
 
     # --- built on the primitives --------------------------------------------------------
 
-    def open_stream(self, voice: Voice | None = None, quick_start: bool = False) -> TextStream:
+    def open_stream(
+        self, voice: Voice | None = None, quick_start: bool = False, client: Client | None = None
+    ) -> TextStream:
         """A buffered streaming synthesis with ``voice`` (None: the default voice).
 
         ``quick_start`` speaks a long first sentence up to its first clause boundary, so the first
-        audio of a stream (text still arriving, e.g. from an LLM) comes sooner.
+        audio of a stream (text still arriving, e.g. from an LLM) comes sooner. ``client``: whose
+        request (a connection; None: a client of its own), for fair turns.
         """
-        return TextStream(self, voice or self.resolve_voice(None), quick_start)
+        return TextStream(self, voice or self.resolve_voice(None), quick_start, client)
 
-    async def speak(self, text: str, voice: Voice | None = None) -> AsyncIterator[bytes]:
+    async def speak(
+        self, text: str, voice: Voice | None = None, client: Client | None = None
+    ) -> AsyncIterator[bytes]:
         """PCM chunks for a whole text, sentence by sentence."""
-        stream = self.open_stream(voice)
+        stream = self.open_stream(voice, client=client)
         stream.add(text)
         stream.close()
         async with aclosing(stream.audio()) as audio:  # closed now, not when collected
@@ -100,7 +105,7 @@ class TtsEngine(ABC):
 
     async def speak_sentence(self, sentence: str, voice: Voice | None = None) -> AsyncIterator[bytes]:
         """PCM chunks for one sentence, spoken as it is (not split), a listener waiting for it."""
-        turn = Turn(client=object())
+        turn = Turn(client=Client())
         turn.now.set()
         audio = self.start_sentence(sentence, voice or self.resolve_voice(None), turn)
         try:

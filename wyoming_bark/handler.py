@@ -32,7 +32,7 @@ from .connections import ConnectionLimits, client_key
 from .contract import TtsEngine
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
 from .protocol import BarkStatus, IdleTimeout, ProtocolError, parse_event, read_event
-from .sentences import TextStream
+from .sentences import Client, TextStream
 from .settings import ServerSettings
 from .text import clean_text
 from .voices import Voice
@@ -136,6 +136,9 @@ class BarkEventHandler(AsyncEventHandler):
         self._streaming: _Request | None = None  # the open streaming request, if any
         self._jobs: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        peer = writer.get_extra_info("peername")
+        # Who this connection is, for fair turns and the per-address cap (None: a unix socket).
+        self.client = Client(address=client_key(peer[0] if isinstance(peer, tuple) and peer else None))
 
     async def run(self) -> None:
         """wyoming's loop, with a reader that bounds what a client can make us buffer and wait for.
@@ -143,9 +146,7 @@ class BarkEventHandler(AsyncEventHandler):
         Only work keeps a connection open (see ``_is_work``): a client that sends pings, unknown
         events or blank text is closed after ``--idle-timeout`` like a silent one. A client that
         closes its side after a request (``shutdown(SHUT_WR)``) still gets the whole answer."""
-        limits = self.limits
-        peer = self.writer.get_extra_info("peername")
-        key = client_key(peer[0] if isinstance(peer, tuple) and peer else None)  # None: a unix socket
+        limits, key = self.limits, self.client.address
         if limits is not None:
             refusal = await limits.admit(key)
             if refusal is not None:
@@ -256,7 +257,9 @@ class BarkEventHandler(AsyncEventHandler):
                     self._streaming = _Request(voice=None, failed=True)
                 else:
                     self._streaming = request
-                    request.text = self.engine.open_stream(request.voice, quick_start=True)
+                    request.text = self.engine.open_stream(
+                        request.voice, quick_start=True, client=self.client
+                    )
                     request.queued = True
                     self._submit(self._speak_streamed(request, request.text))
         elif SynthesizeChunk.is_type(event.type):
@@ -346,7 +349,7 @@ class BarkEventHandler(AsyncEventHandler):
             _LOGGER.debug("Client went away during synthesis")
 
     async def _speak_text(self, request: _Request, text: str) -> None:
-        await self._speak(request, self.engine.speak(text, request.voice))
+        await self._speak(request, self.engine.speak(text, request.voice, client=self.client))
         if request.failed:
             await self._close_after_failure()
         else:

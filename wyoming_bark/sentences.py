@@ -29,13 +29,23 @@ class SentenceAudio(Protocol):
         """Not wanted any more: stop making it."""
 
 
+@dataclass(frozen=True, eq=False)
+class Client:
+    """Whose requests: one per connection (each is its own), and the address it came from (as
+    ``connections.client_key`` counts it; None: none known). Turns go round addresses first, then
+    round the connections of an address, so many connections, or many small sentences of one
+    stream, do not take more turns than a client with one."""
+
+    address: str | None = None
+
+
 @dataclass(eq=False)
 class Turn:
     """Whose sentence this is, and whether a listener is waiting for it now (``now`` is set: a
     request's first sentence, or the next once the one before has played) or it is made ahead.
     An engine that decodes many sentences at once serves those waiting now first."""
 
-    client: object
+    client: Client
     now: threading.Event = field(default_factory=threading.Event)
 
 
@@ -49,9 +59,12 @@ class TextStream:
     cut into pieces. Only text is buffered; what waits is bounded by what the caller adds.
     """
 
-    def __init__(self, engine: TtsEngine, voice: Voice, quick_start: bool = False) -> None:
+    def __init__(
+        self, engine: TtsEngine, voice: Voice, quick_start: bool = False, client: Client | None = None
+    ) -> None:
         self.engine = engine
         self.voice = voice
+        self.client = client or Client()
         self._splitter = SentenceSplitter(quick_start=quick_start)
         self._waiting: deque[str] = deque()  # complete sentences not started yet
         self._started: deque[tuple[SentenceAudio, Turn]] = deque()  # playing first, then ahead
@@ -81,7 +94,7 @@ class TextStream:
 
     def _start_ahead(self) -> None:
         while self._playing and self._waiting and len(self._started) <= self.engine.lookahead:
-            turn = Turn(client=self)
+            turn = Turn(client=self.client)
             if not self._started:  # nothing plays before it: the listener waits for this one
                 turn.now.set()
             sentence = self.engine.start_sentence(self._waiting.popleft(), self.voice, turn)

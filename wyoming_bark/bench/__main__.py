@@ -27,6 +27,7 @@ from ..contract import TtsEngine
 from ..fast import FastBark, SamplingSettings
 from ..fast.stages import coarse_tokens, fine_tokens, semantic_tokens
 from ..self_check import MODES as SELF_CHECK_MODES
+from .fairness import SCENARIOS
 from .precision import at_precision, compare_precisions
 from .random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs
 from .server import on_own_thread, serve_and_measure
@@ -113,11 +114,11 @@ def benchmark(args: argparse.Namespace) -> dict:
     if device.type == "cpu":
         precisions.use_threads(args.threads or None)  # as the server: one per physical core
     result, served = on_own_thread(lambda: _measure_core(args, device))  # before the server runs
-    if args.first_audio or args.clients or args.stream_sentences or args.contention:
+    if args.first_audio or args.clients or args.stream_sentences or args.contention or args.fairness:
         # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
         # server with both turned off: whole sentences, one at a time (contention: as shipped only).
         result["server"] = asyncio.run(serve_and_measure(served, device, args, "auto", args.max_batch))
-        serial = argparse.Namespace(**{**vars(args), "contention": 0})
+        serial = argparse.Namespace(**{**vars(args), "contention": 0, "fairness": []})
         if serial.first_audio or serial.clients or serial.stream_sentences:
             result["server_serial"] = asyncio.run(serve_and_measure(served, device, serial, "off", 1))
         if device.type == "cuda" and args.clients:  # as shipped, but with Python's default GIL switching
@@ -302,6 +303,16 @@ def print_table(result: dict) -> None:
                 f"first audio {busy['first_audio_beside_s']} s vs {busy['first_audio_alone_s']} s alone "
                 f"({busy['ratio']}x); describe p99 {busy['describe_p99_ms']} ms"
             )
+        if "fairness" in server:
+            fair = server["fairness"]
+            alone = fair["first_audio_alone_s"]
+            for scenario in (name for name in fair if name in SCENARIOS):
+                beside = fair[scenario]
+                print(
+                    f"{label}, a short request from its own address beside {scenario}: first audio "
+                    f"{beside['first_audio_beside_s']} s (worst {beside['worst_s']} s) vs {alone} s "
+                    f"alone ({beside['ratio']}x)"
+                )
         if "stream" in server:
             stream = server["stream"]
             print(
@@ -338,6 +349,13 @@ def main() -> None:
         type=int,
         default=0,
         help="first audio of one request alone and beside N streamed 12-sentence answers (the ratio)",
+    )
+    parser.add_argument(
+        "--fairness",
+        type=lambda value: SCENARIOS if value == "all" else value.split(","),
+        default=[],
+        help=f"first audio of a short request from its own address, alone and beside each of these "
+        f"loads: {', '.join(SCENARIOS)}, or all",
     )
     parser.add_argument(
         "--precision",

@@ -198,6 +198,10 @@ async def serve_and_measure(
                 result["contention"] = await _contention(
                     uri, engine, text, args.contention, max_batch, args.reps
                 )
+            if args.fairness:
+                from .fairness import fairness
+
+                result["fairness"] = await fairness(uri, engine, args.fairness, args.reps)
             if args.stream_sentences:
                 answer = " ".join(
                     f"Sentence number {i} of the answer is here." for i in range(args.stream_sentences)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import policy
 from .core import Core
 from .program import Audio, Cancelled, NonFiniteLogits, Program, reply, requests
 from .release import Releaser, use_device
@@ -31,7 +32,6 @@ __all__ = ["DONE", "AudioStream", "Job", "Scheduler", "SpeechRequest"]
 
 _LOGGER = logging.getLogger(__name__)
 
-MAX_CLIENTS_REMEMBERED = 256
 GIL_SWITCH_S = 0.0005  # Python's thread switch interval while a GPU scheduler runs
 
 
@@ -47,15 +47,14 @@ class Scheduler:
         self._free = list(range(self.capacity))  # a heap: the lowest rows, the smallest graphs
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []
-        self._served: dict[int, int] = {}  # id(client) -> admission count when last admitted
-        self._admissions = 0
+        self._turns = policy.Turns()
         self._wake = threading.Condition()
         self._closed = False
         device = core.device
         self._releaser = Releaser(device, name)
         self.steps = 0  # batched decode iterations, for status
         self.preempted = 0  # sentences made ahead that gave their row to one waited for now
-        self._compute_bound = device is None or device.type != "cuda"  # see _to_answer
+        self._compute_bound = device is None or device.type != "cuda"  # see policy.to_answer
         self.batched_tokens = 0
         self.busy_s = 0.0  # wall time of iterations that decoded, for status (ms per iteration)
         if device is not None and device.type == "cuda":
@@ -167,16 +166,10 @@ class Scheduler:
         self._releaser.close()
 
     def _next(self) -> Job:
-        """The waiting job to admit: one a listener waits for now before any made ahead; among
-        equals, the client served longest ago (round-robin), then the oldest."""
-        pool = [job for job in self._waiting if job.urgent.is_set()] or self._waiting
-        job = min(pool, key=lambda job: self._served.get(id(job.client), -1))
+        """The waiting job to admit (``policy.Turns``: by address, then connection)."""
+        job = self._turns.pick(self._waiting)
         self._waiting.remove(job)
-        self._admissions += 1
-        self._served[id(job.client)] = self._admissions
-        if len(self._served) > MAX_CLIENTS_REMEMBERED:  # only the order among present clients matters
-            present = {id(other.client) for other in (*self._waiting, *self._running)}
-            self._served = {key: n for key, n in self._served.items() if key in present}
+        self._turns.served(job, [*self._waiting, *self._running])
         return job
 
     def _admit(self) -> None:
@@ -187,35 +180,20 @@ class Scheduler:
                 self._releaser.put(job, Cancelled())
                 continue
             job.row = heapq.heappop(self._free)
-            job.admitted = self._admissions
+            job.admitted = self._turns.admissions
             self._running.append(job)
 
     def _to_answer(self) -> list[Job]:
-        """The jobs whose requests this iteration answers. On a CPU every row costs compute, so
-        while somebody waits for a sentence now, sentences other clients make ahead pause (their
-        requests wait); a client's own look-ahead goes on beside its own waited-for sentence (the
-        trade-off ``--lookahead`` chooses). On a GPU a step costs about the same for 1 row or 8,
-        and all go."""
-        asking = [job for job in self._running if job.op is not None]
-        if not self._compute_bound:
-            return asking
-        waited_for = {id(job.client) for job in asking if job.urgent.is_set()}
-        return [job for job in asking if job.urgent.is_set() or not waited_for - {id(job.client)}]
+        """The jobs whose requests this iteration answers (``policy.to_answer``)."""
+        return policy.to_answer(self._running, self._compute_bound)
 
     def _preempt(self) -> bool:
-        """Free a row for a sentence a listener waits for now, if every row is taken: the sentence
-        made ahead that started last, and has released no audio yet, starts again later from its
-        beginning (its program made anew with the same seed: the same tokens). False if none can."""
-        if not any(job.urgent.is_set() for job in self._waiting):
+        """Free a row for a sentence a listener waits for now, if every row is taken (the job
+        ``policy.to_preempt`` names): it starts again later from its beginning (its program made
+        anew with the same seed: the same tokens). False if none can."""
+        job = policy.to_preempt(self._waiting, self._running, self._compute_bound)
+        if job is None:
             return False
-        movable = [
-            job
-            for job in self._running
-            if not job.urgent.is_set() and job.restart is not None and not job.released
-        ]
-        if not movable:
-            return False
-        job = max(movable, key=lambda job: job.admitted)
         job.program.close()
         job.program, job.op, job.answer, job.error = job.restart(), None, None, None
         self._running.remove(job)
