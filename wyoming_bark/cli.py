@@ -125,7 +125,7 @@ def _folder(value: str) -> str:
 
 
 def _uri(value: str) -> str:
-    """Where to listen: tcp://HOST:PORT (a port from 1 to 65535), unix://PATH or stdio://."""
+    """Where to listen: tcp://HOST:PORT (a port from 0, any free one, to 65535), unix://PATH or stdio://."""
     parsed = urlparse(value)
     if parsed.scheme not in ("tcp", "unix", "stdio"):
         raise argparse.ArgumentTypeError(f"use tcp://HOST:PORT, unix://PATH or stdio://, got {value!r}")
@@ -134,8 +134,10 @@ def _uri(value: str) -> str:
             port = parsed.port
         except ValueError:
             port = None
-        if not port or not 1 <= port <= 65_535:
-            raise argparse.ArgumentTypeError(f"a tcp:// address needs a port from 1 to 65535, got {value!r}")
+        if port is None or not 0 <= port <= 65_535:
+            raise argparse.ArgumentTypeError(
+                f"a tcp:// address needs a port from 0 (any free one) to 65535, got {value!r}"
+            )
         if not parsed.hostname:
             raise argparse.ArgumentTypeError(f"a tcp:// address needs a host (0.0.0.0: all), got {value!r}")
     if parsed.scheme == "unix" and not (parsed.netloc + parsed.path):
