@@ -3,7 +3,7 @@
 Home Assistant opens one connection per text-to-speech request (a satellite's answer, a browser's
 ``tts_get_url``, a preview), plus one to describe every 30 s: a house with five satellites
 answering at once holds seven. A client address may hold ``max_per_address`` (16 by default),
-and the last ``reserved`` slots of ``max_connections`` go only to addresses holding fewer than
+and the last quarter of ``max_connections`` go only to addresses holding fewer than
 ``NEWCOMER_CONNECTIONS``: however many addresses fill the rest, a new client, or one that holds a
 describe and wants to speak, still gets in. IPv6 clients are counted per /64 (one host picks
 addresses from its whole /64 at will). A connection that closed a moment ago may still be
@@ -47,7 +47,6 @@ class ConnectionLimits:
     max_connections: int  # --max-connections
     max_per_address: int  # --max-connections-per-address
     idle_timeout: float  # no work for this long: the connection is closed
-    reserved: int | None = None  # slots for addresses new to us (None: a quarter of the total)
     event_timeout: float = EVENT_TIMEOUT
     buffer_budget: int = BUFFER_BUDGET
     connections: int = 0  # open now
@@ -57,8 +56,7 @@ class ConnectionLimits:
 
     @property
     def kept_for_new(self) -> int:
-        if self.reserved is not None:
-            return min(self.reserved, self.max_connections - 1)
+        """The last slots, kept for addresses holding fewer than ``NEWCOMER_CONNECTIONS``."""
         return self.max_connections // 4
 
     def refusal(self, key: str | None) -> str | None:

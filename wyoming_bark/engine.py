@@ -222,7 +222,7 @@ class BarkEngine(TtsEngine):
             "voices": len(self.voices.list(read_folder=False)),
             "default_voice": self.default_voice.name,
             "sentences_pending": self._pending(),  # being prepared, waiting for a row or being made
-            "voice_reads_stuck": self.voice_reader.stuck()[0],
+            "voice_reads_stuck": self.voice_reader.stuck(),
             "lookahead": self.lookahead,
             "batch": self._batch_status(),
             "sentences": self.sentences,

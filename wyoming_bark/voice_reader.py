@@ -56,11 +56,10 @@ class VoiceReader:
                 f"Voice {quoted(voice.name)}: its file could not be read within {self.timeout:g} s"
             ) from None
 
-    def stuck(self) -> tuple[int, float]:
-        """Reads past their deadline now, and the longest one's seconds (for status)."""
+    def stuck(self) -> int:
+        """Reads past their deadline now (for status)."""
         now = time.monotonic()
-        over = [now - began for began in list(self._reading.values()) if now - began > self.timeout]
-        return len(over), round(max(over, default=0.0), 1)
+        return sum(now - began > self.timeout for began in list(self._reading.values()))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -360,7 +360,7 @@ class VoiceLibrary:
         if voice.path is not None:
             listed = listable(voice.path, MAX_VOICE_FILE_BYTES)
             if isinstance(listed, str):
-                if not voice.path.is_symlink() and not os.path.lexists(voice.path):
+                if not os.path.lexists(voice.path):
                     raise VoiceGone(f"Voice file {quoted(voice.path.name)} was removed")
                 raise VoiceError(f"Voice file {voice.path.name} cannot be used: {listed}")
             key = (f"{voice.path}#{voice.name}", listed.size, listed.mtime_ns)
