@@ -10,12 +10,18 @@ from wyoming_bark.fast import policy
 from wyoming_bark.sentences import Client
 
 
-def job(client, urgent=True, admitted=0, op="step", released=False):
+def job(client, urgent=True, admitted=0, op="step", released=False, answered=0):
     event = threading.Event()
     if urgent:
         event.set()
     return SimpleNamespace(
-        client=client, urgent=event, admitted=admitted, op=op, released=released, restart=lambda: None
+        client=client,
+        urgent=event,
+        admitted=admitted,
+        op=op,
+        released=released,
+        restart=lambda: None,
+        answered=answered,
     )
 
 
@@ -58,6 +64,18 @@ def test_on_a_cpu_other_connections_look_ahead_pauses_while_somebody_waits():
     running = [mine, my_ahead, theirs_ahead]
     assert policy.to_answer(running, compute_bound=True) == [mine, my_ahead]
     assert policy.to_answer(running, compute_bound=False) == running, "on a GPU all go"
+
+
+def test_on_a_cpu_a_crowded_address_gets_as_many_rows_a_step_as_a_lone_listener_in_turn():
+    crowd = [job(Client("10.0.0.2"), answered=n) for n in (5, 2, 7, 2)]
+    victim = job(Client("10.0.0.9"), answered=7)
+    running = [*crowd, victim]
+    assert policy.to_answer(running, compute_bound=True) == [crowd[1], victim], "the one answered longest ago"
+    assert policy.to_answer(running, compute_bound=False) == running, "on a GPU all go"
+    alone = [job(Client("10.0.0.2")) for _ in range(4)]
+    assert policy.to_answer(alone, compute_bound=True) == alone, "one address: all its rows go"
+    ahead = [job(Client("10.0.0.2"), urgent=False), job(Client("10.0.0.3"), urgent=False)]
+    assert policy.to_answer(ahead, compute_bound=True) == ahead, "nobody waits: nothing is held back"
 
 
 def test_a_look_ahead_row_gives_way_first_then_the_crowded_address_on_a_cpu():

@@ -257,7 +257,7 @@ class Scheduler:
                 job.answer = reply(job.op, tokens[start : start + count])
             except NonFiniteLogits as err:  # this sentence's tokens would be noise: it fails
                 job.answer, job.error = None, err
-            job.op = None
+            job.op, job.answered = None, self.steps
             start += count
         return True
 

@@ -4,13 +4,14 @@ its row up. Pure functions of the jobs' fields, so the rules are unit-tested wit
 
 A job here needs: ``urgent`` (an Event: set when a listener waits for it now), ``client`` (whose:
 ``sentences.Client``, or any object), ``op`` (its pending model request or None), ``restart``,
-``released`` and ``admitted``.
+``released``, ``admitted`` and ``answered`` (the step that last answered it).
 
 Turns go round **addresses** first, then round the **connections** of an address: 16 connections
 from one address, or a stream's many small sentences, get the turns of one client, not of 16.
 On a CPU a row costs compute, so rows are also shared by address while a listener waits: an
 address holding more than its share gives a row up (restarted later exactly) to a waited-for
-sentence from an address that holds none.
+sentence from an address that holds none, and while listeners of several addresses wait, each
+step answers as many rows of each address as the one with fewest has (its rows in turn).
 """
 
 from __future__ import annotations
@@ -73,7 +74,25 @@ def to_answer(running: Sequence[Any], compute_bound: bool) -> list[Any]:
     if not compute_bound:
         return asking
     waited_for = {connection_of(job) for job in asking if job.urgent.is_set()}
-    return [job for job in asking if job.urgent.is_set() or not waited_for - {connection_of(job)}]
+    going = [job for job in asking if job.urgent.is_set() or not waited_for - {connection_of(job)}]
+    return _shared_by_address(going) if waited_for else going
+
+
+def _shared_by_address(going: list[Any]) -> list[Any]:
+    """Each address's rows cut to the fewest any address with a listener has, the ones answered
+    longest ago first: one address's 16 sentences cost a step no more than another's one does."""
+    by_address: dict[object, list[Any]] = {}
+    for job in going:
+        by_address.setdefault(address_of(job), []).append(job)
+    if len(by_address) < 2:
+        return going
+    share = min(len(rows) for rows in by_address.values())
+    chosen = {id(job) for rows in by_address.values() for job in sorted(rows, key=_last_answered)[:share]}
+    return [job for job in going if id(job) in chosen]
+
+
+def _last_answered(job: Any) -> int:
+    return job.answered
 
 
 def _movable(job: Any) -> bool:

@@ -45,6 +45,7 @@ class Job:
     restart: Callable[[], Program] | None = None  # the program anew, exactly (see Scheduler._preempt)
     released: bool = False  # it has released audio (then it cannot start again unheard)
     admitted: int = 0  # when it last got a row
+    answered: int = 0  # the step that last answered its request (turns within an address)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
