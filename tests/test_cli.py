@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from wyoming_bark.__main__ import build_engine
 from wyoming_bark.cli import build_parser, parse_args
 from wyoming_bark.discovery import default_service_name
 from wyoming_bark.errors import TtsError
+from wyoming_bark.server import build_engine
 from wyoming_bark.settings import Settings
 
 

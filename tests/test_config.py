@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import assert_stream, describe, status, synthesize
@@ -73,7 +74,12 @@ def test_our_keys(tmp_path):
     )
     args = parse_args(["--config", path])
     assert args.model == "/models/bark", "an explicit model wins over model_size"
-    assert (args.voices_dir, args.text_temp, args.waveform_temp, args.min_eos_p) == ("/voices", 0.6, 0.5, 0.1)
+    assert (args.voices_dir, args.text_temp, args.waveform_temp, args.min_eos_p) == (
+        Path("/voices"),
+        0.6,
+        0.5,
+        0.1,
+    )
     assert (args.max_semantic_tokens, args.seed, args.voice_seeds) == (300, 9, {"announcer": 4})
     assert args.no_streaming and args.cache_size_mb == 20 and args.sentence_silence == 0.2
     assert args.zeroconf == default_service_name() and args.core == "transformers"
@@ -138,15 +144,13 @@ async def test_server_with_config_file_caches_announcements(server_factory, tiny
 
 def test_the_file_takes_every_flag_with_the_flags_own_types():
     """One definition per setting: the file's keys come from the command line's definitions."""
-    from wyoming_bark.cli import build_parser
     from wyoming_bark.config import flag_keys
-    from wyoming_bark.loader import CORES
-    from wyoming_bark.self_check import MODES
+    from wyoming_bark.settings import CORES, SELF_CHECK_MODES
 
-    keys = flag_keys(build_parser())
+    keys = flag_keys()
     assert (keys["core"], keys["self_check"], keys["audio_streaming"]) == (
         CORES,
-        MODES,
+        SELF_CHECK_MODES,
         ("auto", "on", "off"),
     )
     assert (keys["max_batch"], keys["min_eos_p"], keys["preload"], keys["lookahead"]) == (

@@ -12,11 +12,18 @@ import pytest
 from helpers import SAMPLES_PER_SENTENCE
 
 from wyoming_bark.cache import HEADER
-from wyoming_bark.contract import ENGINES, HealthCheckResult, TtsEngine, create_engine
+from wyoming_bark.contract import (
+    ENGINE_MODULES,
+    ENGINES,
+    HealthCheckResult,
+    TtsEngine,
+    create_engine,
+    register,
+)
 from wyoming_bark.engine import BarkEngine
 from wyoming_bark.errors import ModelLoadError, SynthesisCancelled, UnknownVoice
 from wyoming_bark.fast import SamplingSettings
-from wyoming_bark.settings import EngineSettings, GenerationSettings, ModelSettings
+from wyoming_bark.settings import ENGINE_NAMES, EngineSettings, GenerationSettings, ModelSettings
 
 BYTES_PER_SENTENCE = 2 * SAMPLES_PER_SENTENCE
 
@@ -54,6 +61,9 @@ def engine(tiny_model, tmp_path):
 
 
 def test_registry():
+    """Each --engine name is a registered class, found through its module; registering is the
+    decorator at the class, and a second class under one name is an error."""
+    assert set(ENGINE_MODULES) == set(ENGINE_NAMES), "every name the command line offers has a module"
     assert ENGINES["bark"] is BarkEngine
 
     class Echo(TtsEngine):
@@ -67,8 +77,12 @@ def test_registry():
         def get_available_voices(self): ...
         def set_voice(self, name): ...
 
+    assert "echo-test" not in ENGINES, "defining a class registers nothing"
     try:
-        assert ENGINES["echo-test"] is Echo, "subclasses with a name register on definition"
+        assert register(Echo) is Echo and ENGINES["echo-test"] is Echo
+        with pytest.raises(ValueError, match="needs a name of its own"):
+            register(type("Other", (Echo,), {}))
+        assert isinstance(create_engine("echo-test"), Echo)
     finally:
         del ENGINES["echo-test"]  # leave the registry as the other tests expect it
     with pytest.raises(ValueError, match="Unknown engine 'nope'"):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import TIMEOUT, assert_stream, eventually, status, synthesize
 from wyoming.event import async_read_event
 
@@ -213,10 +214,28 @@ async def test_the_log_says_what_the_model_takes_and_what_speed_to_expect(server
     assert "int8 quality gate passed" in log
 
 
-def test_the_health_check_does_not_import_torch():
-    """Docker runs it every minute (on a small board too): it must stay a light Wyoming client."""
-    code = "import sys, wyoming_bark.health; assert 'torch' not in sys.modules, 'torch imported'"
+@pytest.mark.parametrize(
+    "module, argv, says",
+    [
+        ("wyoming_bark", ["--help"], "--max-batch"),
+        ("wyoming_bark", ["--max-batch", "0"], "must be an integer from 1 to 64"),
+        ("wyoming_bark.health", ["--help"], "usage"),
+    ],
+)
+def test_help_a_bad_flag_and_the_health_check_do_not_import_torch(module, argv, says):
+    """--help and a wrong flag answer at once, and Docker runs the health check every minute (on a
+    small board too): none of them may load torch."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{module!r}, *{argv!r}]\n"
+        "try:\n"
+        f"    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+    assert says in done.stdout + done.stderr

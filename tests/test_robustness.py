@@ -460,3 +460,41 @@ async def test_a_bug_of_ours_is_not_reported_as_a_malformed_event(caplog):
         assert "has no attribute 'verdict'" in caplog.text, "the log has the traceback"
     finally:
         await server.stop()
+
+
+def test_on_stdio_a_header_claiming_a_terabyte_is_a_clear_error(tiny_model, tmp_path):
+    """``stdio://`` goes through the same bounded reader as TCP: a header announcing 1 TiB of data
+    is an error event, not a wait for it (or a traceback), and the server stops cleanly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wyoming.event import read_event, write_event
+    from wyoming.info import Describe
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wyoming_bark", "--uri", "stdio://", "--device", "cpu",
+         "--model", str(tiny_model), "--data-dir", str(tmp_path / "data")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    reading = ThreadPoolExecutor(1)  # a read the server never answers must not hang the test
+
+    def answer():
+        return reading.submit(read_event, process.stdout).result(timeout=TIMEOUT)
+
+    try:
+        write_event(Describe().event(), process.stdin)
+        process.stdin.flush()
+        assert answer().type == "info"
+        process.stdin.write(b'{"type": "synthesize", "data_length": 1099511627776}\n')
+        process.stdin.flush()
+        refusal = answer()
+        assert refusal is not None and refusal.type == "error", refusal
+        assert "exceeds the limit" in refusal.data["text"]
+        process.stdin.close()
+        assert process.wait(timeout=TIMEOUT) == 0
+    finally:
+        process.kill()
+        process.wait()
+        reading.shutdown()
+    log = process.stderr.read().decode()
+    assert "Traceback" not in log, log

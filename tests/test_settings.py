@@ -92,3 +92,30 @@ def test_every_addon_option_reaches_a_setting(clean_env, tmp_path):
             flag = {"model": "--model", "streaming": "--no-streaming"}.get(option, f"--{option}")
             assert flag in run, f"add-on option {option} is not passed to the server"
             assert flag.removeprefix("--").replace("-", "_") in args.read
+
+
+def test_the_addon_schema_fits_each_settings_declaration():
+    """The add-on's option check is the setting's own: the same kind, a range within its range,
+    and the same default voice."""
+    from wyoming_bark.options import declared
+    from wyoming_bark.settings import DEFAULT_VOICE
+
+    config = safe_load((ROOT / "addon/config.yaml").read_text())
+    specs = {one.dest: one.spec for one in declared(Settings)}
+    specs["streaming"] = specs["no_streaming"]  # the add-on says it the positive way
+    checked = 0
+    for option, kind in config["schema"].items():
+        found = re.fullmatch(r"(int|float)\(([\d.]*),([\d.]*)\)\??", kind)
+        spec = specs.get(option)
+        if kind == "bool":
+            assert spec is not None and spec.kind in ("switch", "name-or-switch"), option
+        elif found:
+            assert spec.kind in {"int": ("int", "number"), "float": ("number",)}[found[1]], option
+            low, high = (float(found[2]) if found[2] else None), (float(found[3]) if found[3] else None)
+            assert low is not None and low >= spec.low, f"{option}: the add-on takes less than the server"
+            assert high is None or high <= spec.high, f"{option}: the add-on takes more than the server"
+        else:
+            continue
+        checked += 1
+    assert checked >= 10, "the add-on's numbers and switches are checked"
+    assert config["options"]["voice"] == DEFAULT_VOICE

@@ -182,8 +182,8 @@ def test_default_name_is_unique_per_host_and_port():
 def test_behind_a_balancer_the_balancer_is_announced():
     """--zeroconf-port: a server on loopback behind a balancer announces the balancer's port from
     this host's outgoing address (one announcement for all servers)."""
-    from wyoming_bark.__main__ import make_advertiser
     from wyoming_bark.discovery import outgoing_ipv4
+    from wyoming_bark.server import make_advertiser
     from wyoming_bark.settings import ServerSettings
 
     behind = ServerSettings(uri="tcp://127.0.0.1:10201", zeroconf=default_service_name(), zeroconf_port=10200)

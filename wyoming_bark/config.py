@@ -7,16 +7,17 @@ message naming the key.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from .discovery import default_service_name
+from .options import declared
+from .settings import MAX_SEED, Settings
 
 MODEL_SIZES = {"small": "suno/bark-small", "full": "suno/bark"}
 # Keys of the original design, and keys whose file form differs from their flag's; every other key
-# is a flag, with the types its command-line definition declares (see ``flag_keys``).
+# is a declared setting's flag, with the types its declaration gives (see ``flag_keys``).
 FILE_ONLY: dict[str, Any] = {
     "use_small_model": bool,
     "model_size": tuple(MODEL_SIZES),
@@ -29,24 +30,14 @@ FILE_ONLY: dict[str, Any] = {
 }
 
 
-def flag_keys(parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Every key a file may hold, with its JSON type(s) or allowed values: each flag's, from the
-    parser (choices; switches are bool; a converter's ``json_types``; else str), and ``FILE_ONLY``."""
-    keys: dict[str, Any] = {}
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "version", "config"):
-            continue
-        if action.choices is not None:
-            keys[action.dest] = tuple(action.choices)
-        elif isinstance(action, argparse._StoreTrueAction):
-            keys[action.dest] = bool
-        else:
-            keys[action.dest] = getattr(action.type, "json_types", str)
+def flag_keys() -> dict[str, Any]:
+    """Every key a file may hold, with its JSON type(s) or allowed values: each declared
+    setting's (``Spec.json_types``, by its flag's name), and ``FILE_ONLY``."""
+    keys = {one.dest: one.spec.json_types() for one in declared(Settings)}
     return {**keys, **FILE_ONLY}
 
 
 MAX_CONFIG_BYTES = 1 << 20
-MAX_SEED = 2**63 - 1  # what --seed takes: a seed must fit the sampler's 64-bit integers
 
 
 class ConfigError(ValueError):

@@ -2,12 +2,13 @@
 
 An engine implements a few primitives — resolve a voice, start a sentence, stop, report status
 and health — and inherits the rest: a buffered text stream (``open_stream``, the pipeline in
-``sentences.py``) and whole texts (``speak``). Subclasses with a ``name`` register themselves on
-import, so ``create_engine("bark", ...)`` finds them.
+``sentences.py``) and whole texts (``speak``). An engine class is registered by name with
+``@register``; ``create_engine("bark", ...)`` imports its module (``ENGINE_MODULES``) and finds it.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -19,6 +20,15 @@ from .sentences import Client, SentenceAudio, TextStream, Turn
 from .voices import Voice
 
 ENGINES: dict[str, type[TtsEngine]] = {}
+# Where each engine named in settings.ENGINE_NAMES is defined (imported on first use: torch).
+ENGINE_MODULES = {"bark": "wyoming_bark.engine"}
+
+
+def register(cls: type[TtsEngine]) -> type[TtsEngine]:
+    """Class decorator: ``cls`` is the engine ``--engine cls.name`` selects."""
+    if not cls.name or ENGINES.setdefault(cls.name, cls) is not cls:
+        raise ValueError(f"engine {cls.__name__} needs a name of its own, got {cls.name!r}")
+    return cls
 
 
 @dataclass
@@ -36,11 +46,6 @@ class TtsEngine(ABC):
     sample_width: ClassVar[int] = SAMPLE_WIDTH
     channels: ClassVar[int] = CHANNELS
     lookahead: int = 0  # sentences of one text made ahead of the one playing
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            ENGINES[cls.name] = cls
 
     # --- primitives ---------------------------------------------------------------------
 
@@ -118,6 +123,8 @@ class TtsEngine(ABC):
 
 def create_engine(name: str, **kwargs: Any) -> TtsEngine:
     """An engine by its registered name (``bark``)."""
+    if name in ENGINE_MODULES:
+        importlib.import_module(ENGINE_MODULES[name])
     try:
         return ENGINES[name](**kwargs)
     except KeyError:

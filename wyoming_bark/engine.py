@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .cache import AudioCache, cache_key
-from .contract import HealthCheckResult, TtsEngine
+from .contract import HealthCheckResult, TtsEngine, register
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled
 from .fast.batch import AudioStream, Scheduler, SpeechRequest
@@ -114,6 +114,7 @@ class _Sentence:
             self.making = None
 
 
+@register
 class BarkEngine(TtsEngine):
     """Speaks text with Bark; front ends talk to it through the ``TtsEngine`` contract."""
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -28,10 +27,11 @@ from wyoming.tts import (
 )
 
 from . import __version__
+from .connection import IdleVerdict, serve_connection
 from .connections import ConnectionLimits, client_key
 from .contract import TtsEngine
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
-from .protocol import BarkStatus, IdleTimeout, ProtocolError, parse_event, read_event
+from .protocol import BarkStatus, parse_event
 from .sentences import Client, TextStream
 from .settings import ServerSettings
 from .text import clean_text
@@ -54,18 +54,6 @@ AUDIO_FORMAT = {
     "channels": TtsEngine.channels,
 }
 BARK_ATTRIBUTION = Attribution(name="Suno / Bark", url="https://github.com/suno-ai/bark")
-
-
-def _is_work(event: Event) -> bool:
-    """Does ``event`` ask for work? Only work keeps a connection from being idle: not a ping, an
-    event we do not know, or a chunk of blank text."""
-    if SynthesizeChunk.is_type(event.type):
-        text = (event.data or {}).get("text")
-        return isinstance(text, str) and bool(text.strip())
-    return any(
-        kind.is_type(event.type)
-        for kind in (Describe, Synthesize, SynthesizeStart, SynthesizeStop, BarkStatus)
-    )
 
 
 def build_info(engine: TtsEngine, streaming: bool) -> Info:
@@ -141,60 +129,32 @@ class BarkEventHandler(AsyncEventHandler):
         self.client = Client(address=client_key(peer[0] if isinstance(peer, tuple) and peer else None))
 
     async def run(self) -> None:
-        """wyoming's loop, with a reader that bounds what a client can make us buffer and wait for.
+        """wyoming's loop, replaced on every transport by ours (``connection.py``): admission, a
+        bounded reader and the idle timeout."""
+        await serve_connection(self, self.writer, self.limits, self.client.address)
 
-        Only work keeps a connection open (see ``_is_work``): a client that sends pings, unknown
-        events or blank text is closed after ``--idle-timeout`` like a silent one. A client that
-        closes its side after a request (``shutdown(SHUT_WR)``) still gets the whole answer."""
-        limits, key = self.limits, self.client.address
-        if limits is not None:
-            refusal = await limits.admit(key)
-            if refusal is not None:
-                await self._error(refusal, "busy")
-                self.writer.close()
-                return
-        idle = limits.idle_timeout if limits else None
-        last_work = time.monotonic()
-        try:
-            while True:  # wyoming's stop() closes the connection: the next read ends the loop
-                left = None if idle is None else max(0.0, last_work + idle - time.monotonic())
-                try:
-                    event = await read_event(self.reader, limits, left)
-                except ProtocolError as err:
-                    await self._error(f"Bad event: {err}; closing the connection", err.code)
-                    break
-                except IdleTimeout:
-                    request = self._streaming
-                    if request is not None and (request.text is None or request.text.idle):
-                        # A streaming request that sends no text and has nothing left to say
-                        # would hold its place (and the client's) for ever: end it.
-                        await self._error(
-                            f"No text for {idle:g} s in an open streaming request "
-                            "(--idle-timeout); closing the connection",
-                            "timeout",
-                        )
-                        break
-                    if self._in_flight():  # text may still come, audio is going out: keep waiting
-                        last_work = time.monotonic()
-                        continue
-                    _LOGGER.debug("Closing a connection without work for %s s", idle)
-                    break
-                if event is None:  # the client closed its side: answer what it asked, then close
-                    await self._answer_rest()
-                    break
-                if _is_work(event):
-                    last_work = time.monotonic()
-                if not await self.handle_event(event):
-                    break
-        except ConnectionError:
-            pass
-        finally:
-            if limits is not None:
-                limits.release(key)
-            await self.disconnect()
-            self.writer.close()
+    @staticmethod
+    def is_work(event: Event) -> bool:
+        """Does ``event`` ask for work? Only work keeps a connection from being idle: not a ping,
+        an event we do not know, or a chunk of blank text."""
+        if SynthesizeChunk.is_type(event.type):
+            text = (event.data or {}).get("text")
+            return isinstance(text, str) and bool(text.strip())
+        return any(
+            kind.is_type(event.type)
+            for kind in (Describe, Synthesize, SynthesizeStart, SynthesizeStop, BarkStatus)
+        )
 
-    async def _answer_rest(self) -> None:
+    def on_idle(self) -> IdleVerdict:
+        """The client has sent no work for --idle-timeout: what now?"""
+        request = self._streaming
+        if request is not None and (request.text is None or request.text.idle):
+            # A streaming request that sends no text and has nothing left to say would hold its
+            # place (and the client's) for ever: end it.
+            return "timeout"
+        return "wait" if self._in_flight() else "close"
+
+    async def answer_rest(self) -> None:
         """At the end of the client's stream: finish the requests it sent (a streaming request
         left open ends as if synthesize-stop had come)."""
         request, self._streaming = self._streaming, None
@@ -215,7 +175,9 @@ class BarkEventHandler(AsyncEventHandler):
         try:
             message = parse_event(event)
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # the client's data, not our code
-            await self._error(f"Malformed {quoted(event.type)} event: {quoted(str(err))}", "bad-event")
+            await self.send_error_text(
+                f"Malformed {quoted(event.type)} event: {quoted(str(err))}", "bad-event"
+            )
             return True
         try:
             await self._dispatch(event, message)
@@ -223,7 +185,7 @@ class BarkEventHandler(AsyncEventHandler):
             raise
         except Exception:  # our bug, not the client's: say so, log it whole, keep the connection
             _LOGGER.exception("Handling a %s event failed", quoted(event.type))
-            await self._error(
+            await self.send_error_text(
                 f"Internal error handling {quoted(event.type)}; see the server log", "internal-error"
             )
         return True
@@ -247,7 +209,7 @@ class BarkEventHandler(AsyncEventHandler):
                     self._submit(self._speak_text(opened, clean_text(synthesize.text)))
         elif SynthesizeStart.is_type(event.type):
             if self._streaming is not None:
-                await self._error("synthesize-start while a streaming request is open", "bad-order")
+                await self.send_error_text("synthesize-start while a streaming request is open", "bad-order")
             elif await self._busy():
                 self._streaming = _Request(voice=None, failed=True)
             else:
@@ -265,7 +227,7 @@ class BarkEventHandler(AsyncEventHandler):
         elif SynthesizeChunk.is_type(event.type):
             chunk = message
             if self._streaming is None:
-                await self._error("synthesize-chunk without synthesize-start", "bad-order")
+                await self.send_error_text("synthesize-chunk without synthesize-start", "bad-order")
             elif self._streaming.text is not None:
                 request = self._streaming
                 request.refusal = self._too_long(chunk.text, request.chars)
@@ -277,7 +239,7 @@ class BarkEventHandler(AsyncEventHandler):
                     request.text.add(clean_text(chunk.text))
         elif SynthesizeStop.is_type(event.type):
             if self._streaming is None:
-                await self._error("synthesize-stop without synthesize-start", "bad-order")
+                await self.send_error_text("synthesize-stop without synthesize-start", "bad-order")
             else:
                 request, self._streaming = self._streaming, None
                 if request.text is not None:
@@ -333,7 +295,9 @@ class BarkEventHandler(AsyncEventHandler):
         """Bound the work one connection can queue: a flooding client gets errors, not memory."""
         if self._jobs.qsize() < MAX_QUEUED_REQUESTS:
             return False
-        await self._error(f"More than {MAX_QUEUED_REQUESTS} requests queued on this connection", "busy")
+        await self.send_error_text(
+            f"More than {MAX_QUEUED_REQUESTS} requests queued on this connection", "busy"
+        )
         return True
 
     def _submit(self, job: Coroutine[Any, Any, None]) -> None:
@@ -389,13 +353,13 @@ class BarkEventHandler(AsyncEventHandler):
             request.failed = True
         except TtsError as err:
             request.failed = True
-            await self._error(str(err), err.code)
+            await self.send_error_text(str(err), err.code)
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as err:  # one bad request must not end the connection
             _LOGGER.exception("Synthesis failed")
             request.failed = True
-            await self._error(f"Synthesis failed: {err}", "synthesis-failed")
+            await self.send_error_text(f"Synthesis failed: {err}", "synthesis-failed")
 
     async def _finish(self, request: _Request, streaming: bool) -> None:
         if not request.failed:
@@ -406,7 +370,7 @@ class BarkEventHandler(AsyncEventHandler):
         if streaming:
             await self.write_event(SynthesizeStopped().event())
 
-    async def _error(self, text: str, code: str) -> None:
+    async def send_error_text(self, text: str, code: str) -> None:
         await self._send_error(Error(text=text, code=code))
 
     async def _send_error(self, error: Error) -> None:

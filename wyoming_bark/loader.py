@@ -25,8 +25,6 @@ from .settings import ModelSettings
 
 _LOGGER = logging.getLogger(__name__)
 
-CORES = ("fast", "transformers")  # --core: ours, or transformers' BarkModel.generate
-COMPILE_MODES = ("auto", "on", "off")  # --compile
 COMPILE_CACHE = "compile-cache"  # under the data dir: inductor's kernels, keyed by inductor itself
 # After a failed model load, no new attempt for this long (doubling while it keeps failing).
 LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0

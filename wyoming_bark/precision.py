@@ -28,7 +28,6 @@ from .errors import ModelLoadError
 
 _LOGGER = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "int8")  # auto: int8 on a CPU, float16 on CUDA
 QUANTIZED = ("semantic", "coarse_acoustics", "fine_acoustics")  # the GPTs; not EnCodec
 
 

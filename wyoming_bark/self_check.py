@@ -38,7 +38,6 @@ from .fast.model import BatchedStep
 
 _LOGGER = logging.getLogger(__name__)
 
-MODES = ("on", "off", "strict")
 STEPS = ("compile", "graphs", "core", "sentence")  # in order; a crash in one skips it next time
 
 

@@ -1,45 +1,96 @@
-"""Every setting, defined once: frozen, keyword-only, built once from flags, environment and the
-``--config`` file (``cli.py``) by ``Settings.from_args``, and handed down the tree.
-
-The defaults here are the command line's (``cli.py`` reads them from these classes). Sampling
-knobs are the core's own ``SamplingSettings`` (Bark's defaults).
+"""Every setting, declared once: its default, help, kind and range (``options.setting``), from
+which the command line, the ``BARK_*`` environment, the ``--config`` file's keys and the add-on's
+option check are derived (``cli.py``, ``config.py``). Frozen, keyword-only, built once by
+``Settings.from_args`` and handed down the tree. Torch-free, so ``--help`` starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .fast import SamplingSettings
-from .length_cap import DEFAULT_RATIO
-from .voices import DEFAULT_VOICE
+from platformdirs import user_cache_path
+
+from . import length_cap
+from .options import build, folder, language_voices, log_format, nested, setting, uri
+from .sampling import SamplingSettings
+
+ENGINE_NAMES = ("bark",)  # --engine (contract.ENGINES holds the classes, registered by name)
+CORES = ("fast", "transformers")  # --core: ours, or transformers' BarkModel.generate
+COMPILE_MODES = ("auto", "on", "off")  # --compile
+SELF_CHECK_MODES = ("on", "off", "strict")
+PRECISIONS = ("auto", "fp32", "int8")  # auto: int8 on a CPU, float16 on CUDA
+ON_OFF_AUTO = ("auto", "on", "off")
+DEFAULT_VOICE = "v2/en_speaker_6"
+MAX_SEED = 2**63 - 1  # a seed must fit the sampler's 64-bit integers
+
+
+def _default_data_dir() -> str:
+    return str(user_cache_path("wyoming-bark"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     """Which Bark to load, where, and how (``loader.load_bark``)."""
 
-    model: str = "suno/bark-small"  # a hub id or a local model directory
-    data_dir: Path  # downloads, the self-check's notes, the cache
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    core: str = "fast"  # fast | transformers (loader.CORES)
-    self_check: str = "on"  # on | off | strict (self_check.MODES)
-    precision: str = "auto"  # auto | fp32 | int8 (precision.PRECISIONS)
-    threads: int | None = None  # CPU threads; None: one per physical core
-    max_batch: int = 8  # sentences decoded together
-    compile: str = "auto"  # auto | on | off: decode steps through torch.compile (auto: on CUDA)
+    model: str = setting("suno/bark-small", "Hub id (suno/bark-small, suno/bark) or a local model directory")
+    data_dir: Path = setting(help="Where downloaded models are cached", parse=folder, start=_default_data_dir)
+    device: str = setting("auto", "auto (CUDA if available), cpu, cuda or cuda:N")
+    core: str = setting(
+        "fast", "fast (static KV cache, CUDA graphs) or transformers (BarkModel.generate)", kind="choice",
+        choices=CORES,
+    )  # fmt: skip
+    self_check: str = setting(
+        "on",
+        "Check the fast core on its device at load and fall back (eager steps, then the transformers "
+        "core) on a failure: on, off, or strict (fail the load instead)",
+        kind="choice",
+        choices=SELF_CHECK_MODES,
+    )
+    precision: str = setting(
+        "auto",
+        "auto (int8 weights on a CPU, float16 on CUDA), fp32 (exact; slower), or int8 (CPU only)",
+        kind="choice",
+        choices=PRECISIONS,
+    )
+    compile: str = setting(
+        "auto",
+        "Compile the decode steps with torch.compile (fewer, fused kernels; minutes at the first "
+        "start, cached in DATA_DIR/compile-cache): auto (on with CUDA), on, or off",
+        kind="choice",
+        choices=COMPILE_MODES,
+    )
+    threads: int | None = setting(
+        None, "CPU threads for Bark: auto (one per physical core) or a number", kind="int", low=1, high=1024,
+        auto=True,
+    )  # fmt: skip
+    max_batch: int = setting(
+        8, "Sentences decoded together, across all clients (1: one at a time)", kind="int", low=1, high=64
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationSettings:
     """What shapes a sentence's audio besides its text and voice."""
 
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    seed: int | None = None
-    voice_seeds: dict[str, int] = field(default_factory=dict)  # per-voice default seed
-    sentence_silence: float = 0.0  # seconds of silence between sentences
-    max_speech_ratio: float = DEFAULT_RATIO  # see length_cap; 0: no cap but Bark's own
+    sampling: SamplingSettings = nested(SamplingSettings)
+    seed: int | None = setting(
+        None, "Seed each sentence's sampling for reproducible audio", kind="int", low=0, high=MAX_SEED
+    )
+    voice_seeds: dict[str, int] = setting({}, "Per-voice default seed", kind="file-only")
+    sentence_silence: float = setting(
+        0.0, "Seconds of silence between sentences", kind="number", low=0, high=10
+    )
+    max_speech_ratio: float = setting(
+        length_cap.DEFAULT_RATIO,
+        f"Cut a sentence's speech at this many times its expected length (at least "
+        f"{length_cap.FLOOR_S:g} s; not for music or singing), so Bark does not speak on past "
+        "the text; 0: off",
+        kind="number",
+        low=0,
+        high=100,
+    )
 
     def seed_for(self, voice: str) -> int | None:
         return self.voice_seeds.get(voice, self.seed)
@@ -49,94 +100,106 @@ class GenerationSettings:
 class EngineSettings:
     """The engine: its model, its generation and what surrounds it (voices, cache, chunks)."""
 
-    model: ModelSettings
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    voice: str = DEFAULT_VOICE  # for requests that name none; also its language's default
-    language_voices: dict[str, str] = field(default_factory=dict)
-    voices_dir: Path | None = None  # custom NAME.npz voices; None: none
-    samples_per_chunk: int = 1024
-    cache: bool = False  # keep spoken sentences on disk, replay repeats
-    cache_size_mb: float = 200  # the cache's bound (least recently used go first)
-    audio_streaming: str = "auto"  # auto | on | off
-    lookahead: int | None = None  # None: auto
+    model: ModelSettings = nested(ModelSettings, required=True)
+    generation: GenerationSettings = nested(GenerationSettings)
+    voice: str = setting(DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
+    language_voices: dict[str, str] = setting(
+        {},
+        "Default voice per language for requests that name only a language, and the voice Home "
+        "Assistant lists first, e.g. de=v2/de_speaker_3,fr=v2/fr_speaker_1",
+        parse=language_voices,
+        start="",
+    )
+    voices_dir: Path | None = setting(
+        None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)", parse=folder
+    )  # None: none (Settings.from_args makes it DATA_DIR/voices)
+    samples_per_chunk: int = setting(
+        1024, "Audio samples per audio-chunk event", kind="int", low=1, high=240_000
+    )
+    cache: bool = setting(False, "Keep spoken sentences on disk and replay repeats from there", kind="switch")
+    cache_size_mb: float = setting(
+        200, "Size bound of the sentence cache (least recently used go first)", kind="number", low=0,
+        high=1_000_000,
+    )  # fmt: skip
+    audio_streaming: str = setting(
+        "auto",
+        "Release audio inside a sentence as it is generated: on, off, or auto (on with a GPU)",
+        kind="choice",
+        choices=ON_OFF_AUTO,
+    )
+    lookahead: int | None = setting(
+        None,
+        "Sentences of a text made while an earlier one plays: auto (2, within --max-batch) or 0-7",
+        kind="int",
+        low=0,
+        high=7,
+        auto=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     """The Wyoming server around the engine."""
 
-    uri: str = "tcp://0.0.0.0:10200"
-    streaming: bool = True  # announce synthesize-start/chunk/stop
-    max_chars: int = 10_000
-    max_connections: int = 64
-    max_connections_per_address: int = 16
-    idle_timeout: float = 120.0
-    preload: bool = False
-    zeroconf: str | None = None  # the service name to announce; None: not announced
-    zeroconf_host: str | None = None
-    zeroconf_port: int | None = None  # announce this port (a balancer's in front) instead of ours
-    debug: bool = False
-    log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    uri: str = setting("tcp://0.0.0.0:10200", "Where to listen: tcp://HOST:PORT, unix://PATH or stdio://",
+                       parse=uri)  # fmt: skip
+    streaming: bool = setting(
+        True, "Do not announce streaming synthesis (synthesize-start/chunk/stop)", flag="no-streaming",
+        kind="switch", invert=True,
+    )  # fmt: skip
+    max_chars: int = setting(
+        10_000, "Longest text one request may send (characters)", kind="int", low=1, high=1_000_000
+    )
+    max_connections: int = setting(
+        64, "Connections served at once; more are refused with a busy error", kind="int", low=1, high=10_000
+    )
+    max_connections_per_address: int = setting(
+        16,
+        "Connections one client address may hold at once; more are refused with a busy error",
+        kind="int",
+        low=1,
+        high=10_000,
+    )
+    idle_timeout: float = setting(
+        120.0,
+        "Seconds a connection may stay open with no request in flight, or a streaming request "
+        "with no text and nothing left to say",
+        kind="number",
+        low=1,
+        high=86_400,
+    )
+    preload: bool = setting(False, "Load the model at start instead of on the first request", kind="switch")
+    zeroconf: str | None = setting(
+        None, "Announce NAME._wyoming._tcp.local. over mDNS", kind="name-or-switch"
+    )  # the service name to announce; None: not announced
+    zeroconf_host: str | None = setting(
+        None, "Address to announce (default: the bound address, else the outgoing one)"
+    )
+    zeroconf_port: int | None = setting(
+        None,
+        "Port to announce instead of the bound one: a balancer's, with servers behind it (announced "
+        "from the outgoing address unless a zeroconf host is given)",
+        kind="int",
+        low=1,
+        high=65_535,
+    )
+    debug: bool = setting(False, "Log at DEBUG level", kind="switch")
+    log_format: str = setting(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "Python logging format", parse=log_format
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    engine_name: str = "bark"
-    engine: EngineSettings
-    server: ServerSettings
+    engine_name: str = setting("bark", "TTS engine", flag="engine", kind="choice", choices=ENGINE_NAMES)
+    engine: EngineSettings = nested(EngineSettings, required=True)
+    server: ServerSettings = nested(ServerSettings, required=True)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The one translation from the command line (``cli.parse_args``) to settings."""
-        data_dir = Path(args.data_dir).expanduser()
-        voices_dir = args.voices_dir
-        model = ModelSettings(
-            model=args.model,
-            data_dir=data_dir,
-            device=args.device,
-            core=args.core,
-            self_check=args.self_check,
-            precision=args.precision,
-            threads=args.threads,
-            max_batch=args.max_batch,
-            compile=args.compile,
-        )
-        generation = GenerationSettings(
-            sampling=SamplingSettings(
-                max_semantic_tokens=args.max_semantic_tokens,
-                min_eos_p=args.min_eos_p,
-                text_temperature=args.text_temp,
-                waveform_temperature=args.waveform_temp,
-            ),
-            seed=args.seed,
-            voice_seeds=dict(args.voice_seeds),
-            sentence_silence=args.sentence_silence,
-            max_speech_ratio=args.max_speech_ratio,
-        )
-        engine = EngineSettings(
-            model=model,
-            generation=generation,
-            voice=args.voice,
-            language_voices=dict(args.language_voices),
-            voices_dir=Path(voices_dir).expanduser() if voices_dir else data_dir / "voices",
-            samples_per_chunk=args.samples_per_chunk,
-            cache=args.cache,
-            cache_size_mb=args.cache_size_mb,
-            audio_streaming=args.audio_streaming,
-            lookahead=args.lookahead,
-        )
-        server = ServerSettings(
-            uri=args.uri,
-            streaming=not args.no_streaming,
-            max_chars=args.max_chars,
-            max_connections=args.max_connections,
-            max_connections_per_address=args.max_connections_per_address,
-            idle_timeout=args.idle_timeout,
-            preload=args.preload,
-            zeroconf=args.zeroconf,
-            zeroconf_host=args.zeroconf_host,
-            zeroconf_port=args.zeroconf_port,
-            debug=args.debug,
-            log_format=args.log_format,
-        )
-        return cls(engine_name=args.engine, engine=engine, server=server)
+        settings = build(cls, args)
+        if settings.engine.voices_dir is None:
+            voices_dir = settings.engine.model.data_dir / "voices"
+            settings = replace(settings, engine=replace(settings.engine, voices_dir=voices_dir))
+        return settings

@@ -45,7 +45,6 @@ LANGUAGES: dict[str, str] = {
 }
 SPEAKERS_PER_LANGUAGE = 10
 ANNOUNCER = "announcer"
-DEFAULT_VOICE = "v2/en_speaker_6"
 # Each language's default voice (speaker 0, but English keeps the long-standing speaker 6).
 # Home Assistant lists a language's voices sorted by description and a new pipeline takes the
 # first, so a default's description starts with DEFAULT_MARK, which sorts before any letter.

@@ -26,7 +26,7 @@ from .. import precision as precisions
 from ..contract import TtsEngine
 from ..fast import FastBark, SamplingSettings
 from ..fast.stages import coarse_tokens, fine_tokens, semantic_tokens
-from ..self_check import MODES as SELF_CHECK_MODES
+from ..settings import SELF_CHECK_MODES
 from .fairness import SCENARIOS
 from .precision import at_precision, compare_precisions
 from .random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs

@@ -15,17 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Bark's sampling knobs; a temperature of 0 (or None) means greedy decoding."""
-
-    text_temperature: float | None = 0.7
-    waveform_temperature: float | None = 0.7
-    fine_temperature: float | None = 0.5
-    min_eos_p: float = 0.05
-    max_semantic_tokens: int = 768
-    allow_early_stop: bool = True  # False: never end before max_semantic_tokens (benchmarks)
+from ..sampling import SamplingSettings  # noqa: F401 - the core's settings, declared torch-free
 
 
 @dataclass
