@@ -4,6 +4,7 @@ it, and checks of the audio that comes back. Test modules import from here, neve
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -20,10 +21,14 @@ from wyoming.event import Event, read_event, write_event
 from wyoming.info import Describe
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from wyoming_bark.sampling import SamplingSettings
+
 # The tiny random model almost never emits end-of-speech, so every sentence runs to this limit.
 SEMANTIC_TOKENS = 20
 SEED = 1234
 TIMEOUT = 60.0
+# Greedy decoding in every stage (a temperature of None): the same tokens in any two correct cores.
+GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
 
 
 def samples_for(semantic_tokens: int, hop: int = 320) -> int:
@@ -199,16 +204,12 @@ def header(**fields) -> bytes:
     return json.dumps(fields).encode() + b"\n"
 
 
-def tokens(processor, text: str):
-    return processor.tokenizer(
-        text,
-        return_tensors="pt",
-        padding="max_length",
-        max_length=256,
-        truncation=True,  # as the engine tokenizes
-        add_special_tokens=False,
-        return_token_type_ids=False,
-    )
+def tokens(processor, text: str) -> dict:
+    """``text`` tokenized as the engine does (``prepare.tokenize``: Suno's whitespace rule too)."""
+    from wyoming_bark.prepare import tokenize
+
+    input_ids, attention_mask = tokenize(processor.tokenizer, text)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def torch_version() -> str:
@@ -230,8 +231,14 @@ async def describe_latencies(uri: str, until) -> list[float]:
 
 
 async def eventually(check, timeout: float = TIMEOUT, what: str = "the condition") -> None:
-    """Poll the async ``check()`` until it is true: tests wait for states, never for fixed times."""
+    """Poll ``check()`` (plain or async) until it is true: tests wait for states, never for fixed
+    times."""
     deadline = time.monotonic() + timeout
-    while not await check():
+
+    async def holds() -> bool:
+        result = check()
+        return bool(await result if inspect.isawaitable(result) else result)
+
+    while not await holds():
         assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
         await asyncio.sleep(0.05)

@@ -4,19 +4,21 @@ must fall back to the plain step with one log line — proven here with injected
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import helpers
 import pytest
 import torch
 from transformers import BarkModel
 
 from wyoming_bark import self_check
-from wyoming_bark.fast import FastBark, SamplingSettings
+from wyoming_bark.fast import FastBark
 from wyoming_bark.fast.check import check_graphs
 from wyoming_bark.fast.model import BatchedStep
 from wyoming_bark.fast.stages import semantic_tokens
 
-GREEDY = SamplingSettings(text_temperature=0, waveform_temperature=0, max_semantic_tokens=24)
+GREEDY = dataclasses.replace(helpers.GREEDY, max_semantic_tokens=24)
 
 
 @pytest.fixture

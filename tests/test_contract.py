@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SAMPLES_PER_SENTENCE
+from helpers import SAMPLES_PER_SENTENCE, eventually
 
 from wyoming_bark.cache import HEADER
 from wyoming_bark.contract import (
@@ -106,21 +106,13 @@ async def test_speak_and_streaming_buffering(engine):
     await asyncio.sleep(0.5)
     assert not heard and stream.idle, "no boundary yet: nothing started"
     stream.add("tence ends. The sec")
-    await eventually_true(lambda: len(heard) == BYTES_PER_SENTENCE)  # spoken before the text ends
+    await eventually(lambda: len(heard) == BYTES_PER_SENTENCE)  # spoken before the text ends
     stream.add("ond runs on")
     await asyncio.sleep(0.5)
     assert len(heard) == BYTES_PER_SENTENCE and stream.idle, "the rest waits for more text"
     stream.close()
     await asyncio.wait_for(listener, 60)
     assert len(heard) == 2 * BYTES_PER_SENTENCE, "closing speaks the rest and ends the stream"
-
-
-async def eventually_true(check, timeout: float = 60.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 async def test_on_a_cpu_one_thread_computes(engine):
@@ -144,7 +136,7 @@ async def test_run_on_text_starts_before_the_text_ends(engine):
     listener = asyncio.create_task(listen())
     for i in range(80):  # ~480 characters without a sentence end
         stream.add(f"word{i} ")
-    await eventually_true(lambda: len(heard) >= 2 * BYTES_PER_SENTENCE)  # the minimum buffer, twice
+    await eventually(lambda: len(heard) >= 2 * BYTES_PER_SENTENCE)  # the minimum buffer, twice
     stream.close()
     await asyncio.wait_for(listener, 60)
     assert len(heard) == 3 * BYTES_PER_SENTENCE

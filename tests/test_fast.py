@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import samples_for, tokens
+from helpers import GREEDY, samples_for, tokens
 from transformers import BarkModel, BarkProcessor
 from transformers.models.bark.generation_configuration_bark import (
     BarkCoarseGenerationConfig,
@@ -23,8 +23,6 @@ from wyoming_bark.fast.model import CausalGPT
 from wyoming_bark.fast.stages import coarse_tokens, fine_tokens, generate, semantic_tokens
 from wyoming_bark.fast.transformers_core import suno_coarse_suppressed
 from wyoming_bark.voices import VoiceLibrary
-
-GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +186,28 @@ def test_decode_steps_match_a_full_forward(bark):
             torch.testing.assert_close(spanned[[0, 2]], logits[[0, 2]], atol=1e-5, rtol=1e-5)
 
 
-def test_cancel_stops_generation(bark, voice):
+class _SetAfter(threading.Event):
+    """A cancel flag a listener sets while the sentence is under way: after ``checks`` looks."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.left = checks
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left < 0 or super().is_set()
+
+
+def test_cancel_stops_generation_under_way(bark, voice):
+    """Set before the start or in the middle of the semantic stage, the flag ends the sentence."""
     _, processor, fast = bark
     inputs = tokens(processor, "Never finished.")
-    cancel = threading.Event()
-    cancel.set()
-    with pytest.raises(Cancelled):
-        generate(fast, inputs["input_ids"], inputs["attention_mask"], voice, SamplingSettings(), cancel)
+    settings = SamplingSettings(max_semantic_tokens=40, allow_early_stop=False)
+    for checks in (0, 10):
+        cancel = _SetAfter(checks)
+        with pytest.raises(Cancelled):
+            generate(fast, inputs["input_ids"], inputs["attention_mask"], voice, settings, cancel)
+        assert cancel.left < 0, "generation ran until the flag was set, and stopped at it"
 
 
 @pytest.mark.slow

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_stream, describe, describe_latencies, synthesize
+from helpers import assert_stream, describe, describe_latencies, eventually, synthesize
 from wyoming.event import async_read_event
 from wyoming.info import Info
 
-from wyoming_bark.cache import AudioCache
+from wyoming_bark.cache import AudioCache, Claim, SingleFlight
 from wyoming_bark.errors import for_client
 from wyoming_bark.voices import builtin_voices
 
@@ -76,6 +76,28 @@ def test_odd_entries_are_regenerated_and_leftovers_cleaned(tmp_path):
     assert cache.get("key") is None and cache.corrupt == 1
     cache.put("key", b"\x01\x00" * 100)
     assert cache.get("key") == b"\x01\x00" * 100, "the entry is written again and read back"
+
+
+async def test_one_sentence_is_made_once_however_many_ask_and_a_failed_maker_hands_it_on(tmp_path):
+    """Single flight: the first miss claims the sentence, the others wait for it and count as
+    hits; a claim dropped (the maker failed or was cancelled) passes the work to one waiter."""
+    flight = SingleFlight(AudioCache(tmp_path / "cache", 1 << 20))
+    first = await flight.get_or_claim("key")
+    assert isinstance(first, Claim)
+    waiting = [asyncio.create_task(flight.get_or_claim("key")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting), "they wait for the one being made"
+    first.drop()
+    await eventually(lambda: any(task.done() for task in waiting))
+    await asyncio.sleep(0.05)
+    done = [task for task in waiting if task.done()]
+    assert len(done) == 1 and isinstance(done[0].result(), Claim), "one waiter makes it now"
+    await done[0].result().keep(b"\x01\x00" * 10)
+    rest = [await task for task in waiting if task is not done[0]]
+    assert rest == [b"\x01\x00" * 10] * 2, "the others get what it made"
+    assert (await flight.get_or_claim("key")) == b"\x01\x00" * 10, "kept on disk too"
+    assert flight.cache.hits == 3 and flight.cache.misses == 2, "two made it: two misses"
+    assert not flight.making, "nothing is left in flight"
 
 
 @pytest.mark.parametrize("where", ["header", "data"])

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import eventually
 
-from wyoming_bark import voices as voices_module
+from wyoming_bark import prompts as prompts_module
 from wyoming_bark.errors import UnknownVoice, VoiceError
+from wyoming_bark.prompts import MAX_VOICE_FILE_BYTES, VoiceGone, load_npz
 from wyoming_bark.voice_reader import VoiceReader
-from wyoming_bark.voices import MAX_VOICE_FILE_BYTES, VoiceGone, VoiceLibrary, load_npz
+from wyoming_bark.voices import VoiceLibrary
 
 
 def in_thread(function, timeout: float = 5.0):
@@ -195,14 +197,14 @@ async def test_a_stuck_read_fails_its_own_request_within_the_deadline(tmp_path, 
     shutil.copy(prompt_file, tmp_path / "stuck.npz")
     shutil.copy(prompt_file, tmp_path / "fine.npz")
     release = threading.Event()
-    real_read = voices_module.read_user_file
+    real_read = prompts_module.read_user_file
 
     def read(path, limit):
         if path.name == "stuck.npz":
             release.wait(30)
         return real_read(path, limit)
 
-    monkeypatch.setattr(voices_module, "read_user_file", read)
+    monkeypatch.setattr(prompts_module, "read_user_file", read)
     library = VoiceLibrary(tmp_path)
     reader = VoiceReader(library, timeout=0.5)
     try:
@@ -256,9 +258,13 @@ async def test_a_sentence_stuck_in_preparation_makes_the_engine_unhealthy(tiny_m
     try:
         assert (await engine.health_check()).healthy
         speaking = asyncio.ensure_future(engine.speak_sentence("Stuck.").__anext__())
-        await asyncio.sleep(1.0)
+
+        async def unhealthy() -> bool:  # once loaded and in preparation for 0.3 s
+            return not (await engine.health_check()).healthy
+
+        await eventually(unhealthy, what="the stuck preparation reported")
         verdict = await engine.health_check()
-        assert not verdict.healthy and "in preparation" in verdict.message, verdict
+        assert "in preparation" in verdict.message, verdict
         release.set()
         assert await asyncio.wait_for(speaking, 30)
         assert (await engine.health_check()).healthy

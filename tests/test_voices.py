@@ -7,6 +7,7 @@ import pytest
 from helpers import describe
 from wyoming.info import Info
 
+from wyoming_bark.prompts import load_npz, validate_prompt
 from wyoming_bark.voices import (
     LANGUAGES,
     MAX_CUSTOM_VOICES,
@@ -14,8 +15,6 @@ from wyoming_bark.voices import (
     VoiceError,
     VoiceLibrary,
     builtin_voices,
-    load_npz,
-    validate_prompt,
 )
 
 

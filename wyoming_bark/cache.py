@@ -8,6 +8,7 @@ dropped and regenerated) and kept across restarts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -155,3 +156,48 @@ class AudioCache:
             "cache_files": len(entries),
             "cache_bytes": sum(size for _, size, _ in entries),
         }
+
+
+class Claim:
+    """The right (and duty) to make one sentence that is not cached: ``keep`` its audio (stored,
+    and handed to everyone waiting for it) or ``drop`` it (they make it themselves)."""
+
+    def __init__(self, flight: SingleFlight, key: str) -> None:
+        self.key = key
+        self._flight = flight
+        self._made: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+
+    async def keep(self, pcm: bytes) -> None:
+        self._end(pcm)
+        await asyncio.to_thread(self._flight.cache.put, self.key, pcm)
+
+    def drop(self) -> None:
+        self._end(None)
+
+    def _end(self, pcm: bytes | None) -> None:
+        if not self._made.done():
+            self._made.set_result(pcm)
+        if self._flight.making.get(self.key) is self:
+            del self._flight.making[self.key]
+
+
+class SingleFlight:
+    """The cache as requests see it (on the event loop): a sentence is a hit, or it waits for
+    the same sentence being made for another request, or it is claimed, once, to be made. The
+    maker streams its audio to its own listener while it is made, so the claim, not a ``make``
+    callable, is what the maker holds."""
+
+    def __init__(self, cache: AudioCache) -> None:
+        self.cache = cache
+        self.making: dict[str, Claim] = {}
+
+    async def get_or_claim(self, key: str) -> bytes | Claim:
+        cached = await asyncio.to_thread(self.cache.get, key)
+        while cached is None and key in self.making:  # being made now: wait for it
+            cached = await asyncio.shield(self.making[key]._made)
+            if cached is not None:
+                self.cache.shared()
+        if cached is not None:
+            return cached
+        claim = self.making[key] = Claim(self, key)
+        return claim

@@ -5,7 +5,7 @@ A sentence's way: ``start_sentence`` (on the event loop) starts a short task —
 model (loaded once: ``loader.py``), then ``prepare`` on the I/O thread (voice prompt read, text
 tokenized, inputs copied to the device), then ``Scheduler.submit``, which returns the sentence's
 ``AudioStream`` at once. The scheduler thread (``fast/batch.py``) decodes the sentences of every
-connection together; ``_Sentence.play`` turns the stream's pieces into PCM chunks when the
+connection together; ``Sentence.play`` turns the stream's pieces into PCM chunks when the
 sentence's turn comes, so the first sentence plays while later ones are made.
 """
 
@@ -22,20 +22,22 @@ from typing import Any
 
 import torch
 
-from .cache import AudioCache, cache_key
+from .cache import AudioCache, SingleFlight, cache_key
 from .contract import HealthCheckResult, TtsEngine, register
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
 from .fast import Cancelled
-from .fast.batch import AudioStream, Scheduler, SpeechRequest
+from .fast.batch import Scheduler, SpeechRequest
 from .fast.program import NonFiniteLogits
 from .length_cap import SEMANTIC_RATE_HZ
 from .loader import LoadedBark, ModelLoader
 from .pcm import SAMPLE_RATE, SAMPLE_WIDTH, chunked, to_pcm
 from .prepare import prepare
+from .prompts import Prompt, VoiceGone
 from .sentences import Turn
 from .settings import EngineSettings
+from .synthesis import Sentence
 from .voice_reader import VoiceReader
-from .voices import Prompt, Voice, VoiceGone, VoiceLibrary
+from .voices import Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -57,61 +59,6 @@ def voice_library(settings: EngineSettings) -> VoiceLibrary:
     for name in settings.generation.voice_seeds:  # a seed for a voice that does not exist is a typo
         library.resolve(name)
     return library
-
-
-class _Sentence:
-    """One sentence under way (a ``SentenceAudio``): a short task looks it up in the cache or
-    prepares and submits it; ``play`` then reads the scheduler's ``AudioStream`` directly."""
-
-    def __init__(self, engine: BarkEngine, text: str, voice: Voice, turn: Turn) -> None:
-        self.text, self.voice, self.turn = text, voice, turn
-        self.key: str | None = None  # its cache key, with the cache on
-        self.making: asyncio.Future[bytes | None] | None = None  # others making it wait for this
-        self.stream: AudioStream | None = None
-        self.limit = 0  # semantic tokens its speech may take (set when it is prepared)
-        self._engine = engine
-        self._task = asyncio.create_task(engine._submit(self), name="bark sentence")
-        # Its failure is raised by play(); one never played (cancelled ahead) is not an error.
-        self._task.add_done_callback(lambda task: task.cancelled() or task.exception())
-
-    async def play(self) -> AsyncIterator[bytes]:
-        engine = self._engine
-        try:
-            cached = await self._task
-            if cached is not None:
-                for chunk in chunked(cached, engine.settings.samples_per_chunk):
-                    yield chunk
-                return
-            pieces: list[bytes] = []
-            started, samples = time.monotonic(), 0
-            async with aclosing(engine._audio(self)) as made:
-                async for pcm in made:
-                    pieces.append(pcm)
-                    samples += len(pcm) // SAMPLE_WIDTH
-                    for chunk in chunked(pcm, engine.settings.samples_per_chunk):
-                        yield chunk
-            engine._spoken(self, samples, started)
-            whole = b"".join(pieces)
-            self._made(whole)
-            if self.key:
-                await asyncio.to_thread(engine.cache.put, self.key, whole)
-        finally:
-            self._made(None)  # failed or abandoned: those waiting make it themselves
-
-    def cancel(self) -> None:
-        self._task.cancel()
-        if self.stream is not None:
-            self.stream.cancel()
-        self._made(None)
-
-    def _made(self, pcm: bytes | None) -> None:
-        """Tell those waiting for the same sentence: here it is, or make it yourselves (None)."""
-        if self.making is not None:
-            if not self.making.done():
-                self.making.set_result(pcm)
-            if self._engine._making.get(self.key) is self.making:
-                del self._engine._making[self.key]
-            self.making = None
 
 
 @register
@@ -137,8 +84,9 @@ class BarkEngine(TtsEngine):
         self.voice_reader = VoiceReader(self.voices)
         self._scheduler: Scheduler | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bark-io")  # off the loop
-        # Cache keys of sentences being made now: a repeat that misses the cache waits for them.
-        self._making: dict[str, asyncio.Future[bytes | None]] = {}
+        # The cache as requests see it: a repeat that misses it waits for the one being made.
+        self.flight = SingleFlight(self.cache) if self.cache is not None else None
+        self.samples_per_chunk = settings.samples_per_chunk  # synthesis.Synthesizer
 
     @property
     def _bark(self) -> LoadedBark | None:
@@ -184,8 +132,8 @@ class BarkEngine(TtsEngine):
         if self._scheduler is not None:
             self._scheduler.cancel_all()
 
-    def start_sentence(self, sentence: str, voice: Voice, turn: Turn) -> _Sentence:
-        return _Sentence(self, sentence, voice, turn)
+    def start_sentence(self, sentence: str, voice: Voice, turn: Turn) -> Sentence:
+        return Sentence(self, sentence, voice, turn)
 
     async def health_check(self, synthesize: bool = False) -> HealthCheckResult:
         if synthesize:
@@ -318,20 +266,14 @@ class BarkEngine(TtsEngine):
 
     # --- a sentence's way ----------------------------------------------------------------
 
-    async def _submit(self, sentence: _Sentence) -> bytes | None:
+    async def begin(self, sentence: Sentence) -> bytes | None:
         """The cached audio of ``sentence``; else None, once it is submitted (``sentence.stream``)."""
-        if self.cache:
+        if self.flight is not None:
             await self.load()  # the key names what the load decided (precision, core, pieces)
-            sentence.key = key = self._cache_key(sentence.text, sentence.voice)
-            cached = await asyncio.to_thread(self.cache.get, key)
-            if cached is None and key in self._making:  # being made now: wait for it
-                cached = await asyncio.shield(self._making[key])
-                if cached is not None:
-                    self.cache.shared()
-            if cached is not None:
-                return cached
-            if key not in self._making:
-                sentence.making = self._making[key] = asyncio.get_running_loop().create_future()
+            found = await self.flight.get_or_claim(self._cache_key(sentence.text, sentence.voice))
+            if isinstance(found, bytes):
+                return found
+            sentence.claim = found
         bark = await self.load()
         token = id(sentence)
         self._preparing[token] = time.monotonic()
@@ -348,7 +290,7 @@ class BarkEngine(TtsEngine):
         sentence.stream = self._scheduler.submit(request)
         return None
 
-    async def _custom_prompt(self, sentence: _Sentence, bark: LoadedBark) -> Prompt | None:
+    async def _custom_prompt(self, sentence: Sentence, bark: LoadedBark) -> Prompt | None:
         """A custom voice's prompt, read off the I/O thread with a deadline (``voice_reader``);
         None for a built-in voice. A voice whose file went since it was resolved is spoken with
         the default voice, as an unknown one is."""
@@ -363,7 +305,7 @@ class BarkEngine(TtsEngine):
             sentence.voice = self.default_voice
             return await self._custom_prompt(sentence, bark) if self.default_voice.path else None
 
-    def _prepare(self, bark: LoadedBark, sentence: _Sentence, prompt: Prompt | None) -> SpeechRequest:
+    def _prepare(self, bark: LoadedBark, sentence: Sentence, prompt: Prompt | None) -> SpeechRequest:
         if prompt is None:
             prompt = self.voices.load(sentence.voice, bark.model_dir)
         seed = self.generation.seed_for(sentence.voice.name)
@@ -371,7 +313,7 @@ class BarkEngine(TtsEngine):
                        max_speech_ratio=self.generation.max_speech_ratio,
                        in_pieces=self.audio_in_pieces())  # fmt: skip
 
-    async def _audio(self, sentence: _Sentence) -> AsyncIterator[bytes]:
+    async def audio(self, sentence: Sentence) -> AsyncIterator[bytes]:
         """The sentence's PCM as the scheduler makes it; its failures as ``TtsError``s."""
         try:
             async with aclosing(aiter(sentence.stream)) as pieces:
@@ -388,7 +330,7 @@ class BarkEngine(TtsEngine):
                 "the server log says more"
             ) from err
 
-    def _spoken(self, sentence: _Sentence, samples: int, started: float) -> None:
+    def spoken(self, sentence: Sentence, samples: int, started: float) -> None:
         self.sentences += 1
         self._log_timing(sentence.text, samples, started)
         elapsed = time.monotonic() - started

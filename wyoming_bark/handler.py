@@ -14,7 +14,7 @@ from typing import Any
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
-from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
+from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import (
@@ -26,10 +26,10 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from . import __version__
 from .connection import IdleVerdict, serve_connection
 from .connections import ConnectionLimits, client_key
 from .contract import TtsEngine
+from .describe import build_info
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
 from .protocol import BarkStatus, parse_event
 from .sentences import Client, TextStream
@@ -53,32 +53,6 @@ AUDIO_FORMAT = {
     "width": TtsEngine.sample_width,
     "channels": TtsEngine.channels,
 }
-BARK_ATTRIBUTION = Attribution(name="Suno / Bark", url="https://github.com/suno-ai/bark")
-
-
-def build_info(engine: TtsEngine, streaming: bool) -> Info:
-    """``info`` for describe: every built-in and custom voice; never touches the model."""
-    voices = [
-        TtsVoice(
-            name=voice.name,
-            description=voice.description,
-            attribution=BARK_ATTRIBUTION,
-            installed=True,
-            version=None,
-            languages=list(voice.languages),
-        )
-        for voice in engine.get_available_voices()
-    ]
-    program = TtsProgram(
-        name="bark",
-        description="Bark text-to-audio by Suno: expressive speech in 13 languages",
-        attribution=BARK_ATTRIBUTION,
-        installed=True,
-        version=__version__,
-        voices=voices,
-        supports_synthesize_streaming=streaming,
-    )
-    return Info(tts=[program])
 
 
 @dataclass
@@ -140,10 +114,7 @@ class BarkEventHandler(AsyncEventHandler):
         if SynthesizeChunk.is_type(event.type):
             text = (event.data or {}).get("text")
             return isinstance(text, str) and bool(text.strip())
-        return any(
-            kind.is_type(event.type)
-            for kind in (Describe, Synthesize, SynthesizeStart, SynthesizeStop, BarkStatus)
-        )
+        return any(kind.is_type(event.type) for kind, _ in BarkEventHandler._acts if kind is not Ping)
 
     def on_idle(self) -> IdleVerdict:
         """The client has sent no work for --idle-timeout: what now?"""
@@ -191,77 +162,95 @@ class BarkEventHandler(AsyncEventHandler):
         return True
 
     async def _dispatch(self, event: Event, message: Any) -> None:
-        """Act on one event; ``message`` is its parsed form (see ``_parse``)."""
-        if Describe.is_type(event.type):
-            # Off the event loop: the custom voices folder may be large (or on a slow disk).
-            info = await asyncio.to_thread(build_info, self.engine, self.settings.streaming)
-            await self.write_event(info.event())
-        elif Synthesize.is_type(event.type):
-            if self._streaming is not None:
-                # Home Assistant repeats the whole text for older servers while streaming.
-                _LOGGER.debug("Ignoring synthesize during a streaming request")
-            elif not await self._busy():
-                synthesize = message
-                opened = self._too_long(synthesize.text, 0) or self._open(synthesize.voice)
-                if isinstance(opened, Error):
-                    self._submit(self._refuse(opened))  # in turn, after the audio queued before it
-                else:
-                    self._submit(self._speak_text(opened, clean_text(synthesize.text)))
-        elif SynthesizeStart.is_type(event.type):
-            if self._streaming is not None:
-                await self.send_error_text("synthesize-start while a streaming request is open", "bad-order")
-            elif await self._busy():
-                self._streaming = _Request(voice=None, failed=True)
+        """Act on one event; ``message`` is its parsed form (``protocol.parse_event``). The wyoming
+        spec: events a program does not know are ignored."""
+        for kind, act in self._acts:
+            if kind.is_type(event.type):
+                await act(self, message)
+                return
+        _LOGGER.debug("Ignoring event of type %s", quoted(event.type))
+
+    async def _describe(self, _: Describe) -> None:
+        # Off the event loop: the custom voices folder may be large (or on a slow disk).
+        info = await asyncio.to_thread(build_info, self.engine, self.settings.streaming)
+        await self.write_event(info.event())
+
+    async def _synthesize(self, synthesize: Synthesize) -> None:
+        if self._streaming is not None:
+            # Home Assistant repeats the whole text for older servers while streaming.
+            _LOGGER.debug("Ignoring synthesize during a streaming request")
+        elif not await self._busy():
+            opened = self._too_long(synthesize.text, 0) or self._open(synthesize.voice)
+            if isinstance(opened, Error):
+                self._submit(self._refuse(opened))  # in turn, after the audio queued before it
             else:
-                request = self._open(message.voice)
-                if isinstance(request, Error):
-                    await self._send_error(request)
-                    self._streaming = _Request(voice=None, failed=True)
-                else:
-                    self._streaming = request
-                    request.text = self.engine.open_stream(
-                        request.voice, quick_start=True, client=self.client
-                    )
-                    request.queued = True
-                    self._submit(self._speak_streamed(request, request.text))
-        elif SynthesizeChunk.is_type(event.type):
-            chunk = message
-            if self._streaming is None:
-                await self.send_error_text("synthesize-chunk without synthesize-start", "bad-order")
-            elif self._streaming.text is not None:
-                request = self._streaming
-                request.refusal = self._too_long(chunk.text, request.chars)
-                if request.refusal is not None:  # what came before is still spoken, then the error
-                    request.text.close(speak_rest=False)
-                    request.text = None
-                else:
-                    request.chars += len(chunk.text)
-                    request.text.add(clean_text(chunk.text))
-        elif SynthesizeStop.is_type(event.type):
-            if self._streaming is None:
-                await self.send_error_text("synthesize-stop without synthesize-start", "bad-order")
+                self._submit(self._speak_text(opened, clean_text(synthesize.text)))
+
+    async def _synthesize_start(self, start: SynthesizeStart) -> None:
+        if self._streaming is not None:
+            await self.send_error_text("synthesize-start while a streaming request is open", "bad-order")
+            return
+        if await self._busy():
+            self._streaming = _Request(voice=None, failed=True)
+            return
+        request = self._open(start.voice)
+        if isinstance(request, Error):
+            await self._send_error(request)
+            self._streaming = _Request(voice=None, failed=True)
+            return
+        self._streaming = request
+        request.text = self.engine.open_stream(request.voice, quick_start=True, client=self.client)
+        request.queued = True
+        self._submit(self._speak_streamed(request, request.text))
+
+    async def _synthesize_chunk(self, chunk: SynthesizeChunk) -> None:
+        request = self._streaming
+        if request is None:
+            await self.send_error_text("synthesize-chunk without synthesize-start", "bad-order")
+        elif request.text is not None:
+            request.refusal = self._too_long(chunk.text, request.chars)
+            if request.refusal is not None:  # what came before is still spoken, then the error
+                request.text.close(speak_rest=False)
+                request.text = None
             else:
-                request, self._streaming = self._streaming, None
-                if request.text is not None:
-                    request.text.close()
-                request.stopped.set()
-                if not request.queued:  # refused at its start: nothing of it is waiting
-                    await self.write_event(SynthesizeStopped().event())
-        elif Ping.is_type(event.type):
-            await self.write_event(Pong(text=message.text).event())
-        elif BarkStatus.is_type(event.type):
-            verdict = await self.engine.health_check()
-            details = {
-                **verdict.details,
-                "model": for_client(str(verdict.details["model"])),  # no server paths to clients
-                "last_error": for_client(verdict.details["last_error"] or "") or None,
-                "tasks": len(asyncio.all_tasks()),
-                "python_threads": threading.active_count(),  # "threads" is the engine's (torch's)
-            }
-            status = BarkStatus(healthy=verdict.healthy, health=for_client(verdict.message), details=details)
-            await self.write_event(status.event())
-        else:  # the wyoming spec: events a program does not know are ignored
-            _LOGGER.debug("Ignoring event of type %s", quoted(event.type))
+                request.chars += len(chunk.text)
+                request.text.add(clean_text(chunk.text))
+
+    async def _synthesize_stop(self, _: SynthesizeStop) -> None:
+        if self._streaming is None:
+            await self.send_error_text("synthesize-stop without synthesize-start", "bad-order")
+            return
+        request, self._streaming = self._streaming, None
+        if request.text is not None:
+            request.text.close()
+        request.stopped.set()
+        if not request.queued:  # refused at its start: nothing of it is waiting
+            await self.write_event(SynthesizeStopped().event())
+
+    async def _ping(self, ping: Ping) -> None:
+        await self.write_event(Pong(text=ping.text).event())
+
+    async def _status(self, _: BarkStatus) -> None:
+        verdict = await self.engine.health_check()
+        details = {
+            **verdict.details,
+            "model": for_client(str(verdict.details["model"])),  # no server paths to clients
+            "last_error": for_client(verdict.details["last_error"] or "") or None,
+            "tasks": len(asyncio.all_tasks()),
+            "python_threads": threading.active_count(),  # "threads" is the engine's (torch's)
+        }
+        status = BarkStatus(healthy=verdict.healthy, health=for_client(verdict.message), details=details)
+        await self.write_event(status.event())
+
+    _acts = (
+        (Describe, _describe),
+        (Synthesize, _synthesize),
+        (SynthesizeStart, _synthesize_start),
+        (SynthesizeChunk, _synthesize_chunk),
+        (SynthesizeStop, _synthesize_stop),
+        (Ping, _ping),
+        (BarkStatus, _status),
+    )
 
     def _too_long(self, text: str, so_far: int) -> Error | None:
         """The error for text beyond --max-chars (``so_far``: what the request sent before)."""

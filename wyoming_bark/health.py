@@ -91,7 +91,7 @@ async def check(
         started = time.monotonic()
         progress.stage = "synthesizing"
         await client.write_event(Synthesize(phrase).event())
-        samples = 0
+        seconds = 0.0
         while True:
             event = await asyncio.wait_for(client.read_event(), timeout)
             await asyncio.sleep(0)
@@ -100,9 +100,10 @@ async def check(
             if event.type == "error":
                 return False, f"{status}; synthesis error: {event.data.get('text')}"
             if AudioChunk.is_type(event.type):
-                samples += len(event.payload or b"") // 2
+                chunk = AudioChunk.from_event(event)  # the format it says, not one assumed here
+                seconds += len(chunk.audio) / (chunk.width * chunk.channels * chunk.rate)
             if event.type == "audio-stop":
-                audio = samples / 24000
+                audio = seconds
                 return True, f"{status}; {audio:.2f} s of audio in {time.monotonic() - started:.1f} s"
 
 

@@ -26,6 +26,14 @@ from .settings import ModelSettings
 _LOGGER = logging.getLogger(__name__)
 
 COMPILE_CACHE = "compile-cache"  # under the data dir: inductor's kernels, keyed by inductor itself
+
+
+def compiles(mode: str, device: torch.device) -> bool:
+    """Whether --compile ``mode`` compiles on ``device`` (``auto``: on CUDA only; the CPU
+    measurements are in docs/performance.md). The server and the bench ask here."""
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
 # After a failed model load, no new attempt for this long (doubling while it keeps failing).
 LOAD_BACKOFF_MIN, LOAD_BACKOFF_MAX = 2.0, 60.0
 LOADER_THREAD = "bark-load"  # the model loads on a thread of this name (prefix)
@@ -118,7 +126,7 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
         if settings.core == "fast":  # the one place that picks the core
             started = time.monotonic()
             fast = _fast_core(bark, settings.max_batch, model)
-            compile = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
+            compile = compiles(settings.compile, device)
             if compile:  # a restart finds the kernels it compiled before
                 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_dir / COMPILE_CACHE))
             outcome = prepare(fast, settings.self_check, data_dir / "self-check", model, compile=compile)

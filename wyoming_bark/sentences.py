@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Protocol
 from .text import SentenceSplitter
 
 if TYPE_CHECKING:
-    from .contract import TtsEngine
     from .voices import Voice
 
 
@@ -27,6 +26,19 @@ class SentenceAudio(Protocol):
 
     def cancel(self) -> None:
         """Not wanted any more: stop making it."""
+
+
+class SentenceMaker(Protocol):
+    """What the pipeline asks of an engine (``contract.TtsEngine`` is one); declared here, so
+    this file depends on nothing that depends on it."""
+
+    lookahead: int  # sentences of one text made ahead of the one playing
+
+    def start_sentence(self, sentence: str, voice: Voice, turn: Turn) -> SentenceAudio:
+        """Start making one sentence now; it is played when its turn comes."""
+
+    def silence(self) -> list[bytes]:
+        """PCM chunks of the silence between sentences (none: no pause)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +72,7 @@ class TextStream:
     """
 
     def __init__(
-        self, engine: TtsEngine, voice: Voice, quick_start: bool = False, client: Client | None = None
+        self, engine: SentenceMaker, voice: Voice, quick_start: bool = False, client: Client | None = None
     ) -> None:
         self.engine = engine
         self.voice = voice

@@ -17,6 +17,7 @@ from .connection import server_for
 from .connections import ConnectionLimits
 from .contract import TtsEngine, create_engine
 from .discovery import ZeroconfAdvertiser, default_service_name
+from .fast.batch import switch_threads_quickly
 from .handler import BarkEventHandler
 from .hub import pending_download
 from .loader import device_summary, resolve_device
@@ -102,6 +103,7 @@ async def serve(settings: Settings, engine: TtsEngine) -> None:
         background.append(asyncio.create_task(announce(advertiser)))
     # main() has refused a device, or a precision on it, that cannot work
     device = resolve_device(model.device)
+    switch_threads_quickly(device)
     device = device_summary(device, resolve_precision(model.precision, device))
     voices_dir = settings.engine.voices_dir
     _LOGGER.info(

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import VoiceError, quoted
-from .voices import Prompt, Voice, VoiceLibrary
+from .prompts import Prompt
+from .voices import Voice, VoiceLibrary
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -25,8 +25,10 @@ import torch
 from .. import precision as precisions
 from ..contract import TtsEngine
 from ..fast import FastBark, SamplingSettings
+from ..fast.batch import switch_threads_quickly
 from ..fast.stages import coarse_tokens, fine_tokens, semantic_tokens
-from ..settings import SELF_CHECK_MODES
+from ..loader import compiles
+from ..settings import COMPILE_MODES, SELF_CHECK_MODES
 from .fairness import SCENARIOS
 from .precision import at_precision, compare_precisions
 from .random_bark import ARCHS, SEMANTIC_HZ, build_random_bark, random_inputs
@@ -113,6 +115,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
     if device.type == "cpu":
         precisions.use_threads(args.threads or None)  # as the server: one per physical core
+    switch_threads_quickly(device)  # as the server
     result, served = on_own_thread(lambda: _measure_core(args, device))  # before the server runs
     if args.first_audio or args.clients or args.stream_sentences or args.contention or args.fairness:
         # The server as shipped (audio inside sentences on a GPU, sentences batched) next to the
@@ -122,9 +125,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         if serial.first_audio or serial.clients or serial.stream_sentences:
             result["server_serial"] = asyncio.run(serve_and_measure(served, device, serial, "off", 1))
         if device.type == "cuda" and args.clients:  # as shipped, but with Python's default GIL switching
-            from ..fast import batch
-
-            shipped, batch.GIL_SWITCH_S = batch.GIL_SWITCH_S, 0.005
+            shipped = sys.getswitchinterval()
             sys.setswitchinterval(0.005)
             try:
                 variant = argparse.Namespace(**{**vars(args), "first_audio": False, "stream_sentences": 0})
@@ -132,7 +133,7 @@ def benchmark(args: argparse.Namespace) -> dict:
                     serve_and_measure(served, device, variant, "auto", args.max_batch)
                 )
             finally:
-                batch.GIL_SWITCH_S = shipped
+                sys.setswitchinterval(shipped)
     return result
 
 
@@ -225,10 +226,10 @@ def _measure_core(args: argparse.Namespace, device: torch.device) -> tuple[dict,
 def compile_variants(spec: str, device: torch.device) -> list[bool]:
     """``--compile off,on`` -> [False, True]; ``auto``: on with CUDA, as the server."""
     names = [name.strip() for name in spec.split(",") if name.strip()] or ["auto"]
-    unknown = set(names) - {"auto", "on", "off"}
+    unknown = set(names) - set(COMPILE_MODES)
     if unknown:
         raise SystemExit(f"--compile: unknown {', '.join(sorted(unknown))} (auto, on, off)")
-    return [name == "on" or (name == "auto" and device.type == "cuda") for name in names]
+    return [compiles(name, device) for name in names]
 
 
 def print_table(result: dict) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..length_cap import SEMANTIC_RATE_HZ as SEMANTIC_HZ  # semantic tokens per second
+from ..pcm import SAMPLE_RATE
+
 ARCHS = {  # layers, hidden size, heads: Bark's checkpoints ("tiny" is for quick checks)
     "full": (24, 1024, 16),
     "small": (12, 768, 12),
     "tiny": (2, 64, 2),
 }
-SEMANTIC_HZ = 49.9  # semantic tokens per second of speech
 
 
 def bark_config(layers: int, hidden: int, heads: int, codec: dict | None = None, **extra):
@@ -62,7 +64,7 @@ def build_random_bark(arch: str, device: torch.device):
     generation.semantic_config = BarkSemanticGenerationConfig().to_dict()
     generation.coarse_acoustics_config = BarkCoarseGenerationConfig().to_dict()
     generation.fine_acoustics_config = BarkFineGenerationConfig().to_dict()
-    generation.sample_rate, generation.codebook_size = 24_000, 1024  # EnCodec 24 kHz
+    generation.sample_rate, generation.codebook_size = SAMPLE_RATE, 1024  # EnCodec 24 kHz
     model.generation_config = generation
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     return model.to(device, dtype=dtype).eval()

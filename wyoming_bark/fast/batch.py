@@ -28,11 +28,19 @@ from .program import Audio, Cancelled, NonFiniteLogits, Program, reply, requests
 from .release import Releaser, use_device
 from .request import DONE, AudioStream, Job, SpeechRequest
 
-__all__ = ["DONE", "AudioStream", "Job", "Scheduler", "SpeechRequest"]
+__all__ = ["DONE", "AudioStream", "Job", "Scheduler", "SpeechRequest", "switch_threads_quickly"]
 
 _LOGGER = logging.getLogger(__name__)
 
-GIL_SWITCH_S = 0.0005  # Python's thread switch interval while a GPU scheduler runs
+GIL_SWITCH_S = 0.0005  # Python's thread switch interval for a GPU decode loop
+
+
+def switch_threads_quickly(device: torch.device) -> None:
+    """Set once at start-up, for the process: on a GPU the decode loop waits on the device every
+    iteration and then needs the GIL back at once; by default Python makes it wait up to 5 ms for
+    a busy audio or asyncio thread."""
+    if device.type == "cuda":
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
 
 
 class Scheduler:
@@ -57,10 +65,6 @@ class Scheduler:
         self._compute_bound = device is None or device.type != "cuda"  # see policy.to_answer
         self.batched_tokens = 0
         self.busy_s = 0.0  # wall time of iterations that decoded, for status (ms per iteration)
-        if device is not None and device.type == "cuda":
-            # The decode loop waits on the GPU every iteration and then needs the GIL back at
-            # once; by default Python makes it wait up to 5 ms for a busy audio or asyncio thread.
-            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self._thread = threading.Thread(target=self._loop, name=f"{name}-batch", daemon=True)
         self._thread.start()
 
