@@ -242,3 +242,10 @@ async def eventually(check, timeout: float = TIMEOUT, what: str = "the condition
     while not await holds():
         assert time.monotonic() < deadline, f"{what} did not hold within {timeout} s"
         await asyncio.sleep(0.05)
+
+
+def dockerfile_args(path: Path) -> dict[str, str]:
+    """The ``ARG NAME=DEFAULT`` defaults a Dockerfile declares (the app's versions live there)."""
+    import re
+
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", path.read_text(), re.MULTILINE))

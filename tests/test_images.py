@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import helpers
 import pytest
 import yaml
 from helpers import (
@@ -33,6 +34,7 @@ from helpers import (
     SEMANTIC_TOKENS,
     assert_stream,
     describe,
+    dockerfile_args,
     eventually,
     status,
     synthesize,
@@ -100,20 +102,60 @@ def stand_in_bases(engine, tmp_path_factory) -> None:
     docker("build", "--network", "host", "-t", HA_BASE, str(STAND_INS / "ha-base"))
 
 
-def debian_image(tag: str, tmp_path_factory, *debootstrap_args: str) -> None:
-    """``tag``: Debian bookworm with Python from debootstrap, imported once (kept for later runs)."""
+def debian_image(tag: str, tmp_path_factory, suite: str = "bookworm", arch: str = "amd64") -> None:
+    """``tag``: Debian ``suite`` for ``arch`` with its Python, from debootstrap, imported once with
+    that platform (kept for later runs; off amd64 debootstrap's second stage runs emulated)."""
     if image_exists(tag):
         return
     assert shutil.which("debootstrap"), "the image tests need debootstrap (apt-get install debootstrap)"
     rootfs = tmp_path_factory.mktemp("rootfs")
     subprocess.run(
-        ["debootstrap", *debootstrap_args, "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-         "bookworm", str(rootfs), MIRROR],
+        ["debootstrap", f"--arch={arch}", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+         suite, str(rootfs), MIRROR],
         check=True, capture_output=True, timeout=BUILD_TIMEOUT,
     )  # fmt: skip
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    docker("import", "-", tag, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
+    docker("import", "--platform", f"linux/{arch}", "-", tag, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
     assert tar.wait() == 0
+
+
+def supervisor_build(tag: str, arch: str, stand_in: str, pip_args: list[str], *machine_args: str) -> str:
+    """The app built as the Supervisor builds it (``supervisor/apps/build.py``): ``buildx build .``
+    in the app's folder with ``--platform``, its labels, and only ``BUILD_VERSION`` and
+    ``BUILD_ARCH`` as build arguments, so the Dockerfile's own base is used. That base (Home
+    Assistant's ``<arch>-base-debian:trixie``) is ``stand_in`` tagged under its name, with pip
+    pointed at the loopback wheelhouse (the one thing added for this machine, in the stand-in,
+    not the build); ``--pull`` is left out (nothing can be pulled here), and the build uses the
+    host's network (the engine runs without a bridge). Without the buildx plugin, ``docker
+    build`` takes the same arguments. ``machine_args``: build arguments this machine forces, each
+    said where it is passed."""
+    config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
+    platform = {"amd64": "linux/amd64", "aarch64": "linux/arm64"}[arch]
+    base = helpers.dockerfile_args(ROOT / "addon/Dockerfile")["BUILD_FROM"].replace("${BUILD_ARCH}", arch)
+    pip_env = " ".join(arg for arg in pip_args if arg != "--build-arg")
+    docker("build", "--network", "host", "--platform", platform, "-t", base, "-",
+           input=f"FROM {stand_in}\nENV {pip_env}\n", timeout=BUILD_TIMEOUT)  # fmt: skip
+    version = str(config["version"])
+    labels = {
+        "io.hass.version": version, "io.hass.arch": arch, "io.hass.type": "app",
+        "io.hass.name": config["name"], "io.hass.description": config["description"].replace("'", ""),
+        "io.hass.url": config["url"],
+    }  # fmt: skip
+    builder = ["buildx", "build"] if docker_has_buildx() else ["build"]
+    old = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    docker(*builder, ".", "--tag", tag, "--file", "Dockerfile", "--platform", platform,
+           *[item for key, value in labels.items() for item in ("--label", f"{key}={value}")],
+           "--build-arg", f"BUILD_VERSION={version}", "--build-arg", f"BUILD_ARCH={arch}",
+           *machine_args, "--network", "host", cwd=ROOT / "addon", timeout=BUILD_TIMEOUT)  # fmt: skip
+    if old and old != docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip():
+        subprocess.run(["docker", "image", "rm", old], capture_output=True, check=False)
+    return tag
+
+
+def docker_has_buildx() -> bool:
+    return subprocess.run(["docker", "buildx", "version"], capture_output=True, check=False).returncode == 0
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -159,13 +201,14 @@ def gpu_image(stand_in_bases, pip_from_wheelhouse) -> str:
 
 @pytest.fixture(scope="module")
 def addon_image(stand_in_bases, pip_from_wheelhouse) -> str:
-    args = yaml.safe_load((ROOT / "addon/build.yaml").read_text())["args"]
-    assert str(args["TORCH_VERSION"]) == torch_version(), "the add-on installs the torch the tests run"
-    build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
-    return build(
-        "bark-test/wyoming-bark:addon", "--build-arg", f"BUILD_FROM={HA_BASE}",
-        *build_args, *pip_from_wheelhouse, str(ROOT / "addon"),
-    )  # fmt: skip
+    """The amd64 app, built the Supervisor's way. Its stand-in base is bookworm's (Python 3.11):
+    for trixie's Python 3.13 this machine has only PyPI's CUDA build of torch for x86-64, whose
+    nvidia-* dependencies are not mirrored (the add-on installs PyTorch's CPU build, which cannot
+    be reached here). The aarch64 test below runs on a real trixie stand-in."""
+    assert dockerfile_args(ROOT / "addon/Dockerfile")["TORCH_VERSION"] == torch_version(), (
+        "the app installs the torch the tests run"
+    )
+    return supervisor_build("bark-test/wyoming-bark:addon", "amd64", HA_BASE, pip_from_wheelhouse)
 
 
 def hub_data(tmp_path: Path, tiny_model: Path, repo_id: str) -> Path:
@@ -275,10 +318,13 @@ async def test_addon_runs_with_its_options(addon_image, tiny_model, voices_dir, 
     data = hub_data(tmp_path, tiny_model, "suno/bark")
     (data / "options.json").write_text(json.dumps(options), encoding="utf-8")
     env = {"HF_HUB_OFFLINE": "1", "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS)}
-    with container(addon_image, env, {data: "/data", voices_dir: "/share/bark/voices:ro"}) as name:
+    app_folder = tmp_path / "app-config"  # the app's own folder (map: addon_config), at /config
+    shutil.copytree(voices_dir, app_folder / "voices")
+    with container(addon_image, env, {data: "/data", app_folder: "/config:ro"}) as name:
         info = await serving(name)
         voices = {voice.name for voice in info.tts[0].voices}
-        assert {"v2/fr_speaker_1", "grandpa"} <= voices, "custom voices come from /share/bark/voices"
+        assert {"v2/fr_speaker_1", "grandpa"} <= voices, "custom voices come from the app's folder"
+        assert "/config/voices" in logs(name) and "/share/bark" not in logs(name)
         described = {voice.name: voice.description for voice in info.tts[0].voices}
         assert described["v2/de_speaker_3"].startswith("(default)"), "language_voices reaches the server"
         assert info.tts[0].supports_synthesize_streaming == options["streaming"]
@@ -359,8 +405,9 @@ async def _down(balancer: str) -> bool:
 
 # --- the add-on on aarch64, emulated --------------------------------------------------------
 
-DEBIAN_ARM64 = "bark-test/debian:bookworm-arm64"
-HA_BASE_ARM64 = "bark-test/ha-base-debian:bookworm-arm64"
+DEBIAN_ARM64 = "bark-test/debian:trixie-arm64"
+HA_BASE_ARM64 = "bark-test/ha-base-debian:trixie-arm64"
+ARM64_PYTHON = "3.13"  # trixie's
 # torch for the emulated aarch64 image: PyPI's aarch64 CPU build. (From 2.10 PyPI's aarch64 wheels
 # are CUDA builds; the add-on installs TORCH_VERSION from PyTorch's CPU index, which this machine
 # cannot reach.)
@@ -383,14 +430,14 @@ def aarch64_emulation(engine) -> None:
 
 @pytest.fixture(scope="module")
 def arm64_bases(aarch64_emulation, stand_in_bases, tmp_path_factory) -> None:
-    """Debian bookworm for arm64 (debootstrap runs its second stage under emulation) and the
-    Home Assistant base stand-in on it. Docker here keeps no platform per image: the images say
-    amd64, their binaries are arm64 and run under qemu (``uname -m`` says aarch64)."""
-    debian_image(DEBIAN_ARM64, tmp_path_factory, "--arch=arm64")
+    """Debian trixie for arm64, the official voice apps' base (debootstrap runs its second stage
+    under emulation), and the Home Assistant base stand-in on it; arm64 images whose binaries run
+    under qemu (``uname -m`` says aarch64)."""
+    debian_image(DEBIAN_ARM64, tmp_path_factory, "trixie", "arm64")
     machine = docker("run", "--rm", DEBIAN_ARM64, "uname", "-m").stdout.strip()
     assert machine == "aarch64", f"the arm64 stand-in runs as {machine}"
-    docker("build", "--network", "host", "--build-arg", f"BASE={DEBIAN_ARM64}", "-t", HA_BASE_ARM64,
-           str(STAND_INS / "ha-base"), timeout=BUILD_TIMEOUT)  # fmt: skip
+    docker("build", "--network", "host", "--platform", "linux/arm64", "--build-arg", f"BASE={DEBIAN_ARM64}",
+           "-t", HA_BASE_ARM64, str(STAND_INS / "ha-base"), timeout=BUILD_TIMEOUT)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -407,7 +454,8 @@ def arm64_wheelhouse(wheelhouse, tmp_path_factory) -> Path:
             binary.append(f"{name}=={version}")
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+         "--python-version", ARM64_PYTHON, "--implementation", "cp",
+         "--abi", f"cp{ARM64_PYTHON.replace('.', '')}", "--abi", "abi3", "--abi", "none",
          "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux_2_17_aarch64",
          "--platform", "manylinux2014_aarch64", "--dest", str(folder), *binary, f"torch=={ARM64_TORCH}"],
         check=True, timeout=BUILD_TIMEOUT,
@@ -417,14 +465,14 @@ def arm64_wheelhouse(wheelhouse, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def addon_image_arm64(arm64_bases, arm64_wheelhouse) -> str:
-    args = yaml.safe_load((ROOT / "addon/build.yaml").read_text())["args"]
+    """The aarch64 app, built the Supervisor's way on trixie, but for one argument: torch is
+    ``ARM64_TORCH`` (``TORCH_VERSION``), as the Dockerfile's own pin exists here for aarch64 only
+    as a CUDA build."""
     assert "aarch64" in yaml.safe_load((ROOT / "addon/config.yaml").read_text())["arch"]
-    args["TORCH_VERSION"] = ARM64_TORCH
-    build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
     with served_to_pip(arm64_wheelhouse) as pip_args:
-        return build(
-            "bark-test/wyoming-bark:addon-arm64", "--build-arg", f"BUILD_FROM={HA_BASE_ARM64}",
-            *build_args, *pip_args, str(ROOT / "addon"),
+        return supervisor_build(
+            "bark-test/wyoming-bark:addon-arm64", "aarch64", HA_BASE_ARM64, pip_args,
+            "--build-arg", f"TORCH_VERSION={ARM64_TORCH}",
         )  # fmt: skip
 
 

@@ -10,8 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import SEMANTIC_TOKENS, assert_stream, start_server, stop_server, synthesize
+from helpers import SEMANTIC_TOKENS, assert_stream, dockerfile_args, start_server, stop_server, synthesize
 
 from wyoming_bark import __version__
 
@@ -87,7 +86,7 @@ def _package(wheel: Path) -> dict[str, bytes]:
 
 def test_addon_installs_this_repositorys_code(dist):
     """The add-on installs the wheel in its build context, which must be this source at its version."""
-    version = str(yaml.safe_load((ROOT / "addon/build.yaml").read_text())["args"]["WYOMING_BARK_VERSION"])
+    version = dockerfile_args(ROOT / "addon/Dockerfile")["WYOMING_BARK_VERSION"]
     assert version == __version__
     shipped = ROOT / "addon/wheels" / f"wyoming_bark-{version}-py3-none-any.whl"
     assert [path.name for path in (ROOT / "addon/wheels").iterdir()] == [shipped.name]

@@ -6,12 +6,14 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sysconfig
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import dockerfile_args
 
 from wyoming_bark import __version__
 from wyoming_bark.cli import build_parser, env_name
@@ -20,7 +22,24 @@ ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon"
 S6 = ADDON / "rootfs/etc/s6-overlay/s6-rc.d"
 
-ARCHES = {"armhf", "armv7", "aarch64", "amd64", "i386"}
+# The current Supervisor's app schema (supervisor/apps/validate.py, 2026): the keys it knows, the
+# ones it warns about as deprecated, the architectures it still supports, the map types it mounts.
+APP_KEYS = {
+    "name", "version", "slug", "description", "arch", "machine", "url", "startup", "boot", "init",
+    "stage", "ports", "ports_description", "watchdog", "webui", "ingress", "ingress_port",
+    "ingress_entry", "ingress_stream", "panel_icon", "panel_title", "panel_admin", "homeassistant",
+    "host_network", "host_pid", "host_ipc", "host_uts", "host_dbus", "devices", "udev", "tmpfs", "map",
+    "environment", "privileged", "apparmor", "full_access", "audio", "video", "gpio", "usb", "uart",
+    "devicetree", "kernel_modules", "realtime", "hassio_api", "hassio_role", "homeassistant_api",
+    "stdin", "legacy", "docker_api", "auth_api", "services", "discovery", "backup_exclude",
+    "backup_pre", "backup_post", "backup", "options", "schema", "image", "ulimits", "timeout",
+    "journald", "breaking_versions",
+}  # fmt: skip
+DEPRECATED_KEYS = {"advanced", "codenotary", "auto_uart", "snapshot", "snapshot_exclude", "snapshot_pre",
+                   "snapshot_post"}  # fmt: skip
+MAP_TYPES = {"data", "config", "ssl", "addons", "backup", "share", "media", "homeassistant_config",
+             "all_addon_configs", "addon_config"}  # fmt: skip
+ARCHES = {"aarch64", "amd64"}  # armhf, armv7 and i386 are deprecated
 REQUIRED = {"name", "version", "slug", "description", "arch"}
 # Supervisor defaults: restating them is noise that the add-on linter rejects.
 DEFAULTS = {
@@ -34,7 +53,6 @@ DEFAULTS = {
     "full_access": False,
     "apparmor": True,
     "auth_api": False,
-    "advanced": False,
     "stage": "stable",
     "timeout": 10,
     "tmpfs": False,
@@ -100,7 +118,34 @@ def test_config_follows_supervisor_rules(config):
     assert config["discovery"] == ["wyoming"]
     assert config["ports"] == {"10200/tcp": None}, "as the official Wyoming add-ons: HA reaches it inside"
     assert config["backup_exclude"], "models must stay out of backups"
-    assert {"type": "share", "read_only": True} in config["map"], "custom voices come from /share"
+    assert set(config) <= APP_KEYS, f"keys the Supervisor does not know: {set(config) - APP_KEYS}"
+    assert not set(config) & DEPRECATED_KEYS, "no deprecated keys"
+    assert {entry["type"] for entry in config["map"]} <= MAP_TYPES
+    assert {"type": "addon_config", "read_only": True} in config["map"], "custom voices: the app's folder"
+    assert {"type": "share", "read_only": True} in config["map"], "and, as before, /share/bark/voices"
+
+
+def test_the_app_looks_like_one():
+    """The store shows icon.png (128x128) and logo.png, as the official apps have them
+    (drawn by script/app-images)."""
+    for name, size in (("icon.png", (128, 128)), ("logo.png", None)):
+        raw = (ADDON / name).read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR", f"{name} is a PNG"
+        width, height = struct.unpack(">II", raw[16:24])
+        assert size is None or (width, height) == size, f"{name} is {width}x{height}"
+        assert 64 <= min(width, height) and max(width, height) <= 1024
+
+
+def test_texts_say_app_and_settings_apps():
+    """Add-ons are apps since Home Assistant 2026.2 (Settings → Apps); the old name once, in brackets."""
+    for path in (ROOT / "README.md", ADDON / "DOCS.md", ADDON / "README.md"):
+        text = path.read_text(encoding="utf-8")
+        assert "Settings → Apps" in text or path.name == "README.md" and path.parent == ADDON, path
+        old_menu = text.count("Settings → Add-ons")
+        assert old_menu == len(re.findall(r"\([^)]*Settings → Add-ons[^)]*\)", text)) <= 1, (
+            f"{path}: the menu is Settings → Apps now (the old name once, in brackets)"
+        )
+        assert len(re.findall(r"\badd-on\b", text, re.IGNORECASE)) <= 2, f"{path} still says add-on"
 
 
 def test_options_match_schema(config):
@@ -128,11 +173,17 @@ def test_schema_checker_rejects_bad_options():
         check_value("x", 1, "integer")
 
 
-def test_build_translations_changelog(config):
-    build = load(ADDON / "build.yaml")
-    assert set(build["build_from"]) == set(config["arch"])
-    assert all("base-debian" in image for image in build["build_from"].values()), "torch needs glibc"
-    assert str(build["args"]["WYOMING_BARK_VERSION"]) == __version__
+def test_the_app_builds_without_a_build_file_on_the_trixie_base(config):
+    """The Supervisor (2026.04 on) warns on every build that has a build.yaml and then passes no
+    BUILD_FROM: the Dockerfile names the base per BUILD_ARCH, Home Assistant's Debian trixie."""
+    assert not list(ADDON.glob("build.*")), "build.yaml is deprecated: its settings live in the Dockerfile"
+    args = dockerfile_args(ADDON / "Dockerfile")
+    assert args["BUILD_FROM"] == "ghcr.io/home-assistant/${BUILD_ARCH}-base-debian:trixie"
+    assert args["BUILD_ARCH"] in config["arch"] and set(config["arch"]) == {"amd64", "aarch64"}
+    assert args["WYOMING_BARK_VERSION"] == __version__ == str(config["version"])
+
+
+def test_translations_changelog(config):
     translated = load(ADDON / "translations/en.yaml")["configuration"]
     assert set(translated) == set(config["schema"]), "every option is explained"
     assert f"## {__version__}" in (ADDON / "CHANGELOG.md").read_text(encoding="utf-8")
@@ -169,7 +220,7 @@ def test_one_torch_version():
     pinned = re.search(r'TORCH_VERSION="\$\{TORCH_VERSION:-([\d.]+)\}"', (ROOT / "script/test").read_text())
     assert pinned, "script/test pins torch"
     image = re.search(r"^ARG TORCH_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
-    addon = load(ADDON / "build.yaml")["args"]["TORCH_VERSION"]
+    addon = dockerfile_args(ADDON / "Dockerfile")["TORCH_VERSION"]
     assert image and image.group(1) == str(addon) == pinned.group(1)
 
 
@@ -237,7 +288,8 @@ def test_dockerfiles_and_scripts_pass_linters():
         [hadolint, ROOT / "Dockerfile", ADDON / "Dockerfile"], check=False, capture_output=True, text=True
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    scripts = [S6 / "bark/run", S6 / "bark/finish", S6 / "discovery/run", *(ROOT / "script").iterdir()]
+    shell = [path for path in (ROOT / "script").iterdir() if "python" not in path.read_text().split("\n", 1)[0]]
+    scripts = [S6 / "bark/run", S6 / "bark/finish", S6 / "discovery/run", *shell]
     check = subprocess.run(
         [shellcheck, *scripts, ROOT / ".ci/run"], check=False, capture_output=True, text=True
     )
