@@ -288,7 +288,9 @@ def test_dockerfiles_and_scripts_pass_linters():
         [hadolint, ROOT / "Dockerfile", ADDON / "Dockerfile"], check=False, capture_output=True, text=True
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    shell = [path for path in (ROOT / "script").iterdir() if "python" not in path.read_text().split("\n", 1)[0]]
+    shell = [
+        path for path in (ROOT / "script").iterdir() if "python" not in path.read_text().split("\n", 1)[0]
+    ]
     scripts = [S6 / "bark/run", S6 / "bark/finish", S6 / "discovery/run", *shell]
     check = subprocess.run(
         [shellcheck, *scripts, ROOT / ".ci/run"], check=False, capture_output=True, text=True
