@@ -461,7 +461,7 @@ def test_a_sentence_waited_for_now_goes_before_those_made_ahead(batched):
         if urgent:
             event.set()
         listener = Listener()
-        return Job(_noting(program, name, order), listener, urgent=event, client=client), listener
+        return Job(_noting(program, name, order), listener, now=event, client=client), listener
 
     ahead_client, other_client, waiting_client = object(), object(), object()
     scheduler = Scheduler(fast)
@@ -517,7 +517,7 @@ def test_a_sentence_waited_for_now_takes_a_row_from_one_made_ahead_which_starts_
                 Job(
                     program(name, seed),
                     listeners[name],
-                    urgent=threading.Event(),
+                    now=threading.Event(),
                     restart=lambda name=name, seed=seed: program(name, seed),
                 )
             )
@@ -569,7 +569,7 @@ def test_on_a_cpu_other_clients_look_ahead_pauses_while_somebody_waits(batched):
         other = object()
         ahead = [Listener(), Listener()]
         for name, listener in zip(("ahead1", "ahead2"), ahead):
-            scheduler.enqueue(Job(program(name, 200), listener, urgent=threading.Event(), client=other))
+            scheduler.enqueue(Job(program(name, 200), listener, now=threading.Event(), client=other))
         while min(counts["ahead1"], counts["ahead2"]) < 5:
             time.sleep(0.001)
         now = Listener()

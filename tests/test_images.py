@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -20,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -115,8 +117,34 @@ def debian_image(tag: str, tmp_path_factory, suite: str = "bookworm", arch: str 
         check=True, capture_output=True, timeout=BUILD_TIMEOUT,
     )  # fmt: skip
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    docker("import", "--platform", f"linux/{arch}", "-", tag, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
+    docker("import", "-", tag, stdin=tar.stdout, timeout=BUILD_TIMEOUT)
     assert tar.wait() == 0
+    if arch != "amd64":
+        set_architecture(tag, arch, tmp_path_factory.mktemp("save"))
+
+
+def set_architecture(tag: str, arch: str, folder: Path) -> None:
+    """Mark the image ``tag`` as ``linux/arch``: this engine's ``import --platform`` records
+    amd64 whatever it is told, and a build for ``--platform linux/arm64`` (as the Supervisor's)
+    then refuses the base. The saved image's config gets the architecture and is loaded again."""
+    docker("save", "-o", str(folder / "image.tar"), tag, timeout=BUILD_TIMEOUT)
+    with tarfile.open(folder / "image.tar") as saved:
+        saved.extractall(folder / "image", filter="data")
+    manifest = json.loads((folder / "image/manifest.json").read_text())
+    config = json.loads((folder / "image" / manifest[0]["Config"]).read_text())
+    config.update(architecture=arch, variant="v8" if arch == "arm64" else config.get("variant"))
+    data = json.dumps(config).encode()
+    name = f"{hashlib.sha256(data).hexdigest()}.json"
+    (folder / "image" / manifest[0]["Config"]).unlink()
+    (folder / "image" / name).write_bytes(data)
+    manifest[0]["Config"] = name
+    (folder / "image/manifest.json").write_text(json.dumps(manifest))
+    with tarfile.open(folder / "new.tar", "w") as new:
+        for path in sorted((folder / "image").iterdir()):
+            new.add(path, arcname=path.name)
+    docker("load", "-i", str(folder / "new.tar"), timeout=BUILD_TIMEOUT)
+    shutil.rmtree(folder)
+    assert docker("image", "inspect", "-f", "{{.Architecture}}", tag).stdout.strip() == arch
 
 
 def supervisor_build(tag: str, arch: str, stand_in: str, pip_args: list[str], *machine_args: str) -> str:

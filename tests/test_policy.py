@@ -10,13 +10,13 @@ from wyoming_bark.fast import policy
 from wyoming_bark.sentences import Client
 
 
-def job(client, urgent=True, admitted=0, op="step", released=False, answered=0):
+def job(client, now=True, admitted=0, op="step", released=False, answered=0):
     event = threading.Event()
-    if urgent:
+    if now:
         event.set()
     return SimpleNamespace(
         client=client,
-        urgent=event,
+        now=event,
         admitted=admitted,
         op=op,
         released=released,
@@ -53,14 +53,14 @@ def test_within_an_address_connections_take_turns():
 
 
 def test_waited_for_sentences_come_before_those_made_ahead():
-    ahead, now = job(Client("10.0.0.2"), urgent=False), job(Client("10.0.0.3"))
+    ahead, now = job(Client("10.0.0.2"), now=False), job(Client("10.0.0.3"))
     assert policy.Turns().pick([ahead, now]) is now
 
 
 def test_on_a_cpu_other_connections_look_ahead_pauses_while_somebody_waits():
     waiting_client, other = Client("10.0.0.2"), Client("10.0.0.3")
-    mine, my_ahead = job(waiting_client), job(waiting_client, urgent=False)
-    theirs_ahead = job(other, urgent=False)
+    mine, my_ahead = job(waiting_client), job(waiting_client, now=False)
+    theirs_ahead = job(other, now=False)
     running = [mine, my_ahead, theirs_ahead]
     assert policy.to_answer(running, compute_bound=True) == [mine, my_ahead]
     assert policy.to_answer(running, compute_bound=False) == running, "on a GPU all go"
@@ -74,13 +74,13 @@ def test_on_a_cpu_a_crowded_address_gets_as_many_rows_a_step_as_a_lone_listener_
     assert policy.to_answer(running, compute_bound=False) == running, "on a GPU all go"
     alone = [job(Client("10.0.0.2")) for _ in range(4)]
     assert policy.to_answer(alone, compute_bound=True) == alone, "one address: all its rows go"
-    ahead = [job(Client("10.0.0.2"), urgent=False), job(Client("10.0.0.3"), urgent=False)]
+    ahead = [job(Client("10.0.0.2"), now=False), job(Client("10.0.0.3"), now=False)]
     assert policy.to_answer(ahead, compute_bound=True) == ahead, "nobody waits: nothing is held back"
 
 
 def test_a_look_ahead_row_gives_way_first_then_the_crowded_address_on_a_cpu():
     crowd = Client("10.0.0.2")
-    running = [job(crowd, admitted=n) for n in range(7)] + [job(crowd, urgent=False, admitted=3)]
+    running = [job(crowd, admitted=n) for n in range(7)] + [job(crowd, now=False, admitted=3)]
     victim = [job(Client("10.0.0.9"))]
     assert policy.to_preempt(victim, running, compute_bound=True) is running[-1], "made ahead first"
     running = running[:-1]

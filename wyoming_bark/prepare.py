@@ -59,6 +59,6 @@ def prepare(
         sampling=dataclasses.replace(sampling, max_semantic_tokens=limit),
         seed=random_seed() if seed is None else seed,
         in_pieces=in_pieces,
-        urgent=turn.now,
+        now=turn.now,
         client=turn.client,
     )

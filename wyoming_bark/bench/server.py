@@ -97,7 +97,7 @@ async def _request(uri: str, text: str) -> tuple[float, float, float]:
                 raise RuntimeError(f"request failed: {event}")
             if event.type == "audio-chunk":
                 first = first or time.perf_counter() - started
-                samples += len(event.payload) // 2
+                samples += len(event.payload) // TtsEngine.sample_width
             if event.type == "audio-stop":
                 return first or 0.0, time.perf_counter() - started, samples / SAMPLE_RATE
 

@@ -68,7 +68,7 @@ async def stream_answer(uri: str, text: str) -> dict:
                 if event is None or event.type == "error":
                     raise RuntimeError(f"streamed answer failed: {event}")
                 if AudioChunk.is_type(event.type):
-                    chunks.append((time.perf_counter(), len(event.payload or b"") // 2))
+                    chunks.append((time.perf_counter(), len(event.payload or b"") // TtsEngine.sample_width))
                 if event.type == "synthesize-stopped":
                     break
         finally:

@@ -85,7 +85,7 @@ class Scheduler:
                 cancel=request.cancel,  # a core that decodes inside its program (transformers') stops
             )
 
-        job = Job(program(), stream.emit, request.cancel, urgent=request.urgent, client=request.client)
+        job = Job(program(), stream.emit, request.cancel, now=request.now, client=request.client)
         job.restart = program
         self.enqueue(job)
         return stream
@@ -110,7 +110,7 @@ class Scheduler:
         """Rows and queued sentences by class: a listener waits for them now, or made ahead."""
         with self._wake:
             running, waiting = list(self._running), list(self._waiting)
-        now = sum(job.urgent.is_set() for job in running), sum(job.urgent.is_set() for job in waiting)
+        now = sum(job.now.is_set() for job in running), sum(job.now.is_set() for job in waiting)
         return {
             "running_now": now[0],
             "running_ahead": len(running) - now[0],

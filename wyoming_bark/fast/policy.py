@@ -2,7 +2,7 @@
 which waiting sentence gets the next row, whose requests a step answers, which sentence gives
 its row up. Pure functions of the jobs' fields, so the rules are unit-tested with fake jobs.
 
-A job here needs: ``urgent`` (an Event: set when a listener waits for it now), ``client`` (whose:
+A job here needs: ``now`` (an Event: set when a listener waits for it now), ``client`` (whose:
 ``sentences.Client``, or any object), ``op`` (its pending model request or None), ``restart``,
 ``released``, ``admitted`` and ``answered`` (the step that last answered it).
 
@@ -43,7 +43,7 @@ class Turns:
     def pick(self, waiting: Sequence[Any]) -> Any:
         """The job to admit: waited-for before made-ahead; among equals the address served
         longest ago, then its connection served longest ago, then the oldest."""
-        pool = [job for job in waiting if job.urgent.is_set()] or list(waiting)
+        pool = [job for job in waiting if job.now.is_set()] or list(waiting)
         return min(
             pool,
             key=lambda job: (
@@ -73,8 +73,8 @@ def to_answer(running: Sequence[Any], compute_bound: bool) -> list[Any]:
     asking = [job for job in running if job.op is not None]
     if not compute_bound:
         return asking
-    waited_for = {connection_of(job) for job in asking if job.urgent.is_set()}
-    going = [job for job in asking if job.urgent.is_set() or not waited_for - {connection_of(job)}]
+    waited_for = {connection_of(job) for job in asking if job.now.is_set()}
+    going = [job for job in asking if job.now.is_set() or not waited_for - {connection_of(job)}]
     return _shared_by_address(going) if waited_for else going
 
 
@@ -107,10 +107,10 @@ def to_preempt(waiting: Sequence[Any], running: Sequence[Any], compute_bound: bo
     of the address holding the most rows, when a waited-for sentence waits from an address that
     holds none and that address holds more than one row: one address's many connections cannot
     keep another's listener waiting for a row to end."""
-    urgent = [job for job in waiting if job.urgent.is_set()]
+    urgent = [job for job in waiting if job.now.is_set()]
     if not urgent:
         return None
-    ahead = [job for job in running if not job.urgent.is_set() and _movable(job)]
+    ahead = [job for job in running if not job.now.is_set() and _movable(job)]
     if ahead:
         return max(ahead, key=lambda job: job.admitted)
     if not compute_bound:

@@ -40,7 +40,7 @@ class Job:
     error: BaseException | None = None  # to raise inside the program at its next advance
     failed: bool = False  # making its audio failed: nothing more goes to the listener
     # Set: a listener waits for this sentence now; clear: it is made ahead (see Scheduler._admit).
-    urgent: threading.Event = field(default_factory=lambda: _NOW)
+    now: threading.Event = field(default_factory=lambda: _NOW)
     client: object = None  # whose sentence: equals are served round-robin by client
     restart: Callable[[], Program] | None = None  # the program anew, exactly (see Scheduler._preempt)
     released: bool = False  # it has released audio (then it cannot start again unheard)
@@ -60,7 +60,7 @@ class SpeechRequest:
     seed: int
     in_pieces: bool = False  # release audio inside the sentence (see ``FastBark.speech``)
     cancel: threading.Event = field(default_factory=threading.Event)
-    urgent: threading.Event = _NOW  # set: a listener waits for it now; clear: made ahead
+    now: threading.Event = _NOW  # set: a listener waits for it now; clear: made ahead
     client: object = None  # whose sentence: equals are served round-robin by client
 
 
