@@ -7,7 +7,7 @@ FROM ${BASE_IMAGE}
 
 # PyPI's Linux build of torch is the CUDA one (it brings its CUDA libraries; the host needs only
 # the NVIDIA driver and Container Toolkit). The version is the one the test suite runs
-# (script/test, addon/build.yaml: one torch version everywhere).
+# (script/test, addon/Dockerfile: one torch version everywhere).
 ARG TORCH_VERSION=2.13.0
 # For mirrors and offline builds, pip's own settings pass through, e.g.
 #   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=http://HOST/wheels/

@@ -170,13 +170,14 @@ def supervisor_build(tag: str, arch: str, stand_in: str, pip_args: list[str], *m
         "io.hass.url": config["url"],
     }  # fmt: skip
     builder = ["buildx", "build"] if docker_has_buildx() else ["build"]
+    timeout = BUILD_TIMEOUT if arch == "amd64" else 3 * BUILD_TIMEOUT  # pip under qemu: many minutes
     old = subprocess.run(
         ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True, check=False
     ).stdout.strip()
     docker(*builder, ".", "--tag", tag, "--file", "Dockerfile", "--platform", platform,
            *[item for key, value in labels.items() for item in ("--label", f"{key}={value}")],
            "--build-arg", f"BUILD_VERSION={version}", "--build-arg", f"BUILD_ARCH={arch}",
-           *machine_args, "--network", "host", cwd=ROOT / "addon", timeout=BUILD_TIMEOUT)  # fmt: skip
+           *machine_args, "--network", "host", cwd=ROOT / "addon", timeout=timeout)  # fmt: skip
     if old and old != docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip():
         subprocess.run(["docker", "image", "rm", old], capture_output=True, check=False)
     return tag
@@ -198,12 +199,20 @@ def pip_from_wheelhouse(wheelhouse) -> Iterator[list[str]]:
         yield build_args
 
 
+# The port the wheelhouse is served on where it is free: the app's stand-in base holds the URL, so
+# a fixed one keeps that base, and the layers built on it (torch, under emulation: many minutes),
+# the same from run to run.
+PIP_PORT = 38471
+
+
 @contextmanager
 def served_to_pip(folder: Path) -> Iterator[list[str]]:
     """``folder`` served on loopback, and the build arguments that make pip install from it."""
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))
-    )
+    handler = functools.partial(Quiet, directory=str(folder))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", PIP_PORT), handler)
+    except OSError:  # in use: any port (the builds then start afresh)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
@@ -214,6 +223,7 @@ def served_to_pip(folder: Path) -> Iterator[list[str]]:
         ]
     finally:
         server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -504,7 +514,7 @@ def addon_image_arm64(arm64_bases, arm64_wheelhouse) -> str:
         )  # fmt: skip
 
 
-@pytest.mark.timeout(3000)  # building and starting under emulation: minutes
+@pytest.mark.timeout(5400)  # building (once; then cached) and starting under emulation: minutes
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 async def test_addon_on_aarch64_speaks_under_emulation(addon_image_arm64, tiny_model, tmp_path, precision):
     """The aarch64 add-on, emulated: the real run script with options.json, describe, one sentence,
