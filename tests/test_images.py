@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import helpers
 import pytest
 import yaml
 from helpers import (
@@ -67,13 +66,14 @@ def docker(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedPr
     return result
 
 
-def build(tag: str, *args: str) -> str:
-    """``docker build -t tag ...``; the image the tag named before is removed, so that runs do
-    not pile up untagged images (about 1.5 GB each)."""
+def build(tag: str, *args: str, builder: tuple[str, ...] = ("build",), timeout: float = BUILD_TIMEOUT,
+          cwd: Path | None = None) -> str:  # fmt: skip
+    """``docker build -t tag ...`` (``builder``: ``buildx build`` too); the image the tag named
+    before is removed, so that runs do not pile up untagged images (about 1.5 GB each)."""
     old = subprocess.run(
         ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True, check=False
     ).stdout.strip()
-    docker("build", "--network", "host", "-t", tag, *args, timeout=BUILD_TIMEOUT)
+    docker(*builder, "--network", "host", "-t", tag, *args, timeout=timeout, cwd=cwd)
     if old and old != docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip():
         subprocess.run(["docker", "image", "rm", old], capture_output=True, check=False)
     return tag
@@ -159,7 +159,7 @@ def supervisor_build(tag: str, arch: str, stand_in: str, pip_args: list[str], *m
     said where it is passed."""
     config = yaml.safe_load((ROOT / "addon/config.yaml").read_text())
     platform = {"amd64": "linux/amd64", "aarch64": "linux/arm64"}[arch]
-    base = helpers.dockerfile_args(ROOT / "addon/Dockerfile")["BUILD_FROM"].replace("${BUILD_ARCH}", arch)
+    base = dockerfile_args(ROOT / "addon/Dockerfile")["BUILD_FROM"].replace("${BUILD_ARCH}", arch)
     pip_env = " ".join(arg for arg in pip_args if arg != "--build-arg")
     docker("build", "--network", "host", "--platform", platform, "-t", base, "-",
            input=f"FROM {stand_in}\nENV {pip_env}\n", timeout=BUILD_TIMEOUT)  # fmt: skip
@@ -169,18 +169,14 @@ def supervisor_build(tag: str, arch: str, stand_in: str, pip_args: list[str], *m
         "io.hass.name": config["name"], "io.hass.description": config["description"].replace("'", ""),
         "io.hass.url": config["url"],
     }  # fmt: skip
-    builder = ["buildx", "build"] if docker_has_buildx() else ["build"]
+    builder = ("buildx", "build") if docker_has_buildx() else ("build",)
     timeout = BUILD_TIMEOUT if arch == "amd64" else 3 * BUILD_TIMEOUT  # pip under qemu: many minutes
-    old = subprocess.run(
-        ["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    docker(*builder, ".", "--tag", tag, "--file", "Dockerfile", "--platform", platform,
-           *[item for key, value in labels.items() for item in ("--label", f"{key}={value}")],
-           "--build-arg", f"BUILD_VERSION={version}", "--build-arg", f"BUILD_ARCH={arch}",
-           *machine_args, "--network", "host", cwd=ROOT / "addon", timeout=timeout)  # fmt: skip
-    if old and old != docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip():
-        subprocess.run(["docker", "image", "rm", old], capture_output=True, check=False)
-    return tag
+    return build(
+        tag, ".", "--file", "Dockerfile", "--platform", platform,
+        *[item for key, value in labels.items() for item in ("--label", f"{key}={value}")],
+        "--build-arg", f"BUILD_VERSION={version}", "--build-arg", f"BUILD_ARCH={arch}", *machine_args,
+        builder=builder, timeout=timeout, cwd=ROOT / "addon",
+    )  # fmt: skip
 
 
 def docker_has_buildx() -> bool:

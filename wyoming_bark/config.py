@@ -23,7 +23,6 @@ FILE_ONLY: dict[str, Any] = {
     "model_size": tuple(MODEL_SIZES),
     "use_cache": bool,
     "np_load_scale": (int, float),
-    "voice_seeds": dict,
     "language_voices": dict,
     "streaming": bool,
     "zeroconf": (str, bool),
