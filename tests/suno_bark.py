@@ -44,17 +44,26 @@ def import_suno(wheel: Path, folder: Path) -> types.ModuleType:
         for member in archive.namelist():
             if member.startswith("bark/") and member.endswith(".py"):
                 archive.extract(member, folder)
+    sys.path.insert(0, str(folder))
+    try:
+        with torchaudio_stand_in():
+            return importlib.import_module("bark.generation")
+    finally:
+        sys.path.remove(str(folder))
+
+
+@contextlib.contextmanager
+def torchaudio_stand_in():
+    """An empty ``torchaudio`` while ``encodec`` (which imports it for file I/O only) is imported."""
     import transformers  # noqa: F401 - before the stand-in, so it never sees a torchaudio
 
     stand_in = types.ModuleType("torchaudio")
     stand_in.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
     had = sys.modules.get("torchaudio")
     sys.modules["torchaudio"] = stand_in
-    sys.path.insert(0, str(folder))
     try:
-        return importlib.import_module("bark.generation")
+        yield
     finally:
-        sys.path.remove(str(folder))
         if had is None:
             del sys.modules["torchaudio"]
         else:
@@ -113,10 +122,12 @@ def load_into_suno(generation: types.ModuleType, bark, tokenizer_dir: Path, fold
 
 
 def suno_codec(hf_codec: nn.Module) -> nn.Module:
-    """An ``encodec`` package model (what Suno decodes with) holding transformers' EnCodec weights."""
-    from encodec import EncodecModel
-    from encodec.modules import SEANetDecoder, SEANetEncoder
-    from encodec.quantization import ResidualVectorQuantizer
+    """An ``encodec`` package model (what Suno decodes with, and voice-cloning tools encode with)
+    holding transformers' EnCodec weights."""
+    with torchaudio_stand_in():
+        from encodec import EncodecModel
+        from encodec.modules import SEANetDecoder, SEANetEncoder
+        from encodec.quantization import ResidualVectorQuantizer
 
     config = hf_codec.config
     shape = {
@@ -150,6 +161,7 @@ def suno_codec(hf_codec: nn.Module) -> nn.Module:
     model.set_target_bandwidth(6.0)  # as Suno's _load_codec_model: 8 codebooks
     with torch.no_grad():
         _copy_layers(hf_codec.decoder, model.decoder)
+        _copy_layers(hf_codec.encoder, model.encoder)
         for hf_layer, layer in zip(hf_codec.quantizer.layers, model.quantizer.vq.layers):
             layer._codebook.embed.copy_(hf_layer.codebook.embed)
             layer._codebook.inited.fill_(1)
@@ -157,7 +169,8 @@ def suno_codec(hf_codec: nn.Module) -> nn.Module:
 
 
 def _copy_layers(source: nn.Module, target: nn.Module) -> None:
-    """Copy convolution and LSTM weights between two decoders of the same architecture, in order."""
+    """Copy convolution and LSTM weights between two decoders (or encoders) of the same
+    architecture, in order."""
     kinds = (nn.Conv1d, nn.ConvTranspose1d, nn.LSTM)
     sources = [m for m in source.modules() if isinstance(m, kinds)]
     targets = [m for m in target.modules() if isinstance(m, kinds)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,14 @@ def _add(parser: argparse.ArgumentParser, one: Declared, file_values: dict[str, 
     )
 
 
-def build_parser(file_values: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+SERVER = "Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>."
+
+
+def build_parser(
+    file_values: dict[str, Any] | None = None, prog: str = "wyoming-bark", description: str = SERVER
+) -> argparse.ArgumentParser:
     """The command line; ``file_values`` (from --config) replace the built-in defaults only."""
-    parser = argparse.ArgumentParser(
-        prog="wyoming-bark",
-        description="Wyoming text-to-speech server for Bark. Every flag can also be set as BARK_<FLAG>.",
-        formatter_class=_HelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_HelpFormatter)
     parser.add_argument(
         "--config", metavar="FILE", default=_env("config"), help="JSON configuration file (env BARK_CONFIG)"
     )
@@ -120,9 +122,15 @@ def build_parser(file_values: dict[str, Any] | None = None) -> argparse.Argument
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags over environment over --config file over defaults."""
-    early = argparse.ArgumentParser(prog="wyoming-bark", add_help=False)
+def parse_args(
+    argv: list[str] | None = None,
+    prog: str = "wyoming-bark",
+    description: str = SERVER,
+    extend: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """Flags over environment over --config file over defaults; ``extend`` adds a command's own
+    arguments (``wyoming-bark-clone``) to the server's."""
+    early = argparse.ArgumentParser(prog=prog, add_help=False)
     early.add_argument("--config", default=_env("config"))
     config_path = early.parse_known_args(argv)[0].config
     file_values: dict[str, Any] = {}
@@ -130,7 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         if config_path:
             file_values, warnings = load_config(Path(config_path).expanduser(), flag_keys())
-        parser = build_parser(file_values)
+        parser = build_parser(file_values, prog, description)
+        if extend is not None:
+            extend(parser)
     except ConfigError as err:
         early.error(str(err))
     args = parser.parse_args(argv)

@@ -33,6 +33,7 @@ from .loader import LoadedBark, ModelLoader
 from .pcm import SAMPLE_RATE, SAMPLE_WIDTH, chunked, to_pcm
 from .prepare import prepare
 from .prompts import Prompt, VoiceGone
+from .recorded_voices import RecordedVoices
 from .sentences import Turn
 from .settings import EngineSettings
 from .synthesis import Sentence
@@ -48,10 +49,10 @@ STUCK_PREPARATION_S = 30.0
 GENERATION_RULES = "suno-0.1.5"
 
 
-def voice_library(settings: EngineSettings) -> VoiceLibrary:
+def voice_library(settings: EngineSettings, recorded: RecordedVoices | None = None) -> VoiceLibrary:
     """Voices with their per-language defaults: the default voice for its language(s), then
     ``language_voices``; raises ``UnknownVoice`` for a name that does not exist (a seed's too)."""
-    library = VoiceLibrary(settings.voices_dir)
+    library = VoiceLibrary(settings.voices_dir, recorded)
     voice = library.resolve(settings.voice)
     defaults = {language: voice.name for language in voice.languages}
     for language, name in {**defaults, **settings.language_voices}.items():
@@ -71,7 +72,15 @@ class BarkEngine(TtsEngine):
         """``loaded``: an already loaded model (the benchmark's in-memory one) instead of loading."""
         self.settings = settings
         self.generation = settings.generation
-        self.voices = voice_library(settings)
+        model = settings.model
+        # Voices from recordings: those made before are listed now, new ones once made.
+        self.recorded = RecordedVoices(settings.voices_dir, model.data_dir, model.model, settings.clone)
+        self.recorded.start()
+        try:
+            self.voices = voice_library(settings, self.recorded)
+        except BaseException:
+            self.recorded.close()
+            raise
         self.default_voice = self.voices.resolve(settings.voice)
         mb = settings.cache_size_mb if settings.cache else 0
         self.cache = AudioCache(settings.model.data_dir / "cache", int(mb * 2**20)) if mb else None
@@ -218,6 +227,7 @@ class BarkEngine(TtsEngine):
             self._scheduler.join(timeout=10)  # torch must not be mid-kernel when the process exits
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.voice_reader.close()
+        self.recorded.close()
         self.loader.close()
 
     def _cache_key(self, sentence: str, voice: Voice) -> str:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ModelLoadError
@@ -46,30 +47,87 @@ def model_directory(model: str, data_dir: Path) -> Path:
             )
         return path
 
-    import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
-
     cache_dir = data_dir / "models"
+    return downloaded(
+        "Model",
+        model,
+        cache_dir,
+        lambda: _snapshot(model, cache_dir),
+        missing=f"Model '{model}' was not found on the Hugging Face hub. Use suno/bark-small or suno/bark.",
+        copy_hint="copy the model's files to a folder and pass --model with that folder",
+    )
+
+
+def downloaded(
+    what: str, name: str, cache_dir: Path, fetch: Callable[[], Path], missing: str, copy_hint: str
+) -> Path:
+    """``fetch()`` (a download of ``what`` from hub repo ``name`` into ``cache_dir``, or a cache hit), with
+    progress lines; a repo that does not exist raises ``ModelLoadError(missing)``, one not cached
+    while the hub is out of reach (or ``HF_HUB_OFFLINE``) says why and ends with ``copy_hint``."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo = name.split("/", 2)
     try:
-        _LOGGER.info("Fetching %s into %s (first run downloads it)", model, cache_dir)
-        with progress_lines(model, _cached_repo(model, cache_dir)):
-            path = _snapshot(model, cache_dir)
-    except RepositoryNotFoundError as err:
-        raise ModelLoadError(
-            f"Model '{model}' was not found on the Hugging Face hub. Use suno/bark-small or suno/bark."
-        ) from err
-    except (LocalEntryNotFoundError, OSError) as err:
-        why = (
-            "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it for the first run"
-            if huggingface_hub.is_offline_mode()  # read as huggingface_hub reads it
-            else "the Hugging Face hub cannot be reached: connect this machine to the internet for "
-            "the first run"
-        )
-        raise ModelLoadError(
-            f"Model '{model}' is not in the cache ({cache_dir}) and {why}, or copy the model's "
-            "files to a folder and pass --model with that folder."
-        ) from err
-    return path
+        _LOGGER.info("Fetching %s into %s (first run downloads it)", name, cache_dir)
+        with progress_lines(name, _cached_repo("/".join(repo[:2]), cache_dir)):
+            return fetch()
+    except LocalEntryNotFoundError as err:  # (an EntryNotFoundError too: first)
+        raise ModelLoadError(_not_cached(what, name, cache_dir, copy_hint)) from err
+    except (RepositoryNotFoundError, EntryNotFoundError) as err:
+        raise ModelLoadError(missing) from err
+    except OSError as err:
+        raise ModelLoadError(_not_cached(what, name, cache_dir, copy_hint)) from err
+
+
+def _not_cached(what: str, name: str, cache_dir: Path, copy_hint: str) -> str:
+    import huggingface_hub
+
+    why = (
+        "HF_HUB_OFFLINE is set, so nothing is downloaded: unset it for the first run"
+        if huggingface_hub.is_offline_mode()  # read as huggingface_hub reads it
+        else "the Hugging Face hub cannot be reached: connect this machine to the internet for the first run"
+    )
+    return f"{what} '{name}' is not in the cache ({cache_dir}) and {why}, or {copy_hint}."
+
+
+def checkpoint_folder(spec: str, data_dir: Path, what: str, flag: str) -> Path:
+    """A transformers checkpoint (``config.json`` and weights): folder ``spec``, or the snapshot
+    of hub repo ``spec`` (owner/name) downloaded into ``DATA_DIR/models`` like Bark's."""
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{what} folder {path} does not exist or has no config.json (--{flag})")
+        return path
+    cache_dir = data_dir / "models"
+    return downloaded(
+        what,
+        spec,
+        cache_dir,
+        lambda: _snapshot(spec, cache_dir, ["*.json"]),
+        missing=f"{what} '{spec}' was not found on the Hugging Face hub (--{flag})",
+        copy_hint=f"copy its files to a folder and pass --{flag} with that folder",
+    )
+
+
+def checkpoint_file(spec: str, data_dir: Path, what: str, flag: str) -> Path:
+    """One file: ``spec`` itself, or ``owner/name/FILE`` from the hub (cached like Bark's)."""
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") < 2:
+        if not path.is_file():
+            raise ModelLoadError(f"{what} file {path} does not exist (--{flag}: a file, or OWNER/REPO/FILE)")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    owner, repo, filename = spec.split("/", 2)
+    cache_dir = data_dir / "models"
+    return downloaded(
+        what,
+        spec,
+        cache_dir,
+        lambda: Path(hf_hub_download(f"{owner}/{repo}", filename, cache_dir=cache_dir)),
+        missing=f"{what} '{spec}' was not found on the Hugging Face hub (--{flag})",
+        copy_hint=f"copy the file here and pass --{flag} with its path",
+    )
 
 
 def _cached_repo(model: str, cache_dir: Path) -> Path:
@@ -77,14 +135,13 @@ def _cached_repo(model: str, cache_dir: Path) -> Path:
     return cache_dir / ("models--" + model.replace("/", "--"))
 
 
-def _snapshot(model: str, cache_dir: Path) -> Path:
+def _snapshot(model: str, cache_dir: Path, patterns: list[str] = _HUB_PATTERNS) -> Path:
+    """The repo's ``patterns`` and its safetensors weights (else its ``pytorch_model.bin``)."""
     from huggingface_hub import snapshot_download
 
-    path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + _SAFETENSORS))
+    path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=patterns + _SAFETENSORS))
     if not any(path.glob("*.safetensors")):
-        path = Path(
-            snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS + [_PYTORCH_BIN])
-        )
+        path = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=patterns + [_PYTORCH_BIN]))
     return path
 
 

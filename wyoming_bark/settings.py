@@ -24,6 +24,10 @@ PRECISIONS = ("auto", "fp32", "int8")  # auto: int8 on a CPU, float16 on CUDA
 ON_OFF_AUTO = ("auto", "on", "off")
 DEFAULT_VOICE = "v2/en_speaker_6"
 MAX_SEED = 2**63 - 1  # a seed must fit the sampler's 64-bit integers
+# The community's recipe for a voice from a recording (cloning.py): HuBERT base and the English
+# quantizer (version 0) of the bark-voice-cloning project.
+DEFAULT_HUBERT = "facebook/hubert-base-ls960"
+DEFAULT_QUANTIZER = "GitMylo/bark-voice-cloning/quantifier_hubert_base_ls960_14.pth"
 
 
 def _default_data_dir() -> str:
@@ -71,6 +75,19 @@ class ModelSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CloneSettings:
+    """The models that make a voice from a recording (``cloning.py``), loaded only to make one."""
+
+    hubert: str = setting(
+        DEFAULT_HUBERT, "HuBERT for voices made from recordings: a hub id or a folder (its layer 9 is used)"
+    )
+    quantizer: str = setting(
+        DEFAULT_QUANTIZER,
+        "HuBERT quantizer for voices made from recordings: OWNER/REPO/FILE on the hub, or a file",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerationSettings:
     """What shapes a sentence's audio besides its text and voice."""
 
@@ -102,6 +119,7 @@ class EngineSettings:
 
     model: ModelSettings = nested(ModelSettings, required=True)
     generation: GenerationSettings = nested(GenerationSettings)
+    clone: CloneSettings = nested(CloneSettings)
     voice: str = setting(DEFAULT_VOICE, "Voice used when a request names none; also its language's default")
     language_voices: dict[str, str] = setting(
         {},
@@ -111,7 +129,9 @@ class EngineSettings:
         start="",
     )
     voices_dir: Path | None = setting(
-        None, "Folder of custom NAME.npz voices (default: DATA_DIR/voices)", parse=folder
+        None,
+        "Folder of custom voices: NAME.npz prompts and NAME.wav recordings (default: DATA_DIR/voices)",
+        parse=folder,
     )  # None: none (Settings.from_args makes it DATA_DIR/voices)
     samples_per_chunk: int = setting(
         1024, "Audio samples per audio-chunk event", kind="int", low=1, high=240_000

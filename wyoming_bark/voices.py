@@ -17,6 +17,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from .errors import UnknownVoice, VoiceError, quoted
 from .prompts import EMBEDDINGS_INDEX, MAX_VOICE_FILE_BYTES, Prompt, VoiceGone, load_builtin, load_npz
@@ -53,6 +54,12 @@ MAX_CUSTOM_VOICES = 500  # listed in describe at most (Home Assistant shows them
 MAX_VOICE_NAME = 100
 RESCAN_S = 1.0  # the voices folder is re-read at most this often, and only when it changed
 _BAD_NAME_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]|^-|^\.{1,2}$")
+
+
+class Recorded(Protocol):
+    """Voices made from recordings (``recorded_voices.RecordedVoices``)."""
+
+    def voices(self) -> list[Voice]: ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,20 @@ def voice_name(stem: str) -> str:
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
+def custom_name(stem: str) -> tuple[str, tuple[str, ...]] | str:
+    """The voice name and languages of a custom voice file's stem (``NAME`` or ``NAME.LANG``), or
+    why it cannot be one."""
+    # A history prompt carries no language: Bark speaks any of them with it, unless the file
+    # name says which one (NAME.LANG.npz).
+    match = _CUSTOM_LANGUAGE_RE.match(stem)
+    name, languages = (match["name"], (match["lang"],)) if match else (stem, tuple(LANGUAGES))
+    if not _is_utf8(name):
+        return "its name is not valid UTF-8"
+    name = voice_name(name)
+    why = bad_name(name)
+    return why if why is not None else (name, languages)
+
+
 def bad_name(name: str) -> str | None:
     """Why ``name`` cannot be a voice name, or None."""
     if not 1 <= len(name) <= MAX_VOICE_NAME or not name.strip():
@@ -113,11 +134,12 @@ class VoiceLibrary:
     ``defaults`` maps each language code to its default voice (``set_default`` changes one).
     """
 
-    def __init__(self, voices_dir: Path | None = None) -> None:
+    def __init__(self, voices_dir: Path | None = None, recorded: Recorded | None = None) -> None:
         self.voices_dir = voices_dir
+        self.recorded = recorded  # voices made from recordings (recorded_voices.py)
         self._builtin = {voice.name: voice for voice in builtin_voices()}
         self._cache: dict[tuple[str, int, int], Prompt] = {}  # (source, size, mtime) -> prompt
-        self._warned: set[str] = set()  # files already reported as skipped
+        self._warned: set[object] = set()  # files (and recorded voices) already reported as skipped
         self.defaults = builtin_defaults()
         self._scan_lock = threading.Lock()
         self._scanned: tuple[int | None, float, list[Voice]] = (None, -RESCAN_S, [])  # mtime, when, voices
@@ -153,11 +175,26 @@ class VoiceLibrary:
                     time.monotonic(),
                     voices,
                 )
-            return voices
+        return self._with_recorded(voices)
 
     def known_custom_voices(self) -> list[Voice]:
         """The custom voices as last read (no disk access)."""
-        return self._scanned[2]
+        return self._with_recorded(self._scanned[2])
+
+    def _with_recorded(self, voices: list[Voice]) -> list[Voice]:
+        """``voices`` (the ``.npz`` ones, which win) and those made from recordings."""
+        if self.recorded is None:
+            return voices
+        taken, added = {voice.name for voice in voices}, []
+        for voice in self.recorded.voices():
+            if self._builtin_named(voice.name) is not None or voice.name in taken:
+                if ("recorded", voice.name) not in self._warned:
+                    self._warned.add(("recorded", voice.name))
+                    _LOGGER.warning("The voice made from a recording of %s is not listed: voice %s "
+                                    "already exists (its .npz or a built-in voice wins)", voice.name, voice.name)  # fmt: skip
+            elif len(voices) + len(added) < MAX_CUSTOM_VOICES:
+                added.append(voice)
+        return voices + added if added else voices
 
     def _scan(self) -> list[Voice]:
         voices: dict[str, Voice] = {}
@@ -167,19 +204,14 @@ class VoiceLibrary:
             self._skip(self.voices_dir, f"the folder cannot be read ({err.strerror or err})")
             return []
         for path in (self.voices_dir / file_name for file_name in names):
-            # A history prompt carries no language: Bark speaks any of them with it, unless the
-            # file name says which one (NAME.LANG.npz).
-            match = _CUSTOM_LANGUAGE_RE.match(path.stem)
-            name, languages = (match["name"], (match["lang"],)) if match else (path.stem, tuple(LANGUAGES))
-            if not _is_utf8(name):
-                self._skip(path, "its name is not valid UTF-8")
-                continue
-            name = voice_name(name)
+            parsed = custom_name(path.stem)
             # Only what can load is listed: a regular file (a link could point anywhere), in bounds.
-            why = bad_name(name) or _unlistable(path)
+            why = parsed if isinstance(parsed, str) else _unlistable(path)
             if why is not None:
                 self._skip(path, why)
-            elif self._builtin_named(name) is not None or name in voices:
+                continue
+            name, languages = parsed
+            if self._builtin_named(name) is not None or name in voices:
                 self._skip(path, f"voice {name} already exists (built-in names win)")
             elif len(voices) == MAX_CUSTOM_VOICES:
                 self._skip(self.voices_dir, f"only the first {MAX_CUSTOM_VOICES} custom voices are listed")
