@@ -14,7 +14,17 @@ import numpy as np
 import pytest
 from helpers import SEED, SEMANTIC_TOKENS, Server, start_server, stop_servers, torch_version
 from platformdirs import user_cache_path
-from tiny_bark import build_tiny_bark, suno_wheel_prompts
+from tiny_bark import build_tiny_bark, place_in_hub_cache, suno_wheel_prompts
+from tiny_clone import (
+    HUBERT_REPO,
+    QUANTIZER_REPO,
+    QUANTIZER_V0,
+    QUANTIZER_V1,
+    build_tiny_hubert,
+    place_file_in_hub_cache,
+    speech_samples,
+    write_quantizer,
+)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -147,3 +157,26 @@ def wheelhouse(tmp_path_factory, dist) -> Path:
         check=True,
     )  # fmt: skip
     return folder
+
+
+@pytest.fixture(scope="session")
+def clone_data(tmp_path_factory) -> Path:
+    """A data dir whose hub cache holds a tiny HuBERT and both published quantizer files, as
+    the first run downloads them; plus local quantizer files of the other two kinds."""
+    data = tmp_path_factory.mktemp("clone-data")
+    work = tmp_path_factory.mktemp("clone-models")
+    place_in_hub_cache(build_tiny_hubert(work / "hubert"), data / "models", HUBERT_REPO)
+    place_file_in_hub_cache(
+        write_quantizer(work / QUANTIZER_V0, 0, info=False), data / "models", QUANTIZER_REPO
+    )
+    place_file_in_hub_cache(
+        write_quantizer(work / QUANTIZER_V1, 1, info=True), data / "models", QUANTIZER_REPO
+    )
+    write_quantizer(data / "v0-with-info.pth", 0, info=True, seed=1)
+    write_quantizer(data / "v1-without-info.pth", 1, info=False, seed=2)
+    return data
+
+
+@pytest.fixture(scope="session")
+def speech() -> tuple[np.ndarray, int]:
+    return speech_samples()

@@ -18,18 +18,12 @@ import pytest
 import soundfile
 import soxr
 import torch
-from helpers import SEMANTIC_TOKENS, TIMEOUT, AudioResult, describe, eventually
+from helpers import SEMANTIC_TOKENS, TIMEOUT, AudioResult, describe, eventually, status
 from suno_bark import suno_codec
-from tiny_bark import place_in_hub_cache
 from tiny_clone import (
-    HUBERT_REPO,
     QUANTIZER_REPO,
     QUANTIZER_V0,
     QUANTIZER_V1,
-    build_tiny_hubert,
-    place_file_in_hub_cache,
-    speech_samples,
-    write_quantizer,
 )
 
 from wyoming_bark import recorded_voices
@@ -44,29 +38,6 @@ pytestmark = pytest.mark.skipif(
     and subprocess.run(["which", "espeak-ng"], capture_output=True, check=False).returncode,
     reason="needs espeak-ng (Debian's espeak-ng; .ci/run installs it)",
 )
-
-
-@pytest.fixture(scope="module")
-def clone_data(tmp_path_factory) -> Path:
-    """A data dir whose hub cache holds a tiny HuBERT and both published quantizer files, as
-    the first run downloads them; plus local quantizer files of the other two kinds."""
-    data = tmp_path_factory.mktemp("clone-data")
-    work = tmp_path_factory.mktemp("clone-models")
-    place_in_hub_cache(build_tiny_hubert(work / "hubert"), data / "models", HUBERT_REPO)
-    place_file_in_hub_cache(
-        write_quantizer(work / QUANTIZER_V0, 0, info=False), data / "models", QUANTIZER_REPO
-    )
-    place_file_in_hub_cache(
-        write_quantizer(work / QUANTIZER_V1, 1, info=True), data / "models", QUANTIZER_REPO
-    )
-    write_quantizer(data / "v0-with-info.pth", 0, info=True, seed=1)
-    write_quantizer(data / "v1-without-info.pth", 1, info=False, seed=2)
-    return data
-
-
-@pytest.fixture(scope="module")
-def speech() -> tuple[np.ndarray, int]:
-    return speech_samples()
 
 
 def _wav(path: Path, samples: np.ndarray, rate: int, to: int | None = None, **kwargs) -> Path:
@@ -334,6 +305,7 @@ def test_drop_in_through_a_running_server(server_factory, clone_data, speech, ti
         log = server.log_text()
         assert "Unknown voice" not in log and "Made voice 'oma'" in log
         assert len([line for line in log.splitlines() if "bad.wav" in line]) == 1
+        assert (await status(server.uri))["recordings"] == {"made": 1, "failed": 1, "waiting": 0}
         first = {path.name for path in made.glob("*.npz")}
         assert len(first) == 1
 

@@ -71,6 +71,21 @@ async def test_wheel_serves_audio_from_a_clean_venv(wheel_venv, tiny_model, tmp_
         stop_server(server)
 
 
+def test_wheel_makes_a_voice_from_a_recording(wheel_venv, tiny_model, clone_data, speech, tmp_path):
+    """The clone command, its script and its audio libraries (soundfile, soxr) come with the wheel."""
+    import soundfile
+
+    soundfile.write(tmp_path / "oma.mp3", *speech)
+    clone = Path(wheel_venv).parent / "wyoming-bark-clone"
+    done = subprocess.run(
+        [str(clone), str(tmp_path / "oma.mp3"), "--model", str(tiny_model), "--data-dir", str(clone_data),
+         "--voices-dir", str(tmp_path / "voices")],
+        capture_output=True, text=True, check=False, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "voices/oma.npz").is_file() and "Wrote" in done.stdout
+
+
 def _package(wheel: Path) -> dict[str, bytes]:
     """What a wheel installs that matters at run time: modules, dependencies, entry points."""
     with zipfile.ZipFile(wheel) as archive:

@@ -191,6 +191,25 @@ def test_translations_changelog(config):
     assert "/share/bark/voices" in docs and "GPU" in docs and "GB" in docs
 
 
+def test_voices_from_recordings_documented_for_the_app(config):
+    """Recordings go where the app reads voices, the DOCS walk through it, and both texts ask for
+    the speaker's consent; the models it downloads stay out of backups."""
+    docs, readme = (
+        (ADDON / "DOCS.md").read_text(encoding="utf-8"),
+        (ROOT / "README.md").read_text(encoding="utf-8"),
+    )
+    for text in (docs, readme):
+        assert "agreed" in text and ("NAME.wav" in text or "oma.wav" in text)
+    steps = docs[docs.index("### Your own voice from a recording") :]
+    for step in ("Record about 10 seconds", "addon_configs/<id>_bark/voices/", "Wait for the log line",
+                 "Made voice", "Choose the voice"):  # fmt: skip
+        assert step in steps, step
+    run = (S6 / "bark/run").read_text()
+    assert "voices=/config/voices" in run and '--voices-dir="${voices}"' in run
+    assert {"type": "addon_config", "read_only": True} in config["map"]  # read only: made voices go to /data
+    assert "models/**" in config["backup_exclude"]  # HuBERT and the quantizer are downloaded there
+
+
 def test_s6_services():
     assert (S6 / "bark/type").read_text().strip() == "longrun"
     assert (S6 / "discovery/type").read_text().strip() == "oneshot"

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import tensors
 from .errors import ModelLoadError
 from .hub import checkpoint_file, checkpoint_folder, model_directory
 from .prompts import N_COARSE, N_FINE, Prompt, validate_prompt
@@ -138,7 +139,7 @@ def load_codec(model: str, data_dir: Path) -> nn.Module:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))["codec_config"]
         codec = EncodecModel(EncodecConfig(**config))
-        state = _codec_weights(folder)
+        state = tensors(folder, "codec_model.")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"Cannot read Bark's codec from {folder}: {err}") from err
     codec.decoder = None  # not needed to encode
@@ -148,29 +149,6 @@ def load_codec(model: str, data_dir: Path) -> nn.Module:
         raise ModelLoadError(f"Bark's codec in {folder} lacks {len(missing)} weights, e.g. {min(missing)}")
     codec.load_state_dict({key: state[key] for key in wanted}, strict=False)
     return codec.eval()
-
-
-def _codec_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The ``codec_model.*`` tensors of a Bark checkpoint, without the prefix, in today's names."""
-    prefix, state = "codec_model.", {}
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        from safetensors import safe_open
-
-        for file in files:
-            with safe_open(str(file), "pt") as weights:
-                for key in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    if key.startswith(prefix):
-                        state[key] = weights.get_tensor(key)
-    else:
-        every = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
-        state = {key: value for key, value in every.items() if key.startswith(prefix)}
-    renamed = {}
-    for key, value in state.items():  # weight norm as older transformers saved it
-        key = key.removeprefix(prefix)
-        key = key.replace(".weight_g", ".parametrizations.weight.original0")
-        renamed[key.replace(".weight_v", ".parametrizations.weight.original1")] = value
-    return renamed
 
 
 class VoiceMaker:

@@ -181,6 +181,7 @@ class BarkEngine(TtsEngine):
             "default_voice": self.default_voice.name,
             "sentences_pending": self._pending(),  # being prepared, waiting for a row or being made
             "voice_reads_stuck": self.voice_reader.stuck(),
+            "recordings": self.recorded.status(),  # voices from recordings: made, failed, waiting
             "lookahead": self.lookahead,
             "batch": self._batch_status(),
             "sentences": self.sentences,

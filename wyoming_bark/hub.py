@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .settings import DEFAULT_HUBERT, DEFAULT_QUANTIZER
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -182,7 +183,12 @@ def progress_lines(model: str, repo_dir: Path, every: float = PROGRESS_EVERY_S):
             enable_progress_bars()
 
 
-DOWNLOAD_SIZES = {"suno/bark-small": "about 1.7 GB", "suno/bark": "about 5 GB"}
+DOWNLOAD_SIZES = {
+    "suno/bark-small": "about 1.7 GB",
+    "suno/bark": "about 5 GB",
+    DEFAULT_HUBERT: "about 380 MB",
+    DEFAULT_QUANTIZER: "about 100 MB",
+}
 
 
 def pending_download(model: str, data_dir: Path) -> str | None:

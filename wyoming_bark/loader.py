@@ -20,6 +20,7 @@ from .errors import ModelLoadError
 from .fast import FastBark
 from .fast.transformers_core import TransformersCore
 from .hub import model_directory
+from .int8_cache import Int8Cache
 from .self_check import prepare
 from .settings import ModelSettings
 
@@ -92,7 +93,7 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     threads = 0
     if device.type == "cpu":  # threads started from now on (the decode thread) use this many
         threads = precisions.use_threads(settings.threads)
-        precisions.check_onednn()
+        precisions.check_onednn(data_dir)
     model_dir = model_directory(model, data_dir)
     dtype = precisions.dtype(resolved)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
@@ -104,9 +105,12 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
                 .eval()
             )
 
+        engine = precisions.int8_engine(data_dir) if resolved == "int8" else None
+        kept = Int8Cache(data_dir, model_dir, engine) if engine else None
         try:
             processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
-            bark = weights()
+            from_cache = kept.load() if kept is not None else None
+            bark = from_cache[0] if from_cache else weights()
         except torch.cuda.OutOfMemoryError as err:
             raise ModelLoadError(
                 f"Not enough GPU memory to load {model} on {device}. "
@@ -116,10 +120,16 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
             raise ModelLoadError(f"Cannot load a Bark model from {model_dir}: {err}") from err
         if not hasattr(bark.generation_config, "semantic_config"):
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
-        if resolved == "int8":
-            resolved = _int8(bark)
+        if from_cache:
+            torch.backends.quantized.engine = engine
+            _LOGGER.info("int8 weights loaded from %s (%s kernels; top-1 agreement with float32 when "
+                         "they were made: %s)", kept.folder, engine, _agreement(from_cache[1]))  # fmt: skip
+        elif resolved == "int8":
+            resolved, agreement = _int8(bark, engine)
             if resolved == "fp32":  # some GPTs may be int8 already: all float32, from the files
                 bark = weights()
+            elif kept is not None:
+                kept.save(bark, agreement)
         loaded = LoadedBark(
             bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved, threads=threads
         )
@@ -137,33 +147,36 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     return loaded
 
 
-def _int8(bark) -> str:
-    """Quantize the GPTs, each gated against float32 on this machine's own kernels: ``int8``, or
-    ``fp32`` (with a log line) where int8 raises or gives other numbers."""
+def _int8(bark, engine: str | None) -> tuple[str, dict[str, float]]:
+    """Quantize the GPTs with ``engine``'s kernels, each gated against float32 on this machine:
+    ``int8`` and the agreement, or ``fp32`` (with a log line) where int8 raises or gives other
+    numbers."""
     started = time.monotonic()
-    engine = precisions.int8_engine()
     if engine is None:
         _LOGGER.warning("No int8 kernels run on this machine; running in float32")
-        return "fp32"
+        return "fp32", {}
     torch.backends.quantized.engine = engine
     try:
         agreement, problems = precisions.quantize(bark)
     except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
         _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
-        return "fp32"
+        return "fp32", {}
     if problems:
         _LOGGER.warning(
             "int8 weights disagree with float32 on this machine (%s); running in float32", "; ".join(problems)
         )
-        return "fp32"
-    numbers = ", ".join(f"{name.removesuffix('_acoustics')} {share:.0%}" for name, share in agreement.items())
+        return "fp32", {}
     _LOGGER.info(
         "int8 quality gate passed in %.1f s (%s kernels; top-1 agreement with float32: %s)",
         time.monotonic() - started,
         engine,
-        numbers,
+        _agreement(agreement),
     )
-    return "int8"
+    return "int8", agreement
+
+
+def _agreement(agreement: dict[str, float]) -> str:
+    return ", ".join(f"{name.removesuffix('_acoustics')} {share:.0%}" for name, share in agreement.items())
 
 
 def _fast_core(bark, max_batch: int, model: str) -> FastBark:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -127,12 +129,58 @@ def _off_the_beaten_path() -> bool:
     return platform.machine().lower() not in ("x86_64", "amd64")
 
 
-def check_onednn() -> None:
-    """Off x86-64, run EnCodec's decoder once in a child process; if oneDNN's kernels kill it,
-    turn oneDNN off (PyTorch's own kernels: slower, but they run) and say so."""
+PROBES_FILE = "kernel-probes.json"  # under the data dir: the verdicts, by machine fingerprint
+
+
+def _machine() -> dict[str, str]:
+    """What decides whether a kernel runs: the CPU (model and instruction set), torch, us."""
+    from . import __version__
+
+    cpu = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "flags", "Features", "CPU implementer", "CPU part"):
+                cpu.setdefault(key.strip(), value.strip())
+    return {"torch": torch.__version__, "machine": platform.machine(), "wyoming_bark": __version__, **cpu}
+
+
+class ProbeVerdicts:
+    """Kernel probes' verdicts kept in ``DATA_DIR/kernel-probes.json`` for this machine, so a
+    second start does not start child processes again (minutes under emulation)."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.path = data_dir / PROBES_FILE if data_dir is not None else None
+        self.machine = _machine()
+        self.verdicts: dict[str, str] = {}
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+            if stored.get("machine") == self.machine and isinstance(stored.get("verdicts"), dict):
+                self.verdicts = {str(k): str(v) for k, v in stored["verdicts"].items()}
+
+    def probe(self, code: str, *args: str) -> str:
+        """``_probe(code, *args)``, or its verdict from an earlier start on this machine."""
+        key = hashlib.sha256("\0".join((code, *args)).encode()).hexdigest()[:16]
+        if key not in self.verdicts:
+            self.verdicts[key] = _probe(code, *args)
+            if self.path is not None:
+                with contextlib.suppress(OSError):
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    part = self.path.with_suffix(".part")
+                    part.write_text(
+                        json.dumps({"machine": self.machine, "verdicts": self.verdicts}), encoding="utf-8"
+                    )
+                    os.replace(part, self.path)
+        return self.verdicts[key]
+
+
+def check_onednn(data_dir: Path | None = None) -> None:
+    """Off x86-64, run EnCodec's decoder once in a child process (its verdict kept in
+    ``data_dir``); if oneDNN's kernels kill it, turn oneDNN off (PyTorch's own kernels: slower,
+    but they run) and say so."""
     if not _off_the_beaten_path() or not torch.backends.mkldnn.is_available():
         return
-    why = _probe(_ONEDNN_PROBE)
+    why = ProbeVerdicts(data_dir).probe(_ONEDNN_PROBE)
     if why:
         torch.backends.mkldnn.enabled = False
         _LOGGER.warning("oneDNN's kernels do not run on this machine (%s); using PyTorch's own", why)
@@ -153,18 +201,19 @@ def _probe(code: str, *args: str) -> str:
     return "" if done.returncode == 0 else _exit_reason(done.returncode, done.stderr)
 
 
-def int8_engine() -> str | None:
+def int8_engine(data_dir: Path | None = None) -> str | None:
     """The quantized engine to use: this build's default where int8 is well trodden (x86-64);
-    elsewhere (aarch64: oneDNN, then QNNPACK) the first whose int8 kernels run in a child process.
-    None: no engine works here."""
+    elsewhere (aarch64: oneDNN, then QNNPACK) the first whose int8 kernels run in a child process
+    (the verdicts kept in ``data_dir``). None: no engine works here."""
     default = torch.backends.quantized.engine
     if not _off_the_beaten_path():
         return default
     supported = torch.backends.quantized.supported_engines
+    verdicts = ProbeVerdicts(data_dir)
     for engine in dict.fromkeys([default, "onednn", "qnnpack"]):
         if engine not in supported or engine == "none":
             continue
-        why = _probe(_ENGINE_PROBE, engine)
+        why = verdicts.probe(_ENGINE_PROBE, engine)
         if not why:
             return engine
         _LOGGER.warning("The %s int8 kernels do not run on this machine (%s); trying the next", engine, why)

@@ -89,6 +89,13 @@ class RecordedVoices:
         """The voices made so far (no disk access)."""
         return self._ready
 
+    def status(self) -> dict[str, int]:
+        """Recordings in the folder by state (for status)."""
+        entries = list(self._seen.values())
+        failed = sum(entry.key is None and entry.failed is not None for entry in entries)
+        made = sum(entry.key is not None for entry in entries)
+        return {"made": made, "failed": failed, "waiting": len(entries) - made - failed}
+
     def start(self) -> None:
         """List what was made before (no making: quick), then watch on a thread of its own."""
         if self.voices_dir is None:
@@ -113,7 +120,12 @@ class RecordedVoices:
         now, wall = time.monotonic(), time.time()
         seen: dict[str, _Seen] = {}
         for file_name in self._recording_names():
-            listed = listable(self.voices_dir / file_name, MAX_RECORDING_BYTES)
+            named = custom_name(_stem(file_name))
+            listed = (
+                named
+                if isinstance(named, str)
+                else listable(self.voices_dir / file_name, MAX_RECORDING_BYTES)
+            )
             if isinstance(listed, str):
                 self._warn(file_name, listed)
                 continue
@@ -176,6 +188,8 @@ class RecordedVoices:
             self.made_dir.mkdir(parents=True, exist_ok=True)
             report = self.maker.make(data, file_name, made, begun)
         except (MakeFailed, OSError) as err:
+            if self._stop.is_set():  # stopped while making: not the file's fault
+                return
             entry.failed = str(err)
             entry.retry_at = time.monotonic() + getattr(err, "retry_s", math.inf)
             again = "when the file changes" if entry.retry_at == math.inf else "in a few minutes"
@@ -200,11 +214,7 @@ class RecordedVoices:
         for file_name, entry in self._seen.items():
             if entry.key is None:
                 continue
-            parsed = custom_name(_stem(file_name))
-            if isinstance(parsed, str):
-                self._warn(file_name, parsed)
-                continue
-            name, languages = parsed
+            name, languages = custom_name(_stem(file_name))  # a good name: poll() saw to it
             if name in ready:
                 self._warn(file_name, f"voice {name} already exists")
                 continue
@@ -297,33 +307,60 @@ def _serve(conn, clone: CloneSettings, model: str, data_dir: Path) -> None:
     lower_priority()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import resource
+    import torch
 
-    from .cloning import VoiceMaker, save_prompt
-    from .errors import ModelLoadError
-    from .recording import RecordingError, prepare
+    from .cloning import VoiceMaker
 
+    # One thread: a second would take the core the decode thread's workers come back to between
+    # steps (docs/performance.md: the sentences beside it 17-22 % slower with two, 0-11 % with one).
+    torch.set_num_threads(1)
     maker = VoiceMaker(clone, model, data_dir)
     while True:
         try:
             data, file_name, out = conn.recv()
-        except (EOFError, OSError):
+            conn.send(_make_one(conn, maker, data, file_name, Path(out)))
+        except (EOFError, OSError):  # the server stopped (or was killed): so do we
             return
-        try:
-            recording = prepare(data, file_name)
-            conn.send(("started", recording.seconds_used, False))
-            save_prompt(maker.make(recording), Path(out))
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            report = {
-                "seconds_used": recording.seconds_used,
-                "seconds_in_file": recording.seconds_in_file,
-                "warnings": recording.warnings,
-                "peak_mib": peak,
-            }
-            conn.send(("ok", report, False))
-        except ModelLoadError as err:
-            conn.send(("error", str(err), True))
-        except (RecordingError, VoiceError) as err:
-            conn.send(("error", str(err), False))
-        except Exception as err:  # noqa: BLE001 - reported as this recording's failure
-            conn.send(("error", f"{type(err).__name__}: {err}", False))
+
+
+def _make_one(conn, maker, data: bytes, file_name: str, out: Path) -> tuple[str, Any, bool]:
+    """Make one voice: the reply (kind, report or message, whether to retry soon)."""
+    from .cloning import save_prompt
+    from .errors import ModelLoadError
+    from .recording import RecordingError, prepare
+
+    try:
+        recording = prepare(data, file_name)
+    except RecordingError as err:
+        return "error", str(err), False
+    conn.send(("started", recording.seconds_used, False))
+    try:
+        save_prompt(maker.make(recording), out)
+    except ModelLoadError as err:
+        return "error", str(err), True
+    except VoiceError as err:
+        return "error", str(err), False
+    except Exception as err:  # noqa: BLE001 - reported as this recording's failure
+        return "error", f"{type(err).__name__}: {err}", False
+    report = {
+        "seconds_used": recording.seconds_used,
+        "seconds_in_file": recording.seconds_in_file,
+        "warnings": recording.warnings,
+        "peak_mib": _peak_mib(),
+    }
+    return "ok", report, False
+
+
+def _peak_mib() -> float:
+    """This process's peak memory since it started its program: ``VmHWM`` (``ru_maxrss`` also
+    counts the parent's pages the child held between fork and exec)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

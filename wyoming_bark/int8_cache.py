@@ -1,0 +1,149 @@
+"""Int8 weights kept between starts, so a small board's second start is quick and small.
+
+The first start loads float32 weights, converts the GPTs to int8 and gates each against its float
+self (``precision.quantize``); its int8 GPTs are then written here, one file each, with a
+manifest of their SHA-256 and the fingerprint of what made them (model files, torch, the int8
+kernel engine, this package). A later start with the same fingerprint builds the model without
+weights (on the ``meta`` device), puts int8 layers where the GPTs' linear layers are, and loads
+the kept state into them (``weights_only``) and EnCodec from the model's own files: float32 GPT
+weights are never in memory. A damaged file, or any change in the fingerprint, and the slow way
+runs again and replaces the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import tensors
+from .precision import QUANTIZED
+
+_LOGGER = logging.getLogger(__name__)
+
+CACHE_DIR = "int8-cache"  # under the data dir
+FORMAT = 1  # of the files: change it when what is written changes
+
+
+def fingerprint(model_dir: Path, engine: str) -> dict[str, object]:
+    """What the int8 weights depend on: the model's files (the hub snapshot's revision is in its
+    path; a local folder's files by size and time), torch, its int8 engine, this package."""
+    files = (
+        sorted(model_dir.glob("*.safetensors"))
+        + sorted(model_dir.glob("*.bin"))
+        + [model_dir / "config.json"]
+    )
+    return {
+        "format": FORMAT,
+        "wyoming_bark": __version__,
+        "torch": torch.__version__,
+        "engine": engine,
+        "machine": platform.machine(),
+        "model": str(model_dir.resolve()),
+        "files": [
+            [file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in files if file.exists()
+        ],
+    }
+
+
+class Int8Cache:
+    """The int8 GPTs of one model on one machine, in ``DATA_DIR/int8-cache/DIGEST/``."""
+
+    def __init__(self, data_dir: Path, model_dir: Path, engine: str) -> None:
+        self.print = fingerprint(model_dir, engine)
+        digest = hashlib.sha256(json.dumps(self.print, sort_keys=True).encode()).hexdigest()[:16]
+        self.root, self.folder, self.model_dir = (
+            data_dir / CACHE_DIR,
+            data_dir / CACHE_DIR / digest,
+            model_dir,
+        )
+
+    def load(self) -> tuple[nn.Module, dict[str, float]] | None:
+        """The model with int8 GPTs from the cache, and the agreement their gate found; None
+        when there is no usable cache (said in the log when one was there but damaged)."""
+        manifest = self._manifest()
+        if manifest is None:
+            return None
+        try:
+            states = {name: self._state(name, manifest["files"][name]) for name in QUANTIZED}
+            return _assemble(self.model_dir, states), manifest["agreement"]
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            _LOGGER.warning(
+                "The kept int8 weights in %s cannot be used (%s); converting again", self.folder, err
+            )
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return None
+
+    def _manifest(self) -> dict | None:
+        try:
+            manifest = json.loads((self.folder / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) and manifest.get("fingerprint") == self.print else None
+
+    def _state(self, name: str, digest: str) -> dict:
+        data = (self.folder / f"{name}.pt").read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"{name}.pt is damaged")
+        import io
+        import warnings
+
+        with warnings.catch_warnings():  # int8 tensors still come back through TypedStorage
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def save(self, bark: nn.Module, agreement: dict[str, float]) -> None:
+        """Keep ``bark``'s int8 GPTs (the manifest last: a half-written cache is no cache); other
+        fingerprints' caches go (one model's int8 weights are up to 1.5 GB)."""
+        try:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.folder.mkdir(parents=True)
+            files = {}
+            for name in QUANTIZED:
+                path = self.folder / f"{name}.pt"
+                torch.save(getattr(bark, name).state_dict(), path)
+                files[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            manifest = {"fingerprint": self.print, "files": files, "agreement": agreement}
+            part = self.folder / "manifest.json.part"
+            part.write_text(json.dumps(manifest), encoding="utf-8")
+            os.replace(part, self.folder / "manifest.json")
+            _LOGGER.info("Kept the int8 weights in %s: the next start loads them directly", self.folder)
+        except OSError as err:
+            _LOGGER.warning(
+                "Cannot keep the int8 weights in %s (%s); the next start converts again", self.folder, err
+            )
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _assemble(model_dir: Path, states: dict[str, dict]) -> nn.Module:
+    """A BarkModel with no float GPT weights ever made: its GPTs built on ``meta``, int8 layers in
+    place of their linear ones, then the kept states loaded; EnCodec from the model's files."""
+    from torch.ao.nn.quantized import dynamic as quantized
+    from transformers import BarkConfig, BarkModel, EncodecModel, GenerationConfig
+
+    config = BarkConfig.from_pretrained(str(model_dir), local_files_only=True)
+    with torch.device("meta"):
+        bark = BarkModel(config)
+    for name in QUANTIZED:
+        gpt = getattr(bark, name)
+        for parent in list(gpt.modules()):
+            for child_name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:
+                    layer = quantized.Linear(
+                        child.in_features, child.out_features, bias_=child.bias is not None, dtype=torch.qint8
+                    )
+                    setattr(parent, child_name, layer)
+        gpt.to_empty(device="cpu")
+        gpt.load_state_dict(states[name])
+    bark.codec_model = EncodecModel(config.codec_config)  # for real: its buffers are not in the files
+    bark.codec_model.load_state_dict(tensors(model_dir, "codec_model."))
+    bark.generation_config = GenerationConfig.from_pretrained(str(model_dir), local_files_only=True)
+    return bark.eval()
