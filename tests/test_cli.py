@@ -73,6 +73,8 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_IDLE_TIMEOUT": "30",
         "BARK_DEBUG": "yes",
         "BARK_LOG_FORMAT": "%(message)s",
+        "BARK_HUBERT": "/models/hubert",
+        "BARK_QUANTIZER": "/models/quantizer.pth",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -93,6 +95,7 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         2000,
     )
     assert args.max_batch == 4 and args.lookahead == 1
+    assert (args.hubert, args.quantizer) == ("/models/hubert", "/models/quantizer.pth")
     assert (args.max_connections, args.idle_timeout, args.max_connections_per_address) == (10, 30.0, 5)
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.self_check == "strict" and engine_self_check(args) == "strict"

@@ -208,6 +208,7 @@ def test_voices_from_recordings_documented_for_the_app(config):
     assert "voices=/config/voices" in run and '--voices-dir="${voices}"' in run
     assert {"type": "addon_config", "read_only": True} in config["map"]  # read only: made voices go to /data
     assert "models/**" in config["backup_exclude"]  # HuBERT and the quantizer are downloaded there
+    assert "int8-cache/**" in config["backup_exclude"] and "voices-made/**" not in config["backup_exclude"]
 
 
 def test_s6_services():
