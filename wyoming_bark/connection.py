@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from wyoming.event import Event, async_get_stdin
 from wyoming.server import AsyncServer, AsyncStdioServer, HandlerFactory
 
+from . import metrics
 from .connections import ConnectionLimits
 from .protocol import IdleTimeout, ProtocolError, read_event
 
@@ -50,6 +51,7 @@ async def serve_connection(
     if limits is not None:
         refusal = await limits.admit(key)
         if refusal is not None:
+            metrics.REFUSED.labels(limits.refusal_reason(key)).inc()
             await connection.send_error_text(refusal, "busy")
             writer.close()
             return
@@ -65,6 +67,8 @@ async def serve_connection(
                 break
             except IdleTimeout:
                 verdict = connection.on_idle()
+                if verdict != "wait":
+                    metrics.IDLE_CLOSED.inc()
                 if verdict == "timeout":
                     await connection.send_error_text(
                         f"No text for {idle:g} s in an open streaming request (--idle-timeout); "

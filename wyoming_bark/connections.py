@@ -76,6 +76,11 @@ class ConnectionLimits:
             )
         return None
 
+    def refusal_reason(self, key: str | None) -> str:
+        """What a refusal of ``key`` was for: ``per_address`` (its address holds its share) or
+        ``busy`` (the server is full), as the metrics count them."""
+        return "per_address" if key and self.by_address.get(key, 0) >= self.max_per_address else "busy"
+
     async def admit(self, key: str | None) -> str | None:
         """Take a slot for ``key`` (None), waiting up to ``ADMIT_WAIT_S`` for one; else why not.
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import metrics
 from .cache import AudioCache, SingleFlight, cache_key
 from .contract import HealthCheckResult, TtsEngine, register
 from .errors import BadModelOutput, ModelLoadError, OutOfMemory, SynthesisCancelled, TtsError
@@ -178,6 +179,10 @@ class BarkEngine(TtsEngine):
             "precision": bark.precision if bark else self.settings.model.precision,
             "threads": bark.threads if bark and bark.threads else torch.get_num_threads(),
             "voices": len(self.voices.list(read_folder=False)),
+            "custom_voices": len(self.voices.known_custom_voices()),
+            "custom_voices_skipped": self.voices.skipped(),
+            "model_state": self.loader.state,
+            "load_seconds": round(self.loader.load_seconds, 2) if self.loader.load_seconds else None,
             "default_voice": self.default_voice.name,
             "sentences_pending": self._pending(),  # being prepared, waiting for a row or being made
             "voice_reads_stuck": self.voice_reader.stuck(),
@@ -199,6 +204,7 @@ class BarkEngine(TtsEngine):
         if bark is not None and bark.device.type == "cuda":
             status["gpu_memory_mib"] = round(torch.cuda.memory_allocated(bark.device) / 2**20, 1)
             status["gpu_reserved_mib"] = round(torch.cuda.memory_reserved(bark.device) / 2**20, 1)
+            status["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated(bark.device) / 2**20, 1)
         return status
 
     def _pending(self) -> int:
@@ -345,6 +351,7 @@ class BarkEngine(TtsEngine):
         self.sentences += 1
         self._log_timing(sentence.text, samples, started)
         elapsed = time.monotonic() - started
+        metrics.sentence_made(elapsed, samples / SAMPLE_RATE)
         if self.sentences == 1 and samples:  # what to expect of this machine, said once
             _LOGGER.info(
                 "First sentence: %.1f s of speech in %.1f s, %.1f s of work per second of speech here%s",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -26,12 +27,14 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
+from . import metrics
 from .connection import IdleVerdict, serve_connection
 from .connections import ConnectionLimits, client_key
 from .contract import TtsEngine
 from .describe import build_info
 from .errors import SynthesisCancelled, TtsError, UnknownVoice, for_client, quoted
 from .protocol import BarkStatus, parse_event
+from .proxy import ProxyRefused, client_address
 from .sentences import Client, TextStream
 from .settings import ServerSettings
 from .text import clean_text
@@ -67,6 +70,15 @@ class _Request:
     failed: bool = False  # an error was sent: drop the rest of this request
     refusal: Error | None = None  # sent once the audio made before it has gone out
     stopped: asyncio.Event = field(default_factory=asyncio.Event)  # synthesize-stop came
+    kind: str = "oneshot"  # or streaming (for the metrics)
+    opened: float = field(default_factory=time.monotonic)
+    outcome: str | None = None  # ok, cancelled or an error code, once it ended
+
+    def ended(self, outcome: str) -> None:
+        """Count the request's end, once."""
+        if self.outcome is None:
+            self.outcome = outcome
+            metrics.request_ended(self.kind, outcome)
 
 
 class BarkEventHandler(AsyncEventHandler):
@@ -99,12 +111,20 @@ class BarkEventHandler(AsyncEventHandler):
         self._jobs: asyncio.Queue[Coroutine[Any, Any, None]] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
         peer = writer.get_extra_info("peername")
-        # Who this connection is, for fair turns and the per-address cap (None: a unix socket).
-        self.client = Client(address=client_key(peer[0] if isinstance(peer, tuple) and peer else None))
+        self.peer = peer[0] if isinstance(peer, tuple) and peer else None  # None: a unix socket
+        # Who this connection is, for fair turns and the per-address cap.
+        self.client = Client(address=client_key(self.peer))
 
     async def run(self) -> None:
-        """wyoming's loop, replaced on every transport by ours (``connection.py``): admission, a
-        bounded reader and the idle timeout."""
+        """wyoming's loop, replaced on every transport by ours (``connection.py``): the PROXY
+        header where a trusted balancer sends one, admission, a bounded reader, the idle timeout."""
+        if self.settings.proxy_protocol:
+            try:
+                address = await client_address(self.reader, self.peer, self.settings.trusted_proxies)
+            except ProxyRefused:
+                self.writer.close()
+                return
+            self.client = Client(address=client_key(address))
         await serve_connection(self, self.writer, self.limits, self.client.address)
 
     @staticmethod
@@ -179,9 +199,10 @@ class BarkEventHandler(AsyncEventHandler):
         if self._streaming is not None:
             # Home Assistant repeats the whole text for older servers while streaming.
             _LOGGER.debug("Ignoring synthesize during a streaming request")
-        elif not await self._busy():
+        elif not await self._busy("oneshot"):
             opened = self._too_long(synthesize.text, 0) or self._open(synthesize.voice)
             if isinstance(opened, Error):
+                metrics.request_ended("oneshot", opened.code or "other")
                 self._submit(self._refuse(opened))  # in turn, after the audio queued before it
             else:
                 self._submit(self._speak_text(opened, clean_text(synthesize.text)))
@@ -190,14 +211,16 @@ class BarkEventHandler(AsyncEventHandler):
         if self._streaming is not None:
             await self.send_error_text("synthesize-start while a streaming request is open", "bad-order")
             return
-        if await self._busy():
+        if await self._busy("streaming"):
             self._streaming = _Request(voice=None, failed=True)
             return
         request = self._open(start.voice)
         if isinstance(request, Error):
+            metrics.request_ended("streaming", request.code or "other")
             await self._send_error(request)
             self._streaming = _Request(voice=None, failed=True)
             return
+        request.kind = "streaming"
         self._streaming = request
         request.text = self.engine.open_stream(request.voice, quick_start=True, client=self.client)
         request.queued = True
@@ -280,10 +303,11 @@ class BarkEventHandler(AsyncEventHandler):
 
     # --- queued work, run in order on this connection's worker task ---
 
-    async def _busy(self) -> bool:
+    async def _busy(self, kind: str) -> bool:
         """Bound the work one connection can queue: a flooding client gets errors, not memory."""
         if self._jobs.qsize() < MAX_QUEUED_REQUESTS:
             return False
+        metrics.request_ended(kind, "busy")
         await self.send_error_text(
             f"More than {MAX_QUEUED_REQUESTS} requests queued on this connection", "busy"
         )
@@ -302,11 +326,18 @@ class BarkEventHandler(AsyncEventHandler):
             _LOGGER.debug("Client went away during synthesis")
 
     async def _speak_text(self, request: _Request, text: str) -> None:
-        await self._speak(request, self.engine.speak(text, request.voice, client=self.client))
-        if request.failed:
-            await self._close_after_failure()
-        else:
-            await self._finish(request, streaming=False)
+        try:
+            await self._speak(request, self.engine.speak(text, request.voice, client=self.client))
+            if request.failed:
+                await self._close_after_failure()
+            else:
+                request.ended("ok")  # counted before the client hears audio-stop
+                await self._finish(request, streaming=False)
+        except (ConnectionError, asyncio.CancelledError):
+            request.ended("cancelled")  # the client went away
+            raise
+        finally:
+            request.ended("other" if request.failed else "ok")  # unless it ended otherwise before
 
     async def _refuse(self, error: Error) -> None:
         await self._send_error(error)
@@ -320,12 +351,20 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def _speak_streamed(self, request: _Request, text: TextStream) -> None:
         """A streaming request: its audio while text still comes, then the answer to synthesize-stop."""
-        await self._speak(request, text.audio())
-        if request.refusal is not None and not request.failed:
-            request.failed = True
-            await self._send_error(request.refusal)
-        await request.stopped.wait()
-        await self._finish(request, streaming=True)
+        try:
+            await self._speak(request, text.audio())
+            if request.refusal is not None and not request.failed:
+                request.failed = True
+                request.ended(request.refusal.code or "other")
+                await self._send_error(request.refusal)
+            await request.stopped.wait()
+            request.ended("other" if request.failed else "ok")  # before the client hears the end
+            await self._finish(request, streaming=True)
+        except (ConnectionError, asyncio.CancelledError):
+            request.ended("cancelled")
+            raise
+        finally:
+            request.ended("other" if request.failed else "ok")
 
     async def _speak(self, request: _Request, chunks: AsyncGenerator[bytes, None]) -> None:
         if request.failed:
@@ -335,19 +374,24 @@ class BarkEventHandler(AsyncEventHandler):
             async with aclosing(chunks):
                 async for pcm in chunks:
                     if not request.started:
+                        metrics.FIRST_AUDIO.labels(request.kind).observe(time.monotonic() - request.opened)
                         await self.write_event(AudioStart(**AUDIO_FORMAT).event())
                         request.started = True
                     await self.write_event(AudioChunk(audio=pcm, **AUDIO_FORMAT).event())
         except SynthesisCancelled:
             request.failed = True
+            request.ended("cancelled")
         except TtsError as err:
             request.failed = True
+            request.ended(err.code)
             await self.send_error_text(str(err), err.code)
         except (ConnectionError, asyncio.CancelledError):
+            request.ended("cancelled")
             raise
         except Exception as err:  # one bad request must not end the connection
             _LOGGER.exception("Synthesis failed")
             request.failed = True
+            request.ended("synthesis-failed")
             await self.send_error_text(f"Synthesis failed: {err}", "synthesis-failed")
 
     async def _finish(self, request: _Request, streaming: bool) -> None:

@@ -224,6 +224,16 @@ class ModelLoader:
         self._retry_at = 0.0  # monotonic time before which no new attempt is made
         self._backoff = 0.0
         self._thread: ThreadPoolExecutor | None = None
+        self.load_seconds: float | None = None
+
+    @property
+    def state(self) -> str:
+        """loaded, loading, failed (the last attempt), or idle (not asked yet)."""
+        if self.loaded is not None:
+            return "loaded"
+        if self._lock.locked():
+            return "loading"
+        return "failed" if self.last_error else "idle"
 
     async def load(self) -> LoadedBark:
         async with self._lock:
@@ -256,7 +266,8 @@ class ModelLoader:
         finally:
             self._thread.shutdown(wait=False)
         self.last_error = None
-        _LOGGER.info("Loaded %s in %.1f s (%s)", model, time.monotonic() - started, _memory(loaded))
+        self.load_seconds = time.monotonic() - started
+        _LOGGER.info("Loaded %s in %.1f s (%s)", model, self.load_seconds, _memory(loaded))
         return loaded
 
     def close(self) -> None:

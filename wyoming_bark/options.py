@@ -92,6 +92,20 @@ def log_format(value: str) -> str:
     return value
 
 
+def networks(value: str) -> tuple:
+    """``127.0.0.0/8,::1`` -> the networks (``ipaddress``), each address a network of its own."""
+    import ipaddress
+
+    try:
+        return tuple(
+            ipaddress.ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip()
+        )
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected addresses or networks (CIDR), comma-separated: {err}"
+        ) from err
+
+
 def language_voices(value: str) -> dict[str, str]:
     """``de=v2/de_speaker_3,fr=grandpa`` -> {"de": "v2/de_speaker_3", "fr": "grandpa"}."""
     pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]

@@ -21,6 +21,7 @@ from .fast.batch import switch_threads_quickly
 from .handler import BarkEventHandler
 from .hub import pending_download
 from .loader import device_summary, resolve_device
+from .metrics import serve_metrics
 from .precision import resolve as resolve_precision
 from .settings import ServerSettings, Settings
 
@@ -86,6 +87,14 @@ async def serve(settings: Settings, engine: TtsEngine) -> None:
         idle_timeout=server_settings.idle_timeout,
     )
     handler = partial(BarkEventHandler, engine=engine, settings=server_settings, limits=limits)
+    if server_settings.metrics_port:
+        host = urlparse(server_settings.uri).hostname if server_settings.uri.startswith("tcp://") else ""
+        try:
+            serve_metrics(server_settings.metrics_port, host or "", lambda: {
+                **engine.get_status(), "connections_open": limits.connections})  # fmt: skip
+        except OSError as err:
+            engine.close()
+            raise ListenError(f"metrics port {server_settings.metrics_port}: {err.strerror or err}") from err
     running = asyncio.create_task(server.run(handler))
     try:
         await _listening(server, running)

@@ -13,7 +13,7 @@ from pathlib import Path
 from platformdirs import user_cache_path
 
 from . import length_cap
-from .options import build, folder, language_voices, log_format, nested, setting, uri
+from .options import build, folder, language_voices, log_format, nested, networks, setting, uri
 from .sampling import SamplingSettings
 
 ENGINE_NAMES = ("bark",)  # --engine (contract.ENGINES holds the classes, registered by name)
@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "fp32", "int8")  # auto: int8 on a CPU, float16 on CUDA
 ON_OFF_AUTO = ("auto", "on", "off")
 DEFAULT_VOICE = "v2/en_speaker_6"
 MAX_SEED = 2**63 - 1  # a seed must fit the sampler's 64-bit integers
+LOOPBACK = networks("127.0.0.0/8,::1")  # the proxies trusted unless told otherwise
 # The community's recipe for a voice from a recording (cloning.py): HuBERT base and the English
 # quantizer (version 0) of the bark-voice-cloning project.
 DEFAULT_HUBERT = "facebook/hubert-base-ls960"
@@ -189,6 +190,22 @@ class ServerSettings:
         high=86_400,
     )
     preload: bool = setting(False, "Load the model at start instead of on the first request", kind="switch")
+    metrics_port: int | None = setting(
+        None, "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default)", kind="int", low=1,
+        high=65_535,
+    )  # fmt: skip
+    proxy_protocol: bool = setting(
+        False,
+        "Read the PROXY protocol header (v1 or v2, HAProxy's send-proxy-v2) on connections from a "
+        "trusted proxy: limits, fair turns and logs then see the client's own address",
+        kind="switch",
+    )
+    trusted_proxies: tuple = setting(
+        LOOPBACK,
+        "Addresses (CIDR, comma-separated) whose PROXY header is believed; only they must send one",
+        parse=networks,
+        start="127.0.0.0/8,::1",
+    )
     zeroconf: str | None = setting(
         None, "Announce NAME._wyoming._tcp.local. over mDNS", kind="name-or-switch"
     )  # the service name to announce; None: not announced

@@ -220,6 +220,10 @@ class VoiceLibrary:
                 voices[name] = Voice(name, languages, f"Custom voice {name}", path)
         return list(voices.values())
 
+    def skipped(self) -> int:
+        """Custom voice files (and recorded voices) left out so far."""
+        return len(self._warned)
+
     def _skip(self, path: Path, why: str) -> None:
         """Leave a custom voice file out, saying so once (describe lists the folder every time)."""
         if str(path) not in self._warned:

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from .. import metrics
 from . import policy
 from .core import Core
-from .program import Audio, Cancelled, NonFiniteLogits, Program, reply, requests
+from .program import Audio, Cancelled, NonFiniteLogits, Prefill, Program, reply, requests
 from .release import Releaser, use_device
 from .request import DONE, AudioStream, Job, SpeechRequest
 
@@ -240,7 +241,10 @@ class Scheduler:
             return False
         work = [(job.row, op) for job in jobs for op in requests(job.op)]
         try:
+            started = time.perf_counter()
             tokens = self.core.run(work)
+            gpts, prefill = {op.gpt for _, op in work}, any(isinstance(op, Prefill) for _, op in work)
+            metrics.decode_step(gpts, prefill, time.perf_counter() - started)
         except Exception as err:  # noqa: BLE001 - e.g. out of memory, or one row's bad values
             if len(jobs) > 1:
                 # Which row it was is unknown: each asks again alone, so only its own sentence

@@ -1,0 +1,98 @@
+"""The client's own address behind a balancer: the PROXY protocol (v1 and v2, what HAProxy's
+``send-proxy-v2`` sends first on each connection), parsed by the ``proxy-protocol`` library.
+
+Only a trusted proxy (``--trusted-proxies``, loopback by default) is believed, and it must send
+the header; anyone else is served as it connects, a header from it then being a bad event like
+any other garbage. A header that is malformed, or not complete within ``HEADER_TIMEOUT_S``, closes
+the connection with one log line. A health check's ``LOCAL`` header keeps the proxy's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from proxyprotocol import ProxyProtocolIncompleteError
+from proxyprotocol.detect import ProxyProtocolDetect
+
+from . import metrics
+from .errors import quoted
+
+_LOGGER = logging.getLogger(__name__)
+
+HEADER_TIMEOUT_S = 5.0  # HAProxy sends the header with the connection
+MAX_HEADER_BYTES = 4096  # v1: 107 bytes; v2: 16 and the addresses, and TLVs HAProxy may add
+
+
+class ProxyRefused(Exception):
+    """No believable header; ``reason`` is the metrics' label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def trusted(peer: str | None, proxies: tuple) -> bool:
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in proxies)
+
+
+async def client_address(reader: asyncio.StreamReader, peer: str | None, proxies: tuple) -> str | None:
+    """The client's address: the PROXY header's source where ``peer`` is a trusted proxy, else
+    ``peer``; raises ``ProxyRefused`` (logged, counted) for a bad or slow header."""
+    if not trusted(peer, proxies):
+        return peer
+    try:
+        result = await asyncio.wait_for(_read_header(reader), HEADER_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise _refused(
+            "timeout", f"no PROXY header from proxy {peer} within {HEADER_TIMEOUT_S:g} s"
+        ) from None
+    except (
+        ValueError,
+        ProxyProtocolIncompleteError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+    ) as err:
+        why = quoted(str(err) or type(err).__name__)
+        raise _refused("malformed", f"a bad PROXY header from proxy {peer}: {why}") from None
+    source = result.source if result.proxied else None
+    host = getattr(source, "compressed", None) or (
+        source[0] if isinstance(source, tuple) and source else None
+    )
+    return str(host) if host else peer
+
+
+async def _read_header(reader: asyncio.StreamReader):
+    """The header, read as far as the parser asks and never further (the library's own reader
+    spins on a line cut short by the end of the stream)."""
+    parser, data = ProxyProtocolDetect(), bytearray()
+    while True:
+        try:
+            with memoryview(data) as view:
+                return parser.unpack(view)
+        except ProxyProtocolIncompleteError as incomplete:
+            want = incomplete.want_read
+        if want.want_bytes is not None:
+            chunk = await reader.readexactly(want.want_bytes)
+        else:
+            chunk = await reader.readline()
+            if not chunk.endswith(b"\n"):
+                raise ValueError("the header ends before its line does")
+        data += chunk
+        if len(data) > MAX_HEADER_BYTES:
+            raise ValueError(f"the header is longer than {MAX_HEADER_BYTES} bytes")
+
+
+def _refused(reason: str, message: str) -> ProxyRefused:
+    metrics.PROXY_REJECTED.labels(reason).inc()
+    _LOGGER.warning("Connection closed: %s", message)
+    return ProxyRefused(reason, message)
