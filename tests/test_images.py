@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tarfile
 import threading
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,7 +44,9 @@ from helpers import (
     torch_version,
 )
 from tiny_bark import place_in_hub_cache
-from wyoming.info import Info
+from wyoming.event import async_read_event, async_write_event
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
 
@@ -435,6 +439,80 @@ async def test_servers_behind_haproxy_share_the_load_and_survive_a_stop(
 
 async def _down(balancer: str) -> bool:
     return "bark2 is DOWN" in logs(balancer)
+
+
+@pytest.fixture(scope="module")
+def prometheus_image(stand_in_bases) -> str:
+    return build("bark-test/prometheus:example", str(STAND_INS / "prometheus"))
+
+
+def _query(expression: str) -> float | None:
+    """One value from Prometheus' own HTTP API (None: no series yet)."""
+    url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            result = json.load(answer)["data"]["result"]
+    except OSError:
+        return None
+    return float(result[0]["value"][1]) if result else None
+
+
+async def _from(source: str, text: str):
+    """A synthesize through the balancer from client address ``source`` (loopback has them all)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT, local_addr=(source, 0))
+    try:
+        await async_write_event(Synthesize(text=text).event(), writer)
+        while (event := await asyncio.wait_for(async_read_event(reader), 60)).type != "audio-stop":
+            assert event.type != "error", event.data
+    finally:
+        writer.close()
+
+
+@pytest.mark.timeout(900)
+async def test_prometheus_watches_the_scaled_out_servers(gpu_image, haproxy_image, prometheus_image, tiny_model,
+                                                          tmp_path):  # fmt: skip
+    """examples/scale-out with its Prometheus: both servers behind HAProxy (send-proxy-v2), scraped
+    with the example's prometheus.yml (every second here). Prometheus' own API shows both servers'
+    request counters and first-audio histograms moving, and the per-address refusals counted by
+    the real client addresses: two clients on loopback, one over its share."""
+    example = ROOT / "examples/scale-out"
+    compose = yaml.safe_load((example / "docker-compose.yml").read_text())["services"]
+    scrape = tmp_path / "prometheus.yml"
+    scrape.write_text((example / "prometheus.yml").read_text().replace("15s", "1s"))
+    with contextlib.ExitStack() as stack:
+        for service in ("bark-1", "bark-2"):
+            env = {key: str(value) for key, value in compose[service]["environment"].items()}
+            env.update({"HF_HUB_OFFLINE": "1", "BARK_DEVICE": "cpu", "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
+                        "BARK_MAX_CONNECTIONS_PER_ADDRESS": "1", "BARK_ZEROCONF": "0"})  # fmt: skip
+            data = hub_data(tmp_path / service, tiny_model, env["BARK_MODEL"])
+            stack.enter_context(container(gpu_image, env, {data: "/data"}))
+        stack.enter_context(container(haproxy_image, compose["balancer"]["environment"],
+                                      {example / "haproxy.cfg": "/usr/local/etc/haproxy/haproxy.cfg:ro"}))  # fmt: skip
+        stack.enter_context(container(prometheus_image, {}, {scrape: "/etc/prometheus/prometheus.yml:ro",
+                                      example / "alerts.yml": "/etc/prometheus/alerts.yml:ro"}))  # fmt: skip
+        await eventually(lambda: _query('count(up{job="bark"} == 1)') == 2, timeout=START_TIMEOUT,
+                         what="Prometheus scraping both servers")  # fmt: skip
+        for n in range(4):
+            await _from("127.0.0.2", f"Request {n} here.")
+        await eventually(lambda: _query('count(bark_requests_total{outcome="ok"} > 0)') == 2,
+                         what="both servers' request counters moving")  # fmt: skip
+        assert _query('sum(bark_requests_total{outcome="ok"})') == 4
+        await eventually(
+            lambda: _query("sum(bark_first_audio_seconds_count)") == 4, what="first audio counted"
+        )
+
+        # 127.0.0.2 holds three connections (one each, and one over its share), 127.0.0.3 one.
+        held = []
+        for source in ("127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", PORT, local_addr=(source, 0))
+            await async_write_event(Describe().event(), writer)
+            held.append(((await asyncio.wait_for(async_read_event(reader), 60)).type, writer))
+        assert [kind for kind, _ in held] == ["info", "info", "error", "info"], held
+        for _, writer in held:
+            writer.close()
+        await eventually(lambda: _query('sum(bark_connections_refused_total{reason="per_address"})') == 1,
+                         what="one refusal, of the client over its share")  # fmt: skip
+        assert _query('sum(bark_connections_refused_total{reason="busy"})') == 0
 
 
 # --- the add-on on aarch64, emulated --------------------------------------------------------

@@ -116,7 +116,10 @@ def test_config_follows_supervisor_rules(config):
     assert not restated, f"keys restated at their default: {restated}"
     assert config["init"] is False, "s6-overlay is the init"
     assert config["discovery"] == ["wyoming"]
-    assert config["ports"] == {"10200/tcp": None}, "as the official Wyoming add-ons: HA reaches it inside"
+    assert config["ports"] == {"10200/tcp": None, "9464/tcp": None}, (
+        "Wyoming as the official apps (HA reaches it inside), metrics unmapped until the user maps them"
+    )
+    assert set(config["ports_description"]) == set(config["ports"])
     assert config["backup_exclude"], "models must stay out of backups"
     assert set(config) <= APP_KEYS, f"keys the Supervisor does not know: {set(config) - APP_KEYS}"
     assert not set(config) & DEPRECATED_KEYS, "no deprecated keys"
@@ -269,11 +272,24 @@ def test_gpu_image_and_compose():
 
 def test_scale_out_example_is_consistent():
     """examples/scale-out: each server is a backend of the balancer, one alone announces (the
-    balancer's port), and the per-address cap allows the balancer's connections."""
+    balancer's port), the balancer says who each client is (PROXY v2, no raised per-address cap),
+    and Prometheus scrapes every server's metrics port."""
     example = ROOT / "examples/scale-out"
     services = load(example / "docker-compose.yml")["services"]
     config = (example / "haproxy.cfg").read_text()
     balancer = services.pop("balancer")
+    prometheus = services.pop("prometheus")
+    scraped = load(example / "prometheus.yml")["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert sorted(scraped) == sorted(
+        f"127.0.0.1:{s['environment']['BARK_METRICS_PORT']}" for s in services.values()
+    )
+    assert prometheus["network_mode"] == "host"
+    rules = load(example / "alerts.yml")["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} == {
+        "BarkModelFailedToLoad",
+        "BarkFirstAudioSlow",
+        "BarkRefusingConnections",
+    }
     assert (
         balancer["network_mode"] == "host" and "/usr/local/etc/haproxy/haproxy.cfg" in balancer["volumes"][0]
     )
@@ -287,8 +303,10 @@ def test_scale_out_example_is_consistent():
     assert len(announcing) == 1 and announcing[0]["environment"]["BARK_ZEROCONF_PORT"] == 10200
     for service in services.values():
         assert set(service["environment"]) <= flags
-        assert service["environment"]["BARK_MAX_CONNECTIONS_PER_ADDRESS"] >= 32
+        assert "BARK_MAX_CONNECTIONS_PER_ADDRESS" not in service["environment"], "no raised cap: PROXY v2"
+        assert service["environment"]["BARK_PROXY_PROTOCOL"] == 1
         assert service["network_mode"] == "host"
+    assert re.search(r"^\s+default-server .*send-proxy-v2 check-send-proxy", config, re.MULTILINE)
     devices = [
         s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in services.values()
     ]
