@@ -379,6 +379,19 @@ def haproxy_image(stand_in_bases) -> str:
     return build("bark-test/haproxy:2.8", str(STAND_INS / "haproxy"))
 
 
+def _example_env(example: dict) -> dict[str, str]:
+    """A scale-out server's environment as the example sets it (its address, model, PROXY
+    protocol, metrics port), on the CPU with the tiny model, not announced."""
+    keep = ("BARK_URI", "BARK_MODEL", "BARK_PROXY_PROTOCOL", "BARK_METRICS_PORT")
+    env = {key: str(example[key]) for key in keep}
+    return {
+        **env,
+        "HF_HUB_OFFLINE": "1",
+        "BARK_DEVICE": "cpu",
+        "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
+    }
+
+
 async def _describing(uri: str, name: str) -> None:
     deadline = asyncio.get_running_loop().time() + START_TIMEOUT
     while True:
@@ -404,14 +417,7 @@ async def test_servers_behind_haproxy_share_the_load_and_survive_a_stop(
     names = []
     with contextlib.ExitStack() as stack:
         for n, service in enumerate(("bark-1", "bark-2"), start=1):
-            env = {
-                "BARK_URI": compose[service]["environment"]["BARK_URI"],
-                "BARK_MAX_CONNECTIONS_PER_ADDRESS": "64",
-                "HF_HUB_OFFLINE": "1",
-                "BARK_DEVICE": "cpu",
-                "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
-            }
-            env["BARK_MODEL"] = compose[service]["environment"]["BARK_MODEL"]
+            env = _example_env(compose[service]["environment"])
             data = hub_data(tmp_path / service, tiny_model, env["BARK_MODEL"])
             names.append(stack.enter_context(container(gpu_image, env, {data: "/data"})))
             await _describing(env["BARK_URI"], names[-1])
@@ -481,9 +487,7 @@ async def test_prometheus_watches_the_scaled_out_servers(gpu_image, haproxy_imag
     scrape.write_text((example / "prometheus.yml").read_text().replace("15s", "1s"))
     with contextlib.ExitStack() as stack:
         for service in ("bark-1", "bark-2"):
-            env = {key: str(value) for key, value in compose[service]["environment"].items()}
-            env.update({"HF_HUB_OFFLINE": "1", "BARK_DEVICE": "cpu", "BARK_MAX_SEMANTIC_TOKENS": str(SEMANTIC_TOKENS),
-                        "BARK_MAX_CONNECTIONS_PER_ADDRESS": "1", "BARK_ZEROCONF": "0"})  # fmt: skip
+            env = {**_example_env(compose[service]["environment"]), "BARK_MAX_CONNECTIONS_PER_ADDRESS": "1"}
             data = hub_data(tmp_path / service, tiny_model, env["BARK_MODEL"])
             stack.enter_context(container(gpu_image, env, {data: "/data"}))
         stack.enter_context(container(haproxy_image, compose["balancer"]["environment"],

@@ -200,7 +200,7 @@ async def test_bad_and_slow_headers_are_closed_and_the_server_serves_on(behind_p
     before = scrape(port)
     for header in (
         b"PROXY TCP4 192.0.2.1\r\n",
-        b"GARBAGE that is not a header\r\n",
+        b"PROXY is not how it goes\r\n",
         b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c12",
     ):
         host, port_ = server.uri.removeprefix("tcp://").rsplit(":", 1)
@@ -217,6 +217,9 @@ async def test_bad_and_slow_headers_are_closed_and_the_server_serves_on(behind_p
     assert HEADER_TIMEOUT_S - 0.5 < time.monotonic() - began < HEADER_TIMEOUT_S + 5
     writer.close()
     reader, writer = await _open(server.uri, _v1("192.0.2.50"))
+    assert (await asyncio.wait_for(async_read_event(reader), TIMEOUT)).type == "info"
+    writer.close()
+    reader, writer = await _open(server.uri, b"")  # no header from the proxy's host: served as itself
     assert (await asyncio.wait_for(async_read_event(reader), TIMEOUT)).type == "info"
     writer.close()
     after = scrape(port)

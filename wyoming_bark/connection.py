@@ -41,13 +41,18 @@ class Connection(Protocol):
 
 
 async def serve_connection(
-    connection: Connection, writer: asyncio.StreamWriter, limits: ConnectionLimits | None, key: str | None
+    connection: Connection,
+    writer: asyncio.StreamWriter,
+    limits: ConnectionLimits | None,
+    key: str | None,
+    first: bytes = b"",
 ) -> None:
     """Admit, read (bounded) and hand over events until the client goes, errs or idles.
 
     Only work keeps a connection open (the handler's ``is_work``): a client that sends pings, unknown events or
     blank text is closed after ``--idle-timeout`` like a silent one. A client that closes its side
-    after a request (``shutdown(SHUT_WR)``) still gets the whole answer."""
+    after a request (``shutdown(SHUT_WR)``) still gets the whole answer. ``first``: the first
+    event's first byte, where the PROXY header's reader took it."""
     if limits is not None:
         refusal = await limits.admit(key)
         if refusal is not None:
@@ -61,7 +66,8 @@ async def serve_connection(
         while True:  # wyoming's stop() closes the connection: the next read ends the loop
             left = None if idle is None else max(0.0, last_work + idle - time.monotonic())
             try:
-                event = await read_event(connection.reader, limits, left)
+                event = await read_event(connection.reader, limits, left, first)
+                first = b""
             except ProtocolError as err:
                 await connection.send_error_text(f"Bad event: {err}; closing the connection", err.code)
                 break

@@ -118,14 +118,18 @@ class BarkEventHandler(AsyncEventHandler):
     async def run(self) -> None:
         """wyoming's loop, replaced on every transport by ours (``connection.py``): the PROXY
         header where a trusted balancer sends one, admission, a bounded reader, the idle timeout."""
+        first = b""
         if self.settings.proxy_protocol:
+            wait = self.limits.idle_timeout if self.limits else None
             try:
-                address = await client_address(self.reader, self.peer, self.settings.trusted_proxies)
+                address, first = await client_address(
+                    self.reader, self.peer, self.settings.trusted_proxies, wait
+                )
             except ProxyRefused:
                 self.writer.close()
                 return
             self.client = Client(address=client_key(address))
-        await serve_connection(self, self.writer, self.limits, self.client.address)
+        await serve_connection(self, self.writer, self.limits, self.client.address, first)
 
     @staticmethod
     def is_work(event: Event) -> bool:

@@ -100,15 +100,18 @@ def _json(raw: bytes, what: str):
 
 
 async def read_event(
-    reader: asyncio.StreamReader, limits: ConnectionLimits | None = None, idle_timeout: float | None = None
+    reader: asyncio.StreamReader,
+    limits: ConnectionLimits | None = None,
+    idle_timeout: float | None = None,
+    first: bytes = b"",
 ) -> Event | None:
     """The next event, ``None`` at a clean end of stream.
 
     Raises ``IdleTimeout`` when no event begins within ``idle_timeout`` (None: wait forever) and
     ``ProtocolError`` on bad input, including an event not complete within ``limits.event_timeout``.
     """
-    try:
-        first = await asyncio.wait_for(reader.read(1), idle_timeout)
+    try:  # ``first``: its first byte, already read by someone else
+        first = first or await asyncio.wait_for(reader.read(1), idle_timeout)
     except asyncio.TimeoutError as err:
         raise IdleTimeout from err
     if not first:

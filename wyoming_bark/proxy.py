@@ -1,10 +1,11 @@
 """The client's own address behind a balancer: the PROXY protocol (v1 and v2, what HAProxy's
 ``send-proxy-v2`` sends first on each connection), parsed by the ``proxy-protocol`` library.
 
-Only a trusted proxy (``--trusted-proxies``, loopback by default) is believed, and it must send
-the header; anyone else is served as it connects, a header from it then being a bad event like
-any other garbage. A header that is malformed, or not complete within ``HEADER_TIMEOUT_S``, closes
-the connection with one log line. A health check's ``LOCAL`` header keeps the proxy's address.
+Only a trusted proxy's header (``--trusted-proxies``, loopback by default) is believed; a
+connection from there without one (a health check or a tool on the same host) is served as
+itself, and so is anyone else, whose header is then a bad event like any other garbage. A header
+that is malformed, or not complete within ``HEADER_TIMEOUT_S``, closes the connection with one log
+line. A health check's ``LOCAL`` header keeps the proxy's address.
 """
 
 from __future__ import annotations
@@ -45,16 +46,26 @@ def trusted(peer: str | None, proxies: tuple) -> bool:
     return any(address in network for network in proxies)
 
 
-async def client_address(reader: asyncio.StreamReader, peer: str | None, proxies: tuple) -> str | None:
-    """The client's address: the PROXY header's source where ``peer`` is a trusted proxy, else
-    ``peer``; raises ``ProxyRefused`` (logged, counted) for a bad or slow header."""
+async def client_address(
+    reader: asyncio.StreamReader, peer: str | None, proxies: tuple, wait_s: float | None = None
+) -> tuple[str | None, bytes]:
+    """The client's address, and the bytes read that are not a header (the start of the first
+    event, for the event reader). A trusted proxy's header gives its source (a ``LOCAL`` one, or
+    none — a health check or tool on the proxy's host — the peer itself); anyone else is ``peer``.
+    Raises ``ProxyRefused`` (logged, counted) for a bad or slow header."""
     if not trusted(peer, proxies):
-        return peer
+        return peer, b""
+    try:  # the first byte tells: a header begins with "PROXY " (v1) or "\r\n\r\n" (v2)
+        first = await asyncio.wait_for(reader.read(1), wait_s)
+    except asyncio.TimeoutError:
+        return peer, b""  # the idle timeout then closes it
+    if first not in (b"P", b"\r"):
+        return peer, first
     try:
-        result = await asyncio.wait_for(_read_header(reader), HEADER_TIMEOUT_S)
+        result = await asyncio.wait_for(_read_header(reader, first), HEADER_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise _refused(
-            "timeout", f"no PROXY header from proxy {peer} within {HEADER_TIMEOUT_S:g} s"
+            "timeout", f"no whole PROXY header from proxy {peer} within {HEADER_TIMEOUT_S:g} s"
         ) from None
     except (
         ValueError,
@@ -68,13 +79,13 @@ async def client_address(reader: asyncio.StreamReader, peer: str | None, proxies
     host = getattr(source, "compressed", None) or (
         source[0] if isinstance(source, tuple) and source else None
     )
-    return str(host) if host else peer
+    return (str(host) if host else peer), b""
 
 
-async def _read_header(reader: asyncio.StreamReader):
-    """The header, read as far as the parser asks and never further (the library's own reader
-    spins on a line cut short by the end of the stream)."""
-    parser, data = ProxyProtocolDetect(), bytearray()
+async def _read_header(reader: asyncio.StreamReader, first: bytes):
+    """The header that begins with ``first``, read as far as the parser asks and never further
+    (the library's own reader spins on a line cut short by the end of the stream)."""
+    parser, data = ProxyProtocolDetect(), bytearray(first)
     while True:
         try:
             with memoryview(data) as view:

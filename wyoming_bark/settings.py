@@ -202,7 +202,7 @@ class ServerSettings:
     )
     trusted_proxies: tuple = setting(
         LOOPBACK,
-        "Addresses (CIDR, comma-separated) whose PROXY header is believed; only they must send one",
+        "Addresses (CIDR, comma-separated) whose PROXY header is believed (without one: served as themselves)",
         parse=networks,
         start="127.0.0.0/8,::1",
     )
