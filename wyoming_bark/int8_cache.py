@@ -25,6 +25,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import tensors
+from .int8_kernels import int8_linear
 from .precision import QUANTIZED
 
 _LOGGER = logging.getLogger(__name__)
@@ -126,7 +127,6 @@ class Int8Cache:
 def _assemble(model_dir: Path, states: dict[str, dict]) -> nn.Module:
     """A BarkModel with no float GPT weights ever made: its GPTs built on ``meta``, int8 layers in
     place of their linear ones, then the kept states loaded; EnCodec from the model's files."""
-    from torch.ao.nn.quantized import dynamic as quantized
     from transformers import BarkConfig, BarkModel, EncodecModel, GenerationConfig
 
     config = BarkConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -137,9 +137,7 @@ def _assemble(model_dir: Path, states: dict[str, dict]) -> nn.Module:
         for parent in list(gpt.modules()):
             for child_name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
-                    layer = quantized.Linear(
-                        child.in_features, child.out_features, bias_=child.bias is not None, dtype=torch.qint8
-                    )
+                    layer = int8_linear(child.in_features, child.out_features, child.bias is not None)
                     setattr(parent, child_name, layer)
         gpt.to_empty(device="cpu")
         gpt.load_state_dict(states[name])

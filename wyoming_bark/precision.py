@@ -20,12 +20,12 @@ import platform
 import signal
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import int8_kernels
 from .errors import ModelLoadError
 
 _LOGGER = logging.getLogger(__name__)
@@ -63,9 +63,7 @@ def quantize(bark: nn.Module) -> tuple[dict[str, float], list[str]]:
     agreement: dict[str, float] = {}
     for name in QUANTIZED:
         original = getattr(bark, name)
-        with warnings.catch_warnings():  # torch 2.13 marks it deprecated; its CPU kernels remain
-            warnings.simplefilter("ignore")
-            quantized = torch.ao.quantization.quantize_dynamic(original, {nn.Linear}, torch.qint8)
+        quantized = int8_kernels.quantize(original)
         agreement[name], problem = gate(name, quantized, original)
         if problem:
             return agreement, [problem]
@@ -100,16 +98,7 @@ def gate(name: str, quantized: nn.Module, original: nn.Module) -> tuple[float, s
     return agreement, None
 
 
-# Run in a child process: quantize a small linear layer with ENGINE and use it. A kernel built for
-# instructions this CPU (or an emulator) lacks kills the process (SIGILL), which nothing in-process
-# survives; in a child it only rules that engine out.
-_ENGINE_PROBE = """
-import sys, warnings, torch
-warnings.simplefilter("ignore")
-torch.backends.quantized.engine = sys.argv[1]
-layer = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 64)), {torch.nn.Linear}, torch.qint8)
-assert torch.isfinite(layer(torch.randn(8, 64))).all()
-"""
+_ENGINE_PROBE = int8_kernels.PROBE
 PROBE_TIMEOUT_S = 300  # importing torch (and transformers) under emulation takes a while
 
 

@@ -50,8 +50,9 @@ def compare_logits(ours: torch.Tensor, reference: torch.Tensor, dtype: torch.dty
 
 def precision_of(fast) -> torch.dtype | str:
     """The precision the tolerance is for: ``int8`` if the GPTs' linear layers are quantized."""
-    quantized = torch.ao.nn.quantized.dynamic.Linear
-    if any(isinstance(module, quantized) for module in fast.bark.semantic.modules()):
+    from ..int8_kernels import is_int8
+
+    if any(is_int8(module) for module in fast.bark.semantic.modules()):
         return "int8"
     return fast.semantic.embed.weight.dtype
 
