@@ -75,6 +75,9 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
         "BARK_LOG_FORMAT": "%(message)s",
         "BARK_HUBERT": "/models/hubert",
         "BARK_QUANTIZER": "/models/quantizer.pth",
+        "BARK_METRICS_PORT": "9464",
+        "BARK_PROXY_PROTOCOL": "1",
+        "BARK_TRUSTED_PROXIES": "10.0.0.0/8",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -96,6 +99,11 @@ def test_every_flag_reads_the_environment(monkeypatch, tmp_path):
     )
     assert args.max_batch == 4 and args.lookahead == 1
     assert (args.hubert, args.quantizer) == ("/models/hubert", "/models/quantizer.pth")
+    assert (args.metrics_port, args.proxy_protocol, [str(n) for n in args.trusted_proxies]) == (
+        9464,
+        True,
+        ["10.0.0.0/8"],
+    )
     assert (args.max_connections, args.idle_timeout, args.max_connections_per_address) == (10, 30.0, 5)
     assert args.core == "transformers" and build_parser().parse_args(["--core", "fast"]).core == "fast"
     assert args.self_check == "strict" and engine_self_check(args) == "strict"

@@ -89,7 +89,9 @@ def test_every_addon_option_reaches_a_setting(clean_env, tmp_path):
         if option in passed:
             assert option in args.read, f"add-on option {option} reaches no setting"
         else:  # switches and fixed flags, spelled out in the script
-            flag = {"model": "--model", "streaming": "--no-streaming"}.get(option, f"--{option}")
+            flag = {"model": "--model", "streaming": "--no-streaming", "metrics": "--metrics-port"}.get(
+                option, f"--{option}"
+            )
             assert flag in run, f"add-on option {option} is not passed to the server"
             assert flag.removeprefix("--").replace("-", "_") in args.read
 
@@ -107,7 +109,10 @@ def test_the_addon_schema_fits_each_settings_declaration():
     for option, kind in config["schema"].items():
         found = re.fullmatch(r"(int|float)\(([\d.]*),([\d.]*)\)\??", kind)
         spec = specs.get(option)
-        if kind == "bool":
+        if option == "metrics":  # a switch for a fixed port, the one the app maps
+            assert kind == "bool" and specs["metrics_port"].low <= 9464 <= specs["metrics_port"].high
+            assert "9464/tcp" in config["ports"]
+        elif kind == "bool":
             assert spec is not None and spec.kind in ("switch", "name-or-switch"), option
         elif found:
             assert spec.kind in {"int": ("int", "number"), "float": ("number",)}[found[1]], option
