@@ -117,7 +117,7 @@ class Int8Cache:
             part.write_text(json.dumps(manifest), encoding="utf-8")
             os.replace(part, self.folder / "manifest.json")
             _LOGGER.info("Kept the int8 weights in %s: the next start loads them directly", self.folder)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch's zip writer raises RuntimeError (disk full)
             _LOGGER.warning(
                 "Cannot keep the int8 weights in %s (%s); the next start converts again", self.folder, err
             )
