@@ -143,3 +143,26 @@ def test_the_second_start_peaks_lower(tmp_path):
 
     first, second = peak(), peak()
     assert second < first - linear // 2, (first, second, linear)
+
+
+def test_servers_sharing_a_data_dir_may_keep_their_weights_at_once(tiny_model, tmp_path, caplog):
+    """Two servers on one data volume (examples/scale-out) start together: both convert and keep,
+    and what is kept is one whole cache, loadable."""
+    import threading
+
+    loaded = _load(tiny_model, tmp_path / "first")
+    kept = int8_cache.Int8Cache(tmp_path / "shared", loaded.model_dir, torch.backends.quantized.engine)
+    start = threading.Barrier(4)
+
+    def keep() -> None:
+        start.wait()
+        kept.save(loaded.model, {"semantic": 1.0})
+
+    threads = [threading.Thread(target=keep) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "Cannot keep" not in caplog.text
+    assert [p.name for p in (tmp_path / "shared" / int8_cache.CACHE_DIR).iterdir()] == [kept.folder.name]
+    assert kept.load() is not None

@@ -12,12 +12,15 @@ runs again and replaces the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -102,26 +105,36 @@ class Int8Cache:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def save(self, bark: nn.Module, agreement: dict[str, float]) -> None:
-        """Keep ``bark``'s int8 GPTs (the manifest last: a half-written cache is no cache); other
+        """Keep ``bark``'s int8 GPTs: written into a folder of this process's own, then renamed into
+        place whole (servers sharing a data dir may start together: the first one's stays); other
         fingerprints' caches go (one model's int8 weights are up to 1.5 GB)."""
+        part = self.root / f".{self.folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.folder.mkdir(parents=True)
+            part.mkdir(parents=True)
             files = {}
             for name in QUANTIZED:
-                path = self.folder / f"{name}.pt"
-                torch.save(getattr(bark, name).state_dict(), path)
-                files[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+                torch.save(getattr(bark, name).state_dict(), part / f"{name}.pt")
+                files[name] = hashlib.sha256((part / f"{name}.pt").read_bytes()).hexdigest()
             manifest = {"fingerprint": self.print, "files": files, "agreement": agreement}
-            part = self.folder / "manifest.json.part"
-            part.write_text(json.dumps(manifest), encoding="utf-8")
-            os.replace(part, self.folder / "manifest.json")
+            (part / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+            shutil.rmtree(self.folder, ignore_errors=True)  # a damaged one
+            os.rename(part, self.folder)
             _LOGGER.info("Kept the int8 weights in %s: the next start loads them directly", self.folder)
         except (OSError, RuntimeError) as err:  # torch's zip writer raises RuntimeError (disk full)
-            _LOGGER.warning(
-                "Cannot keep the int8 weights in %s (%s); the next start converts again", self.folder, err
-            )
-            shutil.rmtree(self.folder, ignore_errors=True)
+            if not self.folder.is_dir():  # not another server's, kept a moment before
+                _LOGGER.warning("Cannot keep the int8 weights in %s (%s); the next start converts again",
+                                self.folder, err)  # fmt: skip
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
+        self._forget_others()
+
+    def _forget_others(self) -> None:
+        """Other fingerprints' caches, and writes that a killed process left (over an hour old)."""
+        with contextlib.suppress(OSError):
+            for other in self.root.iterdir():
+                started = other.name.startswith(".")
+                if other != self.folder and (not started or time.time() - other.stat().st_mtime > 3600):
+                    shutil.rmtree(other, ignore_errors=True)
 
 
 def _assemble(model_dir: Path, states: dict[str, dict]) -> nn.Module:
