@@ -463,12 +463,19 @@ def _query(expression: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+async def _loaded(uri: str) -> bool:
+    try:
+        return bool((await status(uri))["loaded"])
+    except (OSError, asyncio.TimeoutError, AssertionError):
+        return False
+
+
 async def _from(source: str, text: str):
     """A synthesize through the balancer from client address ``source`` (loopback has them all)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", PORT, local_addr=(source, 0))
     try:
         await async_write_event(Synthesize(text=text).event(), writer)
-        while (event := await asyncio.wait_for(async_read_event(reader), 60)).type != "audio-stop":
+        while (event := await asyncio.wait_for(async_read_event(reader), 120)).type != "audio-stop":
             assert event.type != "error", event.data
     finally:
         writer.close()
@@ -490,6 +497,8 @@ async def test_prometheus_watches_the_scaled_out_servers(gpu_image, haproxy_imag
             env = {**_example_env(compose[service]["environment"]), "BARK_MAX_CONNECTIONS_PER_ADDRESS": "1"}
             data = hub_data(tmp_path / service, tiny_model, env["BARK_MODEL"])
             stack.enter_context(container(gpu_image, env, {data: "/data"}))
+            # Loaded before the requests (the image preloads): their first audio is not a model load.
+            await eventually(lambda uri=env["BARK_URI"]: _loaded(uri), timeout=START_TIMEOUT, what="loaded")
         stack.enter_context(container(haproxy_image, compose["balancer"]["environment"],
                                       {example / "haproxy.cfg": "/usr/local/etc/haproxy/haproxy.cfg:ro"}))  # fmt: skip
         stack.enter_context(container(prometheus_image, {}, {scrape: "/etc/prometheus/prometheus.yml:ro",
