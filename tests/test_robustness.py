@@ -382,6 +382,7 @@ async def test_sigterm_during_a_stalled_model_download_exits(tmp_path, monkeypat
 async def test_sighup_stops_cleanly(server_factory, tiny_model):
     """A closed terminal stops the server as SIGTERM does (cleanup runs, exit code 0)."""
     server = server_factory("--model", str(tiny_model), "--max-semantic-tokens", "20")
+    await eventually(lambda: "Serving Bark on" in server.log_text(), what="the start-up finished")
     server.process.send_signal(signal.SIGHUP)
     assert await asyncio.to_thread(server.process.wait, 30) == 0
     assert "Stopped" in server.log_text()

@@ -102,6 +102,10 @@ async def serve(settings: Settings, engine: TtsEngine) -> None:
         running.cancel()
         engine.close()
         raise
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+        # A closed terminal (SIGHUP) stops the server as SIGTERM does: cleanly, with the
+        # zeroconf goodbye, through wyoming's own SIGTERM handling.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, signal.raise_signal, signal.SIGTERM)
     background: list[asyncio.Task] = []
     if server_settings.preload:
         # In the background: describe must answer while the model loads.
@@ -129,10 +133,6 @@ async def serve(settings: Settings, engine: TtsEngine) -> None:
     download = None if server_settings.preload else pending_download(model.model, model.data_dir)
     if download:
         _LOGGER.info("The first request downloads %s before it is answered (--preload: now)", download)
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-        # A closed terminal (SIGHUP) stops the server as SIGTERM does: cleanly, with the
-        # zeroconf goodbye, through wyoming's own SIGTERM handling.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, signal.raise_signal, signal.SIGTERM)
     try:
         await running
     finally:
