@@ -509,7 +509,8 @@ async def test_prometheus_watches_the_scaled_out_servers(gpu_image, haproxy_imag
             await _from("127.0.0.2", f"Request {n} here.")
         await eventually(lambda: _query('count(bark_requests_total{outcome="ok"} > 0)') == 2,
                          what="both servers' request counters moving")  # fmt: skip
-        assert _query('sum(bark_requests_total{outcome="ok"})') == 4
+        await eventually(lambda: _query('sum(bark_requests_total{outcome="ok"})') == 4,
+                         what="all four requests counted (the next scrape)")  # fmt: skip
         await eventually(
             lambda: _query("sum(bark_first_audio_seconds_count)") == 4, what="first audio counted"
         )
