@@ -25,17 +25,24 @@ ADMIT_WAIT_S = 1.0
 MAX_WAITING = 256  # connections waiting for a slot at once; more are refused at once
 
 
+def ip_of(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as an IP (its IPv6 zone dropped, IPv4-mapped IPv6 as IPv4); None if it is
+    none (a unix socket) or not an IP."""
+    try:
+        ip = ipaddress.ip_address((address or "").split("%", 1)[0])
+    except ValueError:
+        return None
+    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
 def client_key(address: str | None) -> str | None:
     """The address as counted: IPv4 as is, IPv6 by its /64, IPv4-mapped IPv6 as IPv4."""
     if not address:
         return None
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = ip_of(address)
+    if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 

@@ -81,6 +81,19 @@ class _Request:
             metrics.request_ended(self.kind, outcome)
 
 
+@contextlib.contextmanager
+def _counted(request: _Request):
+    """Count ``request``'s end however its work ends: cancelled when the client goes away, else
+    ok or other (unless it was counted with its own outcome before)."""
+    try:
+        yield
+    except (ConnectionError, asyncio.CancelledError):
+        request.ended("cancelled")
+        raise
+    finally:
+        request.ended("other" if request.failed else "ok")
+
+
 class BarkEventHandler(AsyncEventHandler):
     """Answers describe at once; queues synthesis so it never holds up reading events.
 
@@ -330,18 +343,13 @@ class BarkEventHandler(AsyncEventHandler):
             _LOGGER.debug("Client went away during synthesis")
 
     async def _speak_text(self, request: _Request, text: str) -> None:
-        try:
+        with _counted(request):
             await self._speak(request, self.engine.speak(text, request.voice, client=self.client))
             if request.failed:
                 await self._close_after_failure()
             else:
                 request.ended("ok")  # counted before the client hears audio-stop
                 await self._finish(request, streaming=False)
-        except (ConnectionError, asyncio.CancelledError):
-            request.ended("cancelled")  # the client went away
-            raise
-        finally:
-            request.ended("other" if request.failed else "ok")  # unless it ended otherwise before
 
     async def _refuse(self, error: Error) -> None:
         await self._send_error(error)
@@ -355,7 +363,7 @@ class BarkEventHandler(AsyncEventHandler):
 
     async def _speak_streamed(self, request: _Request, text: TextStream) -> None:
         """A streaming request: its audio while text still comes, then the answer to synthesize-stop."""
-        try:
+        with _counted(request):
             await self._speak(request, text.audio())
             if request.refusal is not None and not request.failed:
                 request.failed = True
@@ -364,11 +372,6 @@ class BarkEventHandler(AsyncEventHandler):
             await request.stopped.wait()
             request.ended("other" if request.failed else "ok")  # before the client hears the end
             await self._finish(request, streaming=True)
-        except (ConnectionError, asyncio.CancelledError):
-            request.ended("cancelled")
-            raise
-        finally:
-            request.ended("other" if request.failed else "ok")
 
     async def _speak(self, request: _Request, chunks: AsyncGenerator[bytes, None]) -> None:
         if request.failed:

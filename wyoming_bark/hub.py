@@ -95,7 +95,7 @@ def checkpoint_folder(spec: str, data_dir: Path, what: str, flag: str) -> Path:
     """A transformers checkpoint (``config.json`` and weights): folder ``spec``, or the snapshot
     of hub repo ``spec`` (owner/name) downloaded into ``DATA_DIR/models`` like Bark's."""
     path = Path(spec).expanduser()
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if _is_local(spec) or spec.count("/") != 1:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{what} folder {path} does not exist or has no config.json (--{flag})")
         return path

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LOGGER = logging.getLogger(__name__)
@@ -137,9 +137,7 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, text, value=value)
 
 
-def _counter_like(name: str, text: str, value: float):
-    from prometheus_client.core import CounterMetricFamily
-
+def _counter_like(name: str, text: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name.removesuffix("_total"), text, value=value)
 
 

@@ -11,13 +11,13 @@ line. A health check's ``LOCAL`` header keeps the proxy's address.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 
 from proxyprotocol import ProxyProtocolIncompleteError
 from proxyprotocol.detect import ProxyProtocolDetect
 
 from . import metrics
+from .connections import ip_of
 from .errors import quoted
 
 _LOGGER = logging.getLogger(__name__)
@@ -35,15 +35,8 @@ class ProxyRefused(Exception):
 
 
 def trusted(peer: str | None, proxies: tuple) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in proxies)
+    address = ip_of(peer)
+    return address is not None and any(address in network for network in proxies)
 
 
 async def client_address(

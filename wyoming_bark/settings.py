@@ -204,7 +204,7 @@ class ServerSettings:
         LOOPBACK,
         "Addresses (CIDR, comma-separated) whose PROXY header is believed (without one: served as themselves)",
         parse=networks,
-        start="127.0.0.0/8,::1",
+        start=",".join(str(network) for network in LOOPBACK),
     )
     zeroconf: str | None = setting(
         None, "Announce NAME._wyoming._tcp.local. over mDNS", kind="name-or-switch"
