@@ -352,7 +352,8 @@ async def test_sigterm_during_a_stalled_model_download_exits(tmp_path, monkeypat
     """The first download hangs (a hub that accepts and never answers): SIGTERM still exits."""
     stalled = await asyncio.start_server(lambda reader, writer: asyncio.sleep(120), "127.0.0.1", 0)
     hub = f"http://127.0.0.1:{stalled.sockets[0].getsockname()[1]}"
-    env = {**os.environ, "HF_ENDPOINT": hub, "HF_HUB_ETAG_TIMEOUT": "600", "HF_HUB_DOWNLOAD_TIMEOUT": "600"}
+    env = {**os.environ, "HF_ENDPOINT": hub, "HF_HUB_ETAG_TIMEOUT": "600", "HF_HUB_DOWNLOAD_TIMEOUT": "600",
+           "PYTHONUNBUFFERED": "1"}
     env.pop("HF_HUB_OFFLINE", None)
     log = tmp_path / "server.log"
     with log.open("wb") as out:
@@ -364,9 +365,10 @@ async def test_sigterm_during_a_stalled_model_download_exits(tmp_path, monkeypat
     try:
 
         async def fetching() -> bool:  # the server is up and its download hangs (slow start: fine)
+            assert process.returncode is None, f"the server ended ({process.returncode}):\n{log.read_text()}"
             return "Fetching suno/bark-small" in log.read_text()
 
-        await eventually(fetching, what="the stalled download")
+        await eventually(fetching, timeout=3 * TIMEOUT, what=f"the stalled download (log so far: {log})")
         await asyncio.sleep(1)
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 20)
