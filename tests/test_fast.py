@@ -22,6 +22,7 @@ from wyoming_bark.fast import Cancelled, FastBark, SamplingSettings
 from wyoming_bark.fast.model import CausalGPT
 from wyoming_bark.fast.stages import coarse_tokens, fine_tokens, generate, semantic_tokens
 from wyoming_bark.fast.transformers_core import suno_coarse_suppressed
+from wyoming_bark.settings import PRECISIONS
 from wyoming_bark.voices import VoiceLibrary
 
 
@@ -244,13 +245,17 @@ def test_benchmark_runs_and_reports_everything():
     } <= set(result["ours"])
     assert result["ours"]["self_check"].startswith("passed"), result["ours"]["self_check"]
     assert result["reference"]["audio_seconds"] == pytest.approx(result["audio_seconds"], abs=0.03)
-    # as shipped on a CPU: int8, whole sentences (audio streaming is for GPUs), batched
-    assert (result["precision"], result["reference_dtype"]) == ("int8", "float32")
+    # as shipped on a CPU: each GPT as measured fastest here, whole sentences (audio streaming is
+    # for GPUs), batched
+    assert result["reference_dtype"] == "float32"
+    assert result["precision"] in PRECISIONS or result["precision"].startswith("semantic "), result[
+        "precision"
+    ]
     for server, streaming, batch in ((result["server"], "off", 8), (result["server_serial"], "off", 1)):
         assert (server["audio_streaming"], server["max_batch"], server["precision"]) == (
             streaming,
             batch,
-            "int8",
+            result["precision"],
         )
         assert server["first_audio"]["first_audio_s"] > 0 and server["clients"]["requests"] == 2
         assert server["clients"]["audio_seconds_per_second"] > 0 and server["clients"]["ms_per_step"] > 0

@@ -22,6 +22,7 @@ from wyoming_bark.settings import ModelSettings
 
 
 def _load(tiny_model, data_dir, **kwargs):
+    kwargs = {"precision": "int8", **kwargs}  # auto's choice on the tiny model: test_stage_precision
     return load_bark(
         ModelSettings(model=str(tiny_model), data_dir=data_dir, device="cpu", max_batch=2, **kwargs)
     )
@@ -109,7 +110,8 @@ _PEAK = textwrap.dedent(
     from wyoming_bark.loader import load_bark
     from wyoming_bark.settings import ModelSettings
     started = time.monotonic()
-    load_bark(ModelSettings(model=sys.argv[1], data_dir=Path(sys.argv[2]), device="cpu", self_check="off"))
+    load_bark(ModelSettings(model=sys.argv[1], data_dir=Path(sys.argv[2]), device="cpu", self_check="off",
+                             precision="int8"))
     status = Path("/proc/self/status").read_text()
     print(int(next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]) // 1024)
     """

@@ -1,4 +1,5 @@
-"""CPU precision: int8 weights by default on a CPU, the quality gate against float32, threads."""
+"""CPU precision: int8 weights, the quality gate against float32, threads (``auto``'s choice by
+stage: test_stage_precision)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,13 @@ def fp32_and_int8(tiny_model):
     return FastBark(model), FastBark(quantized)
 
 
-def test_auto_is_int8_on_a_cpu_and_float16_on_cuda():
-    assert precision.resolve("auto", torch.device("cpu")) == "int8"
+def test_auto_is_chosen_by_stage_on_a_cpu_and_float16_on_cuda():
+    assert precision.resolve("auto", torch.device("cpu")) == "auto"
     assert precision.resolve("auto", torch.device("cuda")) == "fp16"
     assert precision.resolve("fp32", torch.device("cuda")) == "fp32"
-    with pytest.raises(ModelLoadError, match="int8 is for the CPU"):
-        precision.resolve("int8", torch.device("cuda"))
+    for cpu_only in ("int8", "bf16"):
+        with pytest.raises(ModelLoadError, match=f"{cpu_only} is for the CPU"):
+            precision.resolve(cpu_only, torch.device("cuda"))
 
 
 def test_int8_passes_the_quality_gate(fp32_and_int8):
@@ -65,9 +67,11 @@ def test_the_gate_fails_a_model_that_is_wrong(fp32_and_int8):
     assert report["fine"]["codes_agreement"] < MIN_TOP1  # (the tiny codec hears little of it: no audio bound)
 
 
-def test_the_server_loads_int8_by_default_on_a_cpu_and_speaks(tiny_model, tmp_path):
+def test_the_server_loads_int8_on_a_cpu_and_speaks(tiny_model, tmp_path):
     loaded = load_bark(
-        ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2)
+        ModelSettings(
+            model=str(tiny_model), data_dir=tmp_path, device="cpu", core="fast", max_batch=2, precision="int8"
+        )
     )
     assert loaded.precision == "int8"
     assert isinstance(loaded.model.semantic.lm_head, torch.ao.nn.quantized.dynamic.Linear)
@@ -101,7 +105,9 @@ def test_int8_is_gated_at_load_and_falls_back_when_its_kernels_are_wrong(
 ):
     """At load, on this machine's own kernels: int8 that gives other numbers without raising (as
     an untested CPU's kernels might) is caught by the gate and float32 serves, with one line."""
-    settings = ModelSettings(model=str(tiny_model), data_dir=tmp_path, device="cpu", max_batch=2)
+    settings = ModelSettings(
+        model=str(tiny_model), data_dir=tmp_path, device="cpu", max_batch=2, precision="int8"
+    )
     with caplog.at_level("INFO"):
         assert load_bark(settings).precision == "int8"
     assert (
@@ -124,7 +130,9 @@ def test_int8_is_gated_at_load_and_falls_back_when_its_kernels_are_wrong(
     caplog.clear()
     with caplog.at_level("WARNING"):
         loaded = load_bark(
-            ModelSettings(model=str(tiny_model), data_dir=tmp_path / "b", device="cpu", max_batch=2)
+            ModelSettings(
+                model=str(tiny_model), data_dir=tmp_path / "b", device="cpu", max_batch=2, precision="int8"
+            )
         )
     assert loaded.precision == "fp32" and isinstance(loaded.model.semantic.lm_head, torch.nn.Linear)
     assert "int8 weights disagree with float32 on this machine (semantic: top-1 agreement" in caplog.text

@@ -352,8 +352,13 @@ async def test_sigterm_during_a_stalled_model_download_exits(tmp_path, monkeypat
     """The first download hangs (a hub that accepts and never answers): SIGTERM still exits."""
     stalled = await asyncio.start_server(lambda reader, writer: asyncio.sleep(120), "127.0.0.1", 0)
     hub = f"http://127.0.0.1:{stalled.sockets[0].getsockname()[1]}"
-    env = {**os.environ, "HF_ENDPOINT": hub, "HF_HUB_ETAG_TIMEOUT": "600", "HF_HUB_DOWNLOAD_TIMEOUT": "600",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub,
+        "HF_HUB_ETAG_TIMEOUT": "600",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "600",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("HF_HUB_OFFLINE", None)
     log = tmp_path / "server.log"
     with log.open("wb") as out:

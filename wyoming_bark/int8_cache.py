@@ -1,7 +1,7 @@
 """Int8 weights kept between starts, so a small board's second start is quick and small.
 
-The first start loads float32 weights, converts the GPTs to int8 and gates each against its float
-self (``precision.quantize``); its int8 GPTs are then written here, one file each, with a
+The first start loads float32 weights, converts the GPTs (to int8, or where ``--precision auto``
+chose it for a GPT, bfloat16) and gates each against its float self (``precision.convert``); its GPTs are then written here, one file each, with a
 manifest of their SHA-256 and the fingerprint of what made them (model files, torch, the int8
 kernel engine, this package). A later start with the same fingerprint builds the model without
 weights (on the ``meta`` device), puts int8 layers where the GPTs' linear layers are, and loads
@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import tensors
 from .int8_kernels import int8_linear
-from .precision import QUANTIZED
+from .precision import DTYPES, QUANTIZED
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,9 +37,10 @@ CACHE_DIR = "int8-cache"  # under the data dir
 FORMAT = 1  # of the files: change it when what is written changes
 
 
-def fingerprint(model_dir: Path, engine: str) -> dict[str, object]:
+def fingerprint(model_dir: Path, engine: str, choice: dict[str, str]) -> dict[str, object]:
     """What the int8 weights depend on: the model's files (the hub snapshot's revision is in its
-    path; a local folder's files by size and time), torch, its int8 engine, this package."""
+    path; a local folder's files by size and time), torch, its int8 engine, each GPT's precision,
+    this package."""
     files = (
         sorted(model_dir.glob("*.safetensors"))
         + sorted(model_dir.glob("*.bin"))
@@ -50,6 +51,7 @@ def fingerprint(model_dir: Path, engine: str) -> dict[str, object]:
         "wyoming_bark": __version__,
         "torch": torch.__version__,
         "engine": engine,
+        "precisions": choice,
         "machine": platform.machine(),
         "model": str(model_dir.resolve()),
         "files": [
@@ -61,8 +63,11 @@ def fingerprint(model_dir: Path, engine: str) -> dict[str, object]:
 class Int8Cache:
     """The int8 GPTs of one model on one machine, in ``DATA_DIR/int8-cache/DIGEST/``."""
 
-    def __init__(self, data_dir: Path, model_dir: Path, engine: str) -> None:
-        self.print = fingerprint(model_dir, engine)
+    def __init__(
+        self, data_dir: Path, model_dir: Path, engine: str, choice: dict[str, str] | None = None
+    ) -> None:
+        self.choice = choice or dict.fromkeys(QUANTIZED, "int8")
+        self.print = fingerprint(model_dir, engine, self.choice)
         digest = hashlib.sha256(json.dumps(self.print, sort_keys=True).encode()).hexdigest()[:16]
         self.root, self.folder, self.model_dir = (
             data_dir / CACHE_DIR,
@@ -78,7 +83,7 @@ class Int8Cache:
             return None
         try:
             states = {name: self._state(name, manifest["files"][name]) for name in QUANTIZED}
-            return _assemble(self.model_dir, states), manifest["agreement"]
+            return _assemble(self.model_dir, states, self.choice), manifest["agreement"]
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             _LOGGER.warning(
                 "The kept int8 weights in %s cannot be used (%s); converting again", self.folder, err
@@ -137,9 +142,10 @@ class Int8Cache:
                     shutil.rmtree(other, ignore_errors=True)
 
 
-def _assemble(model_dir: Path, states: dict[str, dict]) -> nn.Module:
-    """A BarkModel with no float GPT weights ever made: its GPTs built on ``meta``, int8 layers in
-    place of their linear ones, then the kept states loaded; EnCodec from the model's files."""
+def _assemble(model_dir: Path, states: dict[str, dict], choice: dict[str, str]) -> nn.Module:
+    """A BarkModel with no float32 copy of a converted GPT ever made: its GPTs built on ``meta``,
+    int8 layers in place of an int8 GPT's linear ones (another GPT in its float dtype), then the
+    kept states loaded; EnCodec from the model's files."""
     from transformers import BarkConfig, BarkModel, EncodecModel, GenerationConfig
 
     config = BarkConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -147,7 +153,9 @@ def _assemble(model_dir: Path, states: dict[str, dict]) -> nn.Module:
         bark = BarkModel(config)
     for name in QUANTIZED:
         gpt = getattr(bark, name)
-        for parent in list(gpt.modules()):
+        if choice[name] != "int8":
+            gpt.to(DTYPES[choice[name]])
+        for parent in list(gpt.modules()) if choice[name] == "int8" else []:
             for child_name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
                     layer = int8_linear(child.in_features, child.out_features, child.bias is not None)

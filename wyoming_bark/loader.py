@@ -23,6 +23,7 @@ from .hub import model_directory
 from .int8_cache import Int8Cache
 from .self_check import prepare
 from .settings import ModelSettings
+from .stage_precision import StageChoice, summary
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class LoadedBark:
     device: torch.device
     dtype: torch.dtype
     core: FastBark | TransformersCore  # ours, or transformers' (--core transformers, or a fallback)
-    precision: str = "fp32"  # fp16, fp32 or int8 (see precision.py)
+    precision: str = "fp32"  # fp16, fp32, int8, bf16, or by GPT ("semantic int8, ...": stage_precision)
     self_check: str = "not run"  # the self-check's verdict, for status
     threads: int = 0  # torch's CPU threads for the decode thread (0: not set, a GPU)
 
@@ -83,9 +84,10 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def load_bark(settings: ModelSettings) -> LoadedBark:
-    """Load Bark (float16 on CUDA, int8 GPTs on a CPU by default; see ``precision.py``), set up
+    """Load Bark (float16 on CUDA; on a CPU by default each GPT in the precision measured fastest
+    there, ``stage_precision.py``), set up
     the chosen core and check it (``self_check.py``). Slow: run it off the event loop."""
-    from transformers import BarkModel, BarkProcessor
+    from transformers import BarkConfig, BarkModel, BarkProcessor
 
     model, data_dir = settings.model, settings.data_dir
     device = resolve_device(settings.device)
@@ -105,10 +107,19 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
                 .eval()
             )
 
-        engine = precisions.int8_engine(data_dir) if resolved == "int8" else None
-        kept = Int8Cache(data_dir, model_dir, engine) if engine else None
+        cpu = device.type == "cpu"
+        engine = precisions.int8_engine(data_dir) if cpu and resolved in ("int8", "auto") else None
         try:
             processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
+            stages = (
+                StageChoice(data_dir, BarkConfig.from_pretrained(str(model_dir)), engine) if cpu else None
+            )
+            choice = _choice(resolved, engine, stages) if cpu else None
+            kept = (
+                Int8Cache(data_dir, model_dir, engine, choice)
+                if choice and "int8" in choice.values()
+                else None
+            )
             from_cache = kept.load() if kept is not None else None
             bark = from_cache[0] if from_cache else weights()
         except torch.cuda.OutOfMemoryError as err:
@@ -124,12 +135,13 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
             torch.backends.quantized.engine = engine
             _LOGGER.info("int8 weights loaded from %s (%s kernels; top-1 agreement with float32 when "
                          "they were made: %s)", kept.folder, engine, _agreement(from_cache[1]))  # fmt: skip
-        elif resolved == "int8":
-            resolved, agreement = _int8(bark, engine)
-            if resolved == "fp32":  # some GPTs may be int8 already: all float32, from the files
-                bark = weights()
-            elif kept is not None:
-                kept.save(bark, agreement)
+        elif cpu:
+            choice = choice or stages.measure(bark)
+            choice, agreement = _convert(bark, choice, engine)
+            if "int8" in choice.values():
+                Int8Cache(data_dir, model_dir, engine, choice).save(bark, agreement)
+        if cpu:
+            resolved = summary(choice)
         loaded = LoadedBark(
             bark, processor, model_dir, device, dtype, TransformersCore(bark), resolved, threads=threads
         )
@@ -147,32 +159,40 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     return loaded
 
 
-def _int8(bark, engine: str | None) -> tuple[str, dict[str, float]]:
-    """Quantize the GPTs with ``engine``'s kernels, each gated against float32 on this machine:
-    ``int8`` and the agreement, or ``fp32`` (with a log line) where int8 raises or gives other
-    numbers."""
-    started = time.monotonic()
-    if engine is None:
+def _choice(resolved: str, engine: str | None, stages: StageChoice) -> dict[str, str] | None:
+    """What each GPT runs in on this CPU: ``resolved`` for all (int8 only where its kernels run),
+    or for ``auto`` the choice an earlier start measured here (None: measure it now)."""
+    if resolved == "auto":
+        return stages.kept()
+    if resolved == "int8" and engine is None:
         _LOGGER.warning("No int8 kernels run on this machine; running in float32")
-        return "fp32", {}
-    torch.backends.quantized.engine = engine
-    try:
-        agreement, problems = precisions.quantize(bark)
-    except (RuntimeError, NotImplementedError) as err:  # no int8 kernels for this CPU/build
-        _LOGGER.warning("No int8 weights on this machine (%s); running in float32", err)
-        return "fp32", {}
-    if problems:
-        _LOGGER.warning(
-            "int8 weights disagree with float32 on this machine (%s); running in float32", "; ".join(problems)
+        resolved = "fp32"
+    return dict.fromkeys(precisions.QUANTIZED, resolved)
+
+
+def _convert(bark, choice: dict[str, str], engine: str | None) -> tuple[dict[str, str], dict[str, float]]:
+    """The GPTs in their precisions (``precision.convert``), each gated against float32 on this
+    machine: where a copy raises or gives other numbers, that GPT runs in float32 (one line)."""
+    if set(choice.values()) == {"fp32"}:
+        return choice, {}
+    started = time.monotonic()
+    if engine is not None:
+        torch.backends.quantized.engine = engine
+    done, agreement, problems = precisions.convert(bark, choice)
+    for problem in problems:
+        name = problem.split(":", 1)[0]
+        _LOGGER.warning("%s weights disagree with float32 on this machine (%s); the %s GPT is running in "
+                        "float32", choice[name], problem, name)  # fmt: skip
+    passed = {name: share for name, share in agreement.items() if done[name] != "fp32"}
+    if passed:
+        _LOGGER.info(
+            "%s quality gate passed in %.1f s (%s kernels; top-1 agreement with float32: %s)",
+            "/".join(sorted({done[name] for name in passed})),
+            time.monotonic() - started,
+            engine,
+            _agreement(passed),
         )
-        return "fp32", {}
-    _LOGGER.info(
-        "int8 quality gate passed in %.1f s (%s kernels; top-1 agreement with float32: %s)",
-        time.monotonic() - started,
-        engine,
-        _agreement(agreement),
-    )
-    return "int8", agreement
+    return done, passed
 
 
 def _agreement(agreement: dict[str, float]) -> str:
@@ -201,11 +221,12 @@ def _fast_core(bark, max_batch: int, model: str) -> FastBark:
 
 def device_summary(device: torch.device, precision: str | None = None) -> str:
     """What a user checks to know the GPU is really used: its name and memory; and the precision."""
-    names = {"fp16": "float16", "fp32": "float32", "int8": "int8 weights"}
+    names = {"fp16": "float16", "fp32": "float32", "int8": "int8 weights", "bf16": "bfloat16",
+             "auto": "precision by stage, chosen at load"}  # fmt: skip
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{device}: {props.name}, {props.total_memory / 2**30:.1f} GiB, {names[precision or 'fp16']}"
-    return f"the CPU ({torch.get_num_threads()} threads), {names[precision or 'fp32']}"
+    return f"the CPU ({torch.get_num_threads()} threads), {names.get(precision or 'fp32', precision)}"
 
 
 class ModelLoader:

@@ -11,6 +11,7 @@ quantization, whose int8 kernels need no compiler). EnCodec stays in float32. Wh
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import hashlib
 import json
@@ -34,11 +35,12 @@ QUANTIZED = ("semantic", "coarse_acoustics", "fine_acoustics")  # the GPTs; not 
 
 
 def resolve(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``int8`` on a CPU, ``fp16`` on CUDA; ``int8`` is for CPUs."""
+    """``auto`` -> ``fp16`` on CUDA, and on a CPU stays ``auto`` (by stage, measured at load:
+    ``stage_precision``); ``int8`` and ``bf16`` are for CPUs."""
     if precision == "auto":
-        return "fp16" if device.type == "cuda" else "int8"
-    if precision == "int8" and device.type == "cuda":
-        raise ModelLoadError("--precision int8 is for the CPU; on a GPU use auto (float16) or fp32")
+        return "fp16" if device.type == "cuda" else "auto"
+    if precision in ("int8", "bf16") and device.type == "cuda":
+        raise ModelLoadError(f"--precision {precision} is for the CPU; on a GPU use auto (float16) or fp32")
     return precision
 
 
@@ -54,28 +56,47 @@ INT8_MIN_TOP1 = 0.6
 GATE_SEED, GATE_TOKENS, GATE_FRAMES = 1234, 64, 96
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the float ones
+
+
 def quantize(bark: nn.Module) -> tuple[dict[str, float], list[str]]:
-    """Int8 linear layers for the three GPTs of a loaded ``BarkModel``, one GPT at a time, each
-    gated against its float self on this machine's own kernels (``gate``) before its float weights
-    are dropped (so memory peaks at the model plus one GPT's copy). Returns the agreement by GPT
-    and the problems; at the first problem it stops, with the GPTs before it already int8: the
-    caller loads the model again in float32. Raises what the int8 kernels raise."""
-    agreement: dict[str, float] = {}
+    """All three GPTs int8 (``convert``): the agreement by GPT and the problems."""
+    _, agreement, problems = convert(bark, dict.fromkeys(QUANTIZED, "int8"))
+    return agreement, problems
+
+
+def convert(bark: nn.Module, choice: dict[str, str]) -> tuple[dict[str, str], dict[str, float], list[str]]:
+    """Each GPT of a loaded float32 ``BarkModel`` in its ``choice`` (int8, bf16, fp16; fp32 as it
+    is), one at a time, each copy gated against its float32 self on this machine's own kernels
+    (``gate``) before the float weights go (memory peaks at the model plus one GPT's copy). A GPT
+    whose copy fails the gate, or whose kernels raise, stays float32. Returns what each GPT runs
+    in, the agreement by converted GPT and the problems."""
+    done, agreement, problems = dict(choice), {}, []
     for name in QUANTIZED:
+        if choice[name] == "fp32":
+            continue
         original = getattr(bark, name)
-        quantized = int8_kernels.quantize(original)
-        agreement[name], problem = gate(name, quantized, original)
+        try:
+            if choice[name] == "int8":
+                converted = int8_kernels.quantize(original)
+            else:
+                converted = copy.deepcopy(original).to(DTYPES[choice[name]])
+            agreement[name], problem = gate(name, converted, original)
+        except (RuntimeError, NotImplementedError) as err:  # no such kernels for this CPU/build
+            converted, problem = None, f"{name}: {err}"
         if problem:
-            return agreement, [problem]
-        setattr(bark, name, quantized)
-        del original, quantized
+            problems.append(problem)
+            done[name] = "fp32"
+        else:
+            setattr(bark, name, converted)
+        del original, converted
         gc.collect()  # the float weights go now, before the next GPT's copy is made
-    return agreement, []
+    return done, agreement, problems
 
 
 @torch.inference_mode()
 def gate(name: str, quantized: nn.Module, original: nn.Module) -> tuple[float, str | None]:
-    """``(top-1 agreement, problem or None)`` of one quantized GPT against its float original."""
+    """``(top-1 agreement, problem or None)`` of one converted GPT against its float32 original."""
     from .fast.model import fine_logits
 
     generator = torch.Generator().manual_seed(GATE_SEED)
@@ -121,6 +142,12 @@ def _off_the_beaten_path() -> bool:
 PROBES_FILE = "kernel-probes.json"  # under the data dir: the verdicts, by machine fingerprint
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (x86 ``flags``, Arm ``Features``)."""
+    machine = _machine()
+    return set((machine.get("flags", "") + " " + machine.get("Features", "")).split())
+
+
 def _machine() -> dict[str, str]:
     """What decides whether a kernel runs: the CPU (model and instruction set), torch, us."""
     from . import __version__
@@ -149,18 +176,31 @@ class ProbeVerdicts:
 
     def probe(self, code: str, *args: str) -> str:
         """``_probe(code, *args)``, or its verdict from an earlier start on this machine."""
-        key = hashlib.sha256("\0".join((code, *args)).encode()).hexdigest()[:16]
-        if key not in self.verdicts:
-            self.verdicts[key] = _probe(code, *args)
-            if self.path is not None:
-                with contextlib.suppress(OSError):
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    part = self.path.with_suffix(".part")
-                    part.write_text(
-                        json.dumps({"machine": self.machine, "verdicts": self.verdicts}), encoding="utf-8"
-                    )
-                    os.replace(part, self.path)
-        return self.verdicts[key]
+        verdict = self.recall(code, *args)
+        if verdict is None:
+            verdict = self.remember(_probe(code, *args), code, *args)
+        return verdict
+
+    def recall(self, *key: str) -> str | None:
+        """What was found for ``key`` on this machine before, if anything."""
+        return self.verdicts.get(_digest(key))
+
+    def remember(self, verdict: str, *key: str) -> str:
+        """Keep ``verdict`` for ``key`` (a file that cannot be written: kept for this run only)."""
+        self.verdicts[_digest(key)] = verdict
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                part = self.path.with_suffix(f".{os.getpid()}.part")
+                part.write_text(
+                    json.dumps({"machine": self.machine, "verdicts": self.verdicts}), encoding="utf-8"
+                )
+                os.replace(part, self.path)
+        return verdict
+
+
+def _digest(key: tuple[str, ...]) -> str:
+    return hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
 
 
 def check_onednn(data_dir: Path | None = None) -> None:

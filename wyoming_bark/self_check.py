@@ -33,7 +33,7 @@ import torch
 from . import __version__
 from .errors import ModelLoadError
 from .fast import FastBark
-from .fast.check import check_against_transformers, check_graphs, check_sentence, precision_of
+from .fast.check import check_against_transformers, check_graphs, check_sentence, precisions_of
 from .fast.model import BatchedStep
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def fingerprint(fast: FastBark, model: str) -> dict[str, str]:
         "driver": str(driver()) if device.type == "cuda" and driver else "",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": model,
-        "precision": str(precision_of(fast)),  # int8 runs other kernels than float32
+        "precision": precisions_of(fast),  # int8 runs other kernels than float32
         "max_batch": str(fast.max_batch),
     }
 

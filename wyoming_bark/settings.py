@@ -20,7 +20,7 @@ ENGINE_NAMES = ("bark",)  # --engine (contract.ENGINES holds the classes, regist
 CORES = ("fast", "transformers")  # --core: ours, or transformers' BarkModel.generate
 COMPILE_MODES = ("auto", "on", "off")  # --compile
 SELF_CHECK_MODES = ("on", "off", "strict")
-PRECISIONS = ("auto", "fp32", "int8")  # auto: int8 on a CPU, float16 on CUDA
+PRECISIONS = ("auto", "fp32", "int8", "bf16")  # auto: by stage on a CPU (stage_precision), float16 on CUDA
 ON_OFF_AUTO = ("auto", "on", "off")
 DEFAULT_VOICE = "v2/en_speaker_6"
 MAX_SEED = 2**63 - 1  # a seed must fit the sampler's 64-bit integers
@@ -55,7 +55,8 @@ class ModelSettings:
     )
     precision: str = setting(
         "auto",
-        "auto (int8 weights on a CPU, float16 on CUDA), fp32 (exact; slower), or int8 (CPU only)",
+        "auto (on a CPU each model in the precision measured fastest there, int8 or bfloat16; float16 "
+        "on CUDA), fp32 (exact; slower), int8 or bf16 (CPU only)",
         kind="choice",
         choices=PRECISIONS,
     )

@@ -270,7 +270,9 @@ def print_table(result: dict) -> None:
             gate += f", fine codes {quality['fine']['codes_agreement']:.0%} equal"
             gate += f", audio RMS difference {quality['audio']['rms_difference']:.1%}"
         print(
-            f"precision {name}: RTF {row['rtf']}, semantic {row['semantic_ms_per_step']} ms/step, "
+            f"precision {name}"
+            + (f" ({row['runs_in']})" if row["runs_in"] != name else "")
+            + f": RTF {row['rtf']}, semantic {row['semantic_ms_per_step']} ms/step, "
             f"coarse {row['coarse_ms_per_step']} ms/step, fine {row['fine_ms']} ms"
             + (f", {row['speedup']}x faster; {gate}" if "speedup" in row else "")
         )

@@ -48,13 +48,21 @@ def compare_logits(ours: torch.Tensor, reference: torch.Tensor, dtype: torch.dty
     return None
 
 
-def precision_of(fast) -> torch.dtype | str:
-    """The precision the tolerance is for: ``int8`` if the GPTs' linear layers are quantized."""
+def precision_of(gpt: torch.nn.Module) -> torch.dtype | str:
+    """The precision one GPT's tolerance is for (``--precision auto`` may run each GPT in its own):
+    ``int8`` if its linear layers are quantized, else its weights' dtype."""
     from ..int8_kernels import is_int8
 
-    if any(is_int8(module) for module in fast.bark.semantic.modules()):
+    if any(is_int8(module) for module in gpt.modules()):
         return "int8"
-    return fast.semantic.embed.weight.dtype
+    return next(gpt.parameters()).dtype
+
+
+def precisions_of(fast) -> str:
+    """Each GPT's precision (what the self-check's verdict depends on)."""
+    from ..precision import QUANTIZED
+
+    return ", ".join(str(precision_of(getattr(fast.bark, name))) for name in QUANTIZED)
 
 
 def check_graphs(fast, only: str | None = None) -> dict[str, str]:
@@ -90,7 +98,7 @@ def check_graphs(fast, only: str | None = None) -> dict[str, str]:
                 tokens, _ = step.read(outputs[name])
                 replayed = outputs[name][1][:b].clone()
                 eager_packed, eager_logits = step.run_eager(b)  # same inputs, same cache state
-                problem = compare_logits(replayed, eager_logits, precision_of(fast))
+                problem = compare_logits(replayed, eager_logits, precision_of(step.gpt.hf))
                 if problem is None:
                     exact = (replayed == eager_logits).all(-1).tolist()
                     eager_tokens = eager_packed[0].tolist()
@@ -133,7 +141,6 @@ def check_against_transformers(fast, prefix: int = 40, steps: int = 8, frames: i
     EnCodec's output must be finite."""
     problems: dict[str, str] = {}
     generator = torch.Generator().manual_seed(CHECK_SEED)
-    dtype = precision_of(fast)
     with fast.on_device(), torch.inference_mode():
         for name, gpt in (("semantic", fast.semantic), ("coarse", fast.coarse)):
             ids = torch.randint(0, gpt.embed.num_embeddings, (1, prefix + steps), generator=generator)
@@ -144,7 +151,7 @@ def check_against_transformers(fast, prefix: int = 40, steps: int = 8, frames: i
             for i in range(steps - 1):
                 position = torch.full((1,), prefix + i, dtype=torch.long, device=fast.device)
                 ours.append(gpt.step(ids[:, prefix + i : prefix + i + 1], position)[0])
-            problem = compare_logits(torch.stack(ours), reference[:steps], dtype)
+            problem = compare_logits(torch.stack(ours), reference[:steps], precision_of(gpt.hf))
             if problem:
                 problems[name] = problem
         hf_fine = fast.bark.fine_acoustics
@@ -153,7 +160,7 @@ def check_against_transformers(fast, prefix: int = 40, steps: int = 8, frames: i
         )
         for book in (hf_fine.config.n_codes_given, hf_fine.config.n_codes_total - 1):
             reference = hf_fine(codebook_idx=book, input_ids=codes).logits
-            problem = compare_logits(fine_logits(hf_fine, book, codes), reference, dtype)
+            problem = compare_logits(fine_logits(hf_fine, book, codes), reference, precision_of(hf_fine))
             if problem:
                 problems["fine"] = f"codebook {book}: {problem}"
                 break
