@@ -270,16 +270,18 @@ def test_benchmark_runs_and_reports_everything():
 @pytest.mark.slow
 def test_benchmark_compares_precisions_in_one_run():
     """The CPU precision table of docs/performance.md comes from this path: fp32 first (the baseline), int8
-    timed beside it, and the quality gate's numbers for int8."""
+    and auto's choice timed beside it, and the quality gate's numbers for both."""
     import json
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "wyoming_bark.bench", "--arch", "tiny", "--device", "cpu"]
-    command += ["--seconds", "0.5", "--reps", "1", "--precision", "fp32,int8", "--json"]
+    command += ["--seconds", "0.5", "--reps", "1", "--precision", "fp32,int8,auto", "--json"]
     done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["precision"] == "fp32" and set(result["precisions"]) == {"fp32", "int8"}
+    assert result["precision"] == "fp32" and set(result["precisions"]) == {"fp32", "int8", "auto"}
+    auto = result["precisions"]["auto"]  # what it chose here, timed and gated beside the others
+    assert auto["rtf"] > 0 and "coarse_acoustics" not in auto["runs_in"] and "quality_vs_fp32" in auto
     int8 = result["precisions"]["int8"]
     assert int8["rtf"] > 0 and int8["speedup"] > 0
     gate = int8["quality_vs_fp32"]
