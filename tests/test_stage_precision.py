@@ -145,4 +145,11 @@ def test_a_gpt_whose_copy_fails_the_gate_runs_in_float32(
         "bf16 weights disagree with float32 on this machine (fine_acoustics: top-1 agreement 10% < 60%); "
         "the fine_acoustics GPT is running in float32" in caplog.text
     )
-    _speech(loaded)
+    audio = _speech(loaded)
+    caplog.clear()
+    with caplog.at_level("INFO"):  # the next start: what was kept, without converting or gating again
+        again = _load(tiny_model, tmp_path)
+    assert "int8 weights loaded from" in caplog.text and "quality gate" not in caplog.text
+    assert "disagree" not in caplog.text and again.precision == loaded.precision
+    assert _runs_in(again.model, "fine_acoustics") == "fp32"
+    np.testing.assert_array_equal(_speech(again), audio)

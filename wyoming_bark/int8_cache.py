@@ -66,6 +66,8 @@ class Int8Cache:
     def __init__(
         self, data_dir: Path, model_dir: Path, engine: str, choice: dict[str, str] | None = None
     ) -> None:
+        # What was asked of each GPT; what it runs in (a GPT that failed its gate: float32) is
+        # in the manifest, so such a GPT is not converted and gated again at every start.
         self.choice = choice or dict.fromkeys(QUANTIZED, "int8")
         self.print = fingerprint(model_dir, engine, self.choice)
         digest = hashlib.sha256(json.dumps(self.print, sort_keys=True).encode()).hexdigest()[:16]
@@ -75,16 +77,20 @@ class Int8Cache:
             model_dir,
         )
 
-    def load(self) -> tuple[nn.Module, dict[str, float]] | None:
-        """The model with int8 GPTs from the cache, and the agreement their gate found; None
-        when there is no usable cache (said in the log when one was there but damaged)."""
+    def load(self) -> tuple[nn.Module, dict[str, float], dict[str, str]] | None:
+        """The model with its converted GPTs from the cache, the agreement their gate found and
+        what each GPT runs in; None when there is no usable cache (said in the log when one was
+        there but damaged)."""
         manifest = self._manifest()
         if manifest is None:
             return None
         try:
+            runs_in = manifest.get("runs_in", self.choice)
+            if set(runs_in) != set(QUANTIZED) or not set(runs_in.values()) <= {"int8", *DTYPES}:
+                raise ValueError(f"the manifest's precisions {runs_in} are not ours")
             states = {name: self._state(name, manifest["files"][name]) for name in QUANTIZED}
-            return _assemble(self.model_dir, states, self.choice), manifest["agreement"]
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            return _assemble(self.model_dir, states, runs_in), manifest["agreement"], runs_in
+        except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as err:
             _LOGGER.warning(
                 "The kept int8 weights in %s cannot be used (%s); converting again", self.folder, err
             )
@@ -109,8 +115,10 @@ class Int8Cache:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
-    def save(self, bark: nn.Module, agreement: dict[str, float]) -> None:
-        """Keep ``bark``'s int8 GPTs: written into a folder of this process's own, then renamed into
+    def save(
+        self, bark: nn.Module, agreement: dict[str, float], runs_in: dict[str, str] | None = None
+    ) -> None:
+        """Keep ``bark``'s GPTs, which run in ``runs_in`` (by default what was asked): written into a folder of this process's own, then renamed into
         place whole (servers sharing a data dir may start together: the first one's stays); other
         fingerprints' caches go (one model's int8 weights are up to 1.5 GB)."""
         part = self.root / f".{self.folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -120,7 +128,10 @@ class Int8Cache:
             for name in QUANTIZED:
                 torch.save(getattr(bark, name).state_dict(), part / f"{name}.pt")
                 files[name] = hashlib.sha256((part / f"{name}.pt").read_bytes()).hexdigest()
-            manifest = {"fingerprint": self.print, "files": files, "agreement": agreement}
+            manifest = {
+                "fingerprint": self.print, "files": files, "agreement": agreement,
+                "runs_in": runs_in or self.choice,
+            }  # fmt: skip
             (part / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
             shutil.rmtree(self.folder, ignore_errors=True)  # a damaged one
             os.rename(part, self.folder)

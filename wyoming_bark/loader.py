@@ -132,14 +132,15 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
         if not hasattr(bark.generation_config, "semantic_config"):
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
         if from_cache:
+            choice = from_cache[2]
             torch.backends.quantized.engine = engine
             _LOGGER.info("int8 weights loaded from %s (%s kernels; top-1 agreement with float32 when "
                          "they were made: %s)", kept.folder, engine, _agreement(from_cache[1]))  # fmt: skip
         elif cpu:
-            choice = choice or stages.measure(bark)
-            choice, agreement = _convert(bark, choice, engine)
+            asked = choice or stages.measure(bark)
+            choice, agreement = _convert(bark, asked, engine)
             if "int8" in choice.values():
-                Int8Cache(data_dir, model_dir, engine, choice).save(bark, agreement)
+                (kept or Int8Cache(data_dir, model_dir, engine, asked)).save(bark, agreement, choice)
         if cpu:
             resolved = summary(choice)
         loaded = LoadedBark(
