@@ -1,9 +1,10 @@
 """Int8 weights kept between starts, so a small board's second start is quick and small.
 
 The first start loads float32 weights, converts the GPTs (to int8, or where ``--precision auto``
-chose it for a GPT, bfloat16) and gates each against its float self (``precision.convert``); its GPTs are then written here, one file each, with a
-manifest of their SHA-256 and the fingerprint of what made them (model files, torch, the int8
-kernel engine, this package). A later start with the same fingerprint builds the model without
+chose it for a GPT, bfloat16) and gates each against its float self (``precision.convert``); its
+GPTs are then written here, one file each, with a manifest of their SHA-256, what each runs in,
+and the fingerprint of what made them (model files, torch, the int8 kernel engine, each GPT's
+asked precision, this package). A later start with the same fingerprint builds the model without
 weights (on the ``meta`` device), puts int8 layers where the GPTs' linear layers are, and loads
 the kept state into them (``weights_only``) and EnCodec from the model's own files: float32 GPT
 weights are never in memory. A damaged file, or any change in the fingerprint, and the slow way

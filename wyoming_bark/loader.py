@@ -23,7 +23,7 @@ from .hub import model_directory
 from .int8_cache import Int8Cache
 from .self_check import prepare
 from .settings import ModelSettings
-from .stage_precision import StageChoice, summary
+from .stage_precision import STAGE_NAMES, StageChoice, summary
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def resolve_device(spec: str) -> torch.device:
 
 def load_bark(settings: ModelSettings) -> LoadedBark:
     """Load Bark (float16 on CUDA; on a CPU by default each GPT in the precision measured fastest
-    there, ``stage_precision.py``), set up
-    the chosen core and check it (``self_check.py``). Slow: run it off the event loop."""
+    there, ``stage_precision.py``), set up the chosen core and check it (``self_check.py``).
+    Slow: run it off the event loop."""
     from transformers import BarkConfig, BarkModel, BarkProcessor
 
     model, data_dir = settings.model, settings.data_dir
@@ -197,7 +197,7 @@ def _convert(bark, choice: dict[str, str], engine: str | None) -> tuple[dict[str
 
 
 def _agreement(agreement: dict[str, float]) -> str:
-    return ", ".join(f"{name.removesuffix('_acoustics')} {share:.0%}" for name, share in agreement.items())
+    return ", ".join(f"{STAGE_NAMES[name]} {share:.0%}" for name, share in agreement.items())
 
 
 def _fast_core(bark, max_batch: int, model: str) -> FastBark:

@@ -59,12 +59,6 @@ GATE_SEED, GATE_TOKENS, GATE_FRAMES = 1234, 64, 96
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the float ones
 
 
-def quantize(bark: nn.Module) -> tuple[dict[str, float], list[str]]:
-    """All three GPTs int8 (``convert``): the agreement by GPT and the problems."""
-    _, agreement, problems = convert(bark, dict.fromkeys(QUANTIZED, "int8"))
-    return agreement, problems
-
-
 def convert(bark: nn.Module, choice: dict[str, str]) -> tuple[dict[str, str], dict[str, float], list[str]]:
     """Each GPT of a loaded float32 ``BarkModel`` in its ``choice`` (int8, bf16, fp16; fp32 as it
     is), one at a time, each copy gated against its float32 self on this machine's own kernels
