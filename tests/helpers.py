@@ -31,6 +31,21 @@ TIMEOUT = 60.0
 GREEDY = SamplingSettings(text_temperature=None, waveform_temperature=None, fine_temperature=None)
 
 
+def seeded_speech(loaded):
+    """A loaded model's audio for one fixed token sequence, seeded and ``SEMANTIC_TOKENS`` long
+    (checked): to compare two loads of the same model sample for sample."""
+    import numpy as np
+    import torch
+
+    from wyoming_bark.fast.stages import generate
+
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(4))
+    settings = SamplingSettings(max_semantic_tokens=SEMANTIC_TOKENS, allow_early_stop=False)
+    audio = generate(loaded.core, ids, torch.ones_like(ids), None, settings, seed=4)
+    assert np.isfinite(audio).all() and len(audio) == samples_for(SEMANTIC_TOKENS)
+    return audio
+
+
 def samples_for(semantic_tokens: int, hop: int = 320) -> int:
     """Audio samples of a sentence of ``semantic_tokens``: coarse frames x EnCodec hop."""
     return int(semantic_tokens * 75 / 49.9) * hop

@@ -12,11 +12,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import SEMANTIC_TOKENS
+from helpers import seeded_speech
 
 from wyoming_bark import int8_cache, precision
-from wyoming_bark.fast import SamplingSettings
-from wyoming_bark.fast.stages import generate
 from wyoming_bark.loader import load_bark
 from wyoming_bark.settings import ModelSettings
 
@@ -26,12 +24,6 @@ def _load(tiny_model, data_dir, **kwargs):
     return load_bark(
         ModelSettings(model=str(tiny_model), data_dir=data_dir, device="cpu", max_batch=2, **kwargs)
     )
-
-
-def _speech(loaded) -> np.ndarray:
-    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(4))
-    settings = SamplingSettings(max_semantic_tokens=SEMANTIC_TOKENS, allow_early_stop=False)
-    return generate(loaded.core, ids, torch.ones_like(ids), None, settings, seed=4)
 
 
 def test_the_second_start_loads_the_kept_int8_weights(tiny_model, tmp_path, caplog):
@@ -55,7 +47,7 @@ def test_the_second_start_loads_the_kept_int8_weights(tiny_model, tmp_path, capl
                 assert torch.equal(value, kept[key]), key
     codec, kept_codec = first.model.codec_model.state_dict(), second.model.codec_model.state_dict()
     assert all(torch.equal(value, kept_codec[key]) for key, value in codec.items())
-    np.testing.assert_array_equal(_speech(first), _speech(second))  # the same audio
+    np.testing.assert_array_equal(seeded_speech(first), seeded_speech(second))  # the same audio
 
 
 def test_a_damaged_or_stale_cache_is_made_again(tiny_model, tmp_path, caplog, monkeypatch):

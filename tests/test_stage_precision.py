@@ -8,13 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import SEMANTIC_TOKENS, samples_for
+from helpers import seeded_speech
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wyoming_bark import precision, stage_precision
-from wyoming_bark.fast import SamplingSettings
-from wyoming_bark.fast.stages import generate
 from wyoming_bark.int8_kernels import is_int8
 from wyoming_bark.loader import load_bark
 from wyoming_bark.settings import ModelSettings
@@ -25,14 +23,6 @@ GPTS = precision.QUANTIZED
 
 def _load(tiny_model, data_dir):
     return load_bark(ModelSettings(model=str(tiny_model), data_dir=data_dir, device="cpu", max_batch=2))
-
-
-def _speech(loaded) -> np.ndarray:
-    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(4))
-    settings = SamplingSettings(max_semantic_tokens=SEMANTIC_TOKENS, allow_early_stop=False)
-    audio = generate(loaded.core, ids, torch.ones_like(ids), None, settings, seed=4)
-    assert np.isfinite(audio).all() and len(audio) == samples_for(SEMANTIC_TOKENS)
-    return audio
 
 
 def _runs_in(bark, name: str) -> str:
@@ -87,12 +77,12 @@ def test_auto_measures_once_here_and_the_next_start_reuses_the_choice(tiny_model
     assert first.precision == stage_precision.summary(choice)
     assert {name: _runs_in(first.model, name) for name in GPTS} == choice
     assert first.self_check.startswith("passed"), first.self_check
-    audio = _speech(first)
+    audio = seeded_speech(first)
     caplog.clear()
     with caplog.at_level("INFO"):
         second = _load(tiny_model, tmp_path)
     assert "measured here" not in caplog.text and second.precision == first.precision
-    np.testing.assert_array_equal(_speech(second), audio)
+    np.testing.assert_array_equal(seeded_speech(second), audio)
 
 
 @pytest.fixture
@@ -116,13 +106,13 @@ def test_a_mixed_choice_runs_is_gated_and_its_weights_are_kept(
     assert first.precision == "semantic int8, coarse fp32, fine bf16"
     assert "bf16/int8 quality gate passed" in caplog.text and "fine " in caplog.text  # bf16 gated too
     assert first.self_check.startswith("passed"), first.self_check
-    audio = _speech(first)
+    audio = seeded_speech(first)
     caplog.clear()
     with caplog.at_level("INFO"):
         second = _load(tiny_model, tmp_path)
     assert "int8 weights loaded from" in caplog.text and "quality gate" not in caplog.text
     assert {name: _runs_in(second.model, name) for name in GPTS} == wanted
-    np.testing.assert_array_equal(_speech(second), audio)
+    np.testing.assert_array_equal(seeded_speech(second), audio)
 
 
 def test_a_gpt_whose_copy_fails_the_gate_runs_in_float32(
@@ -145,11 +135,11 @@ def test_a_gpt_whose_copy_fails_the_gate_runs_in_float32(
         "bf16 weights disagree with float32 on this machine (fine_acoustics: top-1 agreement 10% < 60%); "
         "the fine_acoustics GPT is running in float32" in caplog.text
     )
-    audio = _speech(loaded)
+    audio = seeded_speech(loaded)
     caplog.clear()
     with caplog.at_level("INFO"):  # the next start: what was kept, without converting or gating again
         again = _load(tiny_model, tmp_path)
     assert "int8 weights loaded from" in caplog.text and "quality gate" not in caplog.text
     assert "disagree" not in caplog.text and again.precision == loaded.precision
     assert _runs_in(again.model, "fine_acoustics") == "fp32"
-    np.testing.assert_array_equal(_speech(again), audio)
+    np.testing.assert_array_equal(seeded_speech(again), audio)
