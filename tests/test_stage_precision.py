@@ -143,3 +143,29 @@ def test_a_gpt_whose_copy_fails_the_gate_runs_in_float32(
     assert "disagree" not in caplog.text and again.precision == loaded.precision
     assert _runs_in(again.model, "fine_acoustics") == "fp32"
     np.testing.assert_array_equal(seeded_speech(again), audio)
+
+
+def test_off_x86_a_float_precision_whose_kernels_kill_a_child_is_not_timed(monkeypatch, caplog, tmp_path):
+    """oneDNN's aarch64 bfloat16 kernels died with SIGILL under qemu inside the server: off x86-64
+    each float candidate runs in a child process first (for real here), and one that dies is left out."""
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(stage_precision, "cpu_flags", lambda: {"bf16", "asimdhp"})
+    assert stage_precision.candidates("qnnpack", precision.ProbeVerdicts(tmp_path)) == [
+        "int8",
+        "bf16",
+        "fp16",
+        "fp32",
+    ]
+
+    def run(argv, **kwargs):  # the bfloat16 child dies as with SIGILL
+        code = -4 if argv[-1] == "bfloat16" else 0
+        return precision.subprocess.CompletedProcess(argv, code, "", "")
+
+    monkeypatch.setattr(precision.subprocess, "run", run)
+    with caplog.at_level("WARNING"):
+        assert stage_precision.candidates("qnnpack", precision.ProbeVerdicts(None)) == [
+            "int8",
+            "fp16",
+            "fp32",
+        ]
+    assert "bf16 kernels do not run on this machine (killed by SIGILL); not a candidate" in caplog.text

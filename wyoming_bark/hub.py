@@ -28,6 +28,30 @@ _SAFETENSORS = ["model.safetensors", "model-*.safetensors", "model.safetensors.i
 _PYTORCH_BIN = "pytorch_model.bin"
 
 
+@contextlib.contextmanager
+def no_hub_kernels():
+    """Importing transformers' Bark model (5.25 on) asks the hub for flash-attention kernels, a
+    fallback our core never uses (it runs SDPA); with the hub slow or out of reach that stalled
+    the start before the model's own download began. For the import only, the hub is offline
+    (``huggingface_hub.constants``, read at call time): the check then looks in the local cache."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+
+
+def bark_classes():
+    """``(BarkConfig, BarkModel, BarkProcessor)``, imported without asking the hub for kernels."""
+    with no_hub_kernels():
+        from transformers import BarkConfig, BarkModel, BarkProcessor
+
+    return BarkConfig, BarkModel, BarkProcessor
+
+
 def _is_local(model: str) -> bool:
     return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
 

@@ -19,7 +19,7 @@ from . import precision as precisions
 from .errors import ModelLoadError
 from .fast import FastBark
 from .fast.transformers_core import TransformersCore
-from .hub import model_directory
+from .hub import bark_classes, model_directory
 from .int8_cache import Int8Cache
 from .self_check import prepare
 from .settings import ModelSettings
@@ -87,7 +87,7 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
     """Load Bark (float16 on CUDA; on a CPU by default each GPT in the precision measured fastest
     there, ``stage_precision.py``), set up the chosen core and check it (``self_check.py``).
     Slow: run it off the event loop."""
-    from transformers import BarkConfig, BarkModel, BarkProcessor
+    BarkConfig, BarkModel, BarkProcessor = bark_classes()
 
     model, data_dir = settings.model, settings.data_dir
     device = resolve_device(settings.device)

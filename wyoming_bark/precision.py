@@ -128,7 +128,7 @@ with torch.inference_mode():
 """
 
 
-def _off_the_beaten_path() -> bool:
+def off_the_beaten_path() -> bool:
     """Kernels are probed in a child process first everywhere but x86-64."""
     return platform.machine().lower() not in ("x86_64", "amd64")
 
@@ -201,7 +201,7 @@ def check_onednn(data_dir: Path | None = None) -> None:
     """Off x86-64, run EnCodec's decoder once in a child process (its verdict kept in
     ``data_dir``); if oneDNN's kernels kill it, turn oneDNN off (PyTorch's own kernels: slower,
     but they run) and say so."""
-    if not _off_the_beaten_path() or not torch.backends.mkldnn.is_available():
+    if not off_the_beaten_path() or not torch.backends.mkldnn.is_available():
         return
     why = ProbeVerdicts(data_dir).probe(_ONEDNN_PROBE)
     if why:
@@ -229,7 +229,7 @@ def int8_engine(data_dir: Path | None = None) -> str | None:
     elsewhere (aarch64: oneDNN, then QNNPACK) the first whose int8 kernels run in a child process
     (the verdicts kept in ``data_dir``). None: no engine works here."""
     default = torch.backends.quantized.engine
-    if not _off_the_beaten_path():
+    if not off_the_beaten_path():
         return default
     supported = torch.backends.quantized.supported_engines
     verdicts = ProbeVerdicts(data_dir)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import int8_kernels
-from .precision import DTYPES, QUANTIZED, ProbeVerdicts, cpu_flags
+from .precision import DTYPES, QUANTIZED, ProbeVerdicts, cpu_flags, off_the_beaten_path
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,15 +58,33 @@ CALLS = {
 }
 
 
-def candidates(int8_engine: str | None) -> list[str]:
+# Run in a child process off x86-64 (``precision.ProbeVerdicts``): a block's kernels in the dtype
+# named in argv[1]; oneDNN's aarch64 bfloat16 kernels died with SIGILL under qemu, in the server.
+FLOAT_PROBE = """
+import sys, torch, torch.nn.functional as F
+dtype = getattr(torch, sys.argv[1])
+x = torch.randn(1, 8, 64, dtype=dtype)
+y = F.scaled_dot_product_attention(x, x, x, is_causal=True)
+assert torch.isfinite(torch.nn.Linear(64, 64).to(dtype)(y)).all()
+"""
+
+
+def candidates(int8_engine: str | None, verdicts: ProbeVerdicts | None = None) -> list[str]:
     """The precisions worth timing on this CPU: int8 (where its kernels run), bfloat16 and
-    float16 where the CPU has units for them (elsewhere they are emulated, many times slower), float32."""
+    float16 where the CPU has units for them (elsewhere they are emulated, many times slower) and,
+    off x86-64, where they run in a child process, float32."""
     flags = cpu_flags()
     found = ["int8"] if int8_engine else []
     if flags & {"avx512_bf16", "amx_bf16", "bf16"}:  # x86 AVX512-BF16 / AMX; Arm's BF16
         found.append("bf16")
     if flags & {"avx512_fp16", "amx_fp16", "asimdhp"}:
         found.append("fp16")
+    if verdicts is not None and off_the_beaten_path():
+        for precision in [p for p in found if p in DTYPES]:
+            why = verdicts.probe(FLOAT_PROBE, str(DTYPES[precision]).removeprefix("torch."))
+            if why:
+                _LOGGER.warning("%s kernels do not run on this machine (%s); not a candidate", precision, why)
+                found.remove(precision)
     return [*found, "fp32"]
 
 
@@ -116,7 +134,7 @@ class StageChoice:
     def measure(self, bark: nn.Module) -> dict[str, str]:
         """Time ``bark``'s blocks (float32 weights), choose, log why, and keep the choice."""
         started = time.monotonic()
-        measured = measure(bark, candidates(self.int8_engine))
+        measured = measure(bark, candidates(self.int8_engine, self.verdicts))
         choice = choose(measured)
         _LOGGER.info(
             "Precision by stage, measured here in %.1f s (ms per call of the whole GPT): %s",
