@@ -36,12 +36,15 @@ def no_hub_kernels():
     (``huggingface_hub.constants``, read at call time): the check then looks in the local cache."""
     from huggingface_hub import constants
 
-    offline = constants.HF_HUB_OFFLINE
+    offline, quiet = constants.HF_HUB_OFFLINE, logging.getLogger("kernels")
+    level = quiet.level
     constants.HF_HUB_OFFLINE = True
+    quiet.setLevel(logging.ERROR)  # its "Skipping publisher trust check … offline mode", three times
     try:
         yield
     finally:
         constants.HF_HUB_OFFLINE = offline
+        quiet.setLevel(level)
 
 
 def bark_classes():
