@@ -12,7 +12,7 @@ from helpers import seeded_speech
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wyoming_bark import precision, stage_precision
+from wyoming_bark import int8_cache, precision, stage_precision
 from wyoming_bark.int8_kernels import is_int8
 from wyoming_bark.loader import load_bark
 from wyoming_bark.settings import ModelSettings
@@ -145,6 +145,60 @@ def test_a_gpt_whose_copy_fails_the_gate_runs_in_float32(
     np.testing.assert_array_equal(seeded_speech(again), audio)
 
 
+@pytest.fixture
+def qnnpack_chosen(monkeypatch):
+    """As on aarch64: the build's default int8 engine (oneDNN there) died in its child probe and
+    QNNPACK was chosen; torch's engine setting restored after."""
+    default = torch.backends.quantized.engine
+    monkeypatch.setattr(precision, "int8_engine", lambda data_dir=None: "qnnpack")
+    yield
+    torch.backends.quantized.engine = default
+
+
+def test_int8_is_timed_and_its_kept_weights_loaded_on_the_engine_chosen(
+    tiny_model, tmp_path, monkeypatch, qnnpack_chosen
+):
+    """The measurement ran int8 on the build's default engine, not the one the probes chose (under
+    qemu: oneDNN's, whose SIGILL the server, PID 1 in its container, did not survive); a second
+    start packed the kept int8 weights for it too."""
+    seen = []
+    real_measure, real_load = stage_precision.measure, int8_cache.Int8Cache.load
+
+    def measure(bark, candidates):
+        seen.append(("measure", torch.backends.quantized.engine))
+        return real_measure(bark, candidates, reps=1)
+
+    def load(self):
+        seen.append(("load", torch.backends.quantized.engine))
+        return real_load(self)
+
+    monkeypatch.setattr(stage_precision, "measure", measure)
+    monkeypatch.setattr(int8_cache.Int8Cache, "load", load)
+    monkeypatch.setattr(stage_precision, "choose", lambda measured: dict.fromkeys(GPTS, "int8"))
+    first = _load(tiny_model, tmp_path)
+    torch.backends.quantized.engine = "x86"  # a new process starts on the build's default
+    second = _load(tiny_model, tmp_path)
+    assert seen == [("measure", "qnnpack"), ("load", "qnnpack")], seen
+    assert first.precision == second.precision == "int8"
+    np.testing.assert_array_equal(seeded_speech(second), seeded_speech(first))
+
+
+def test_the_flags_are_the_running_architecture_s_own(monkeypatch):
+    """Under qemu-user an aarch64 process reads the x86 host's /proc/cpuinfo (its ``flags``, no
+    ``Features``): the host's AVX512-BF16 and AMX said nothing of the emulated CPU, yet made
+    bfloat16 and float16 candidates there (the app's start then ran past its bound)."""
+    host = {"model name": "Intel(R) Xeon(R) Processor", "flags": "avx512f avx512_bf16 amx_bf16 avx512_fp16"}
+    monkeypatch.setattr(precision, "_machine", lambda: {"machine": "aarch64", **host})
+    assert precision.cpu_flags() == set()
+    assert stage_precision.candidates("qnnpack") == ["int8", "fp32"]
+    monkeypatch.setattr(
+        precision, "_machine", lambda: {"machine": "aarch64", "Features": "fp asimd bf16 asimdhp"}
+    )
+    assert precision.cpu_flags() == {"fp", "asimd", "bf16", "asimdhp"}
+    monkeypatch.setattr(precision, "_machine", lambda: {"machine": "x86_64", **host, "Features": "bf16"})
+    assert precision.cpu_flags() == {"avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"}
+
+
 def test_off_x86_a_float_precision_whose_kernels_kill_a_child_is_not_timed(monkeypatch, caplog, tmp_path):
     """oneDNN's aarch64 bfloat16 kernels died with SIGILL under qemu inside the server: off x86-64
     each float candidate runs in a child process first (for real here), and one that dies is left out."""
@@ -158,7 +212,7 @@ def test_off_x86_a_float_precision_whose_kernels_kill_a_child_is_not_timed(monke
     ]
 
     def run(argv, **kwargs):  # the bfloat16 child dies as with SIGILL
-        code = -4 if argv[-1] == "bfloat16" else 0
+        code = -4 if "bfloat16" in argv else 0
         return precision.subprocess.CompletedProcess(argv, code, "", "")
 
     monkeypatch.setattr(precision.subprocess, "run", run)

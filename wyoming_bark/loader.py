@@ -109,6 +109,8 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
 
         cpu = device.type == "cpu"
         engine = precisions.int8_engine(data_dir) if cpu and resolved in ("int8", "auto") else None
+        if engine is not None:  # before anything quantizes, times or packs int8 weights
+            torch.backends.quantized.engine = engine
         try:
             processor = BarkProcessor.from_pretrained(str(model_dir), local_files_only=True)
             stages = (
@@ -133,7 +135,6 @@ def load_bark(settings: ModelSettings) -> LoadedBark:
             raise ModelLoadError(f"{model_dir} has no Bark generation_config.json; copy it from the hub repo")
         if from_cache:
             choice = from_cache[2]
-            torch.backends.quantized.engine = engine
             _LOGGER.info("int8 weights loaded from %s (%s kernels; top-1 agreement with float32 when "
                          "they were made: %s)", kept.folder, engine, _agreement(from_cache[1]))  # fmt: skip
         elif cpu:
@@ -177,8 +178,6 @@ def _convert(bark, choice: dict[str, str], engine: str | None) -> tuple[dict[str
     if set(choice.values()) == {"fp32"}:
         return choice, {}
     started = time.monotonic()
-    if engine is not None:
-        torch.backends.quantized.engine = engine
     done, agreement, problems = precisions.convert(bark, choice)
     for problem in problems:
         name = problem.split(":", 1)[0]
@@ -186,11 +185,12 @@ def _convert(bark, choice: dict[str, str], engine: str | None) -> tuple[dict[str
                         "float32", choice[name], problem, name)  # fmt: skip
     passed = {name: share for name, share in agreement.items() if done[name] != "fp32"}
     if passed:
+        kinds = sorted({done[name] for name in passed})
         _LOGGER.info(
-            "%s quality gate passed in %.1f s (%s kernels; top-1 agreement with float32: %s)",
-            "/".join(sorted({done[name] for name in passed})),
+            "%s quality gate passed in %.1f s (%stop-1 agreement with float32: %s)",
+            "/".join(kinds),
             time.monotonic() - started,
-            engine,
+            f"int8 on the {engine} kernels; " if "int8" in kinds else "",
             _agreement(passed),
         )
     return done, passed

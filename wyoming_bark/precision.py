@@ -137,9 +137,11 @@ PROBES_FILE = "kernel-probes.json"  # under the data dir: the verdicts, by machi
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags (x86 ``flags``, Arm ``Features``)."""
+    """The CPU's instruction-set flags: Arm's ``Features`` on Arm, x86's ``flags`` elsewhere. Only
+    the running architecture's: under qemu-user an aarch64 process reads the x86 host's cpuinfo."""
     machine = _machine()
-    return set((machine.get("flags", "") + " " + machine.get("Features", "")).split())
+    arm = machine["machine"].lower().startswith(("aarch64", "arm"))
+    return set(machine.get("Features" if arm else "flags", "").split())
 
 
 def _machine() -> dict[str, str]:

@@ -59,10 +59,11 @@ CALLS = {
 
 
 # Run in a child process off x86-64 (``precision.ProbeVerdicts``): a block's kernels in the dtype
-# named in argv[1]; oneDNN's aarch64 bfloat16 kernels died with SIGILL under qemu, in the server.
+# named in argv[1], oneDNN on or off (argv[2]) as in the server.
 FLOAT_PROBE = """
 import sys, torch, torch.nn.functional as F
 dtype = getattr(torch, sys.argv[1])
+torch.backends.mkldnn.enabled = sys.argv[2] == "1"
 x = torch.randn(1, 8, 64, dtype=dtype)
 y = F.scaled_dot_product_attention(x, x, x, is_causal=True)
 assert torch.isfinite(torch.nn.Linear(64, 64).to(dtype)(y)).all()
@@ -81,7 +82,8 @@ def candidates(int8_engine: str | None, verdicts: ProbeVerdicts | None = None) -
         found.append("fp16")
     if verdicts is not None and off_the_beaten_path():
         for precision in [p for p in found if p in DTYPES]:
-            why = verdicts.probe(FLOAT_PROBE, str(DTYPES[precision]).removeprefix("torch."))
+            dtype = str(DTYPES[precision]).removeprefix("torch.")
+            why = verdicts.probe(FLOAT_PROBE, dtype, str(int(torch.backends.mkldnn.enabled)))
             if why:
                 _LOGGER.warning("%s kernels do not run on this machine (%s); not a candidate", precision, why)
                 found.remove(precision)
