@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import (
+    SAMPLES_PER_FRAME,
+    SAMPLES_PER_SENTENCE,
     SEED,
     SEMANTIC_TOKENS,
     assert_stream,
@@ -542,6 +544,7 @@ ARM64_PYTHON = "3.13"  # trixie's
 ARM64_TORCH = "2.9.1"
 BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 EMULATED_START_TIMEOUT = 900.0
+EMULATED_SENTENCE_TIMEOUT = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -630,7 +633,13 @@ async def test_addon_on_aarch64_speaks_under_emulation(addon_image_arm64, tiny_m
             assert asyncio.get_running_loop().time() < deadline, logs(name)[-3000:]
             await asyncio.sleep(2)
         await serving(name)
-        assert_stream(await synthesize(URI, "Hello from a small board."), sentences=1)
+        # Emulated, a sentence's first audio took 37 s to over a minute (float32 GPTs).
+        result = await synthesize(URI, "Hello from a small board.", timeout=EMULATED_SENTENCE_TIMEOUT)
+        # Its length: where the random model ends its speech depends on the kernels' rounding
+        # (QNNPACK's int8 ended one after 5 of its 20 tokens, unseeded), so speech of a whole number
+        # of codec frames, at most the cap; full lengths are checked on x86-64 with seeds.
+        assert_stream(result, sentences=1, full_length=False)
+        assert 0 < result.samples <= SAMPLES_PER_SENTENCE and result.samples % SAMPLES_PER_FRAME == 0
         state = await status(URI)
         log = logs(name)
         assert state["device"] == "cpu" and state["model"] == "suno/bark-small"
