@@ -200,8 +200,8 @@ def test_the_flags_are_the_running_architecture_s_own(monkeypatch):
 
 
 def test_off_x86_a_float_precision_whose_kernels_kill_a_child_is_not_timed(monkeypatch, caplog, tmp_path):
-    """oneDNN's aarch64 bfloat16 kernels died with SIGILL under qemu inside the server: off x86-64
-    each float candidate runs in a child process first (for real here), and one that dies is left out."""
+    """Kernels that die take the process with them (oneDNN's did under qemu): off x86-64 each
+    float candidate runs in a child process first (for real here), and one that dies is left out."""
     monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(stage_precision, "cpu_flags", lambda: {"bf16", "asimdhp"})
     assert stage_precision.candidates("qnnpack", precision.ProbeVerdicts(tmp_path)) == [
